@@ -1,0 +1,159 @@
+"""Write benchmark results: ``results.json``, ``results.csv``, figures and a self-contained ``report.html``.
+
+``results.json`` schema (``"schema": "saliencylab.results/1"``)::
+
+    {
+      "schema": "saliencylab.results/1", "created": ISO time, "saliencylab_version", "torch_version",
+      "device", "elapsed_seconds",
+      "dataset":    {"name", "root", "split", "images", "image_size", "class_names": [...]},
+      "classifier": {"arch", "weights", "epochs", "test": {"accuracy", "precision", "recall", "micro_f1"}},
+      "metrics":    {metric: {"higher_is_better": bool, "aggregation": "class_mean" | "mean", "description"}},
+      "methods":    {name: {"kind": "method" | "reference", "hyperparameters": {...},
+                            "scores": {metric: float | null},     # null: undefined for this row
+                            "images_per_second": float | null, "seconds_per_image": float | null,
+                            "figure": "figures/<name>.png" | null}}
+    }
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+import os
+from pathlib import Path
+
+from PIL import Image
+
+
+def _json_number(value: object) -> object:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _clean(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return _json_number(value)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text to path through a temporary file, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_json(results: dict, path: Path) -> None:
+    write_atomic(path, json.dumps(_clean(results), indent=2))
+
+
+def write_csv(results: dict, path: Path) -> None:
+    """One row per method: its kind, every metric, images/s."""
+    metric_names = list(results["metrics"])
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "kind", *metric_names, "images_per_second"])
+        for name, row in results["methods"].items():
+            values = [_json_number(row["scores"].get(m, float("nan"))) for m in metric_names]
+            writer.writerow([name, row["kind"], *("" if v is None else f"{v:.6g}" for v in values),
+                             "" if row["images_per_second"] is None else f"{row['images_per_second']:.6g}"])
+    os.replace(tmp, path)
+
+
+def _image_tag(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _best(results: dict, metric: str) -> float | None:
+    """The best value of ``metric`` over the rows of kind "method" (references excluded)."""
+    values = [row["scores"].get(metric) for row in results["methods"].values() if row["kind"] == "method"]
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None
+    return max(values) if results["metrics"][metric]["higher_is_better"] else min(values)
+
+
+def _format(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+def _table(results: dict) -> str:
+    metric_names = list(results["metrics"])
+    head = "".join(
+        f'<th title="{html.escape(results["metrics"][m]["description"])}">{html.escape(m)}'
+        f'{" ↑" if results["metrics"][m]["higher_is_better"] else " ↓"}</th>' for m in metric_names)
+    rows = []
+    for name, row in results["methods"].items():
+        cells = []
+        for metric in metric_names:
+            value = row["scores"].get(metric)
+            best = row["kind"] == "method" and value is not None and value == _best(results, metric)
+            cells.append(f'<td class="{"best" if best else ""}">{_format(value)}</td>')
+        speed = row["images_per_second"]
+        rows.append(f'<tr class="{row["kind"]}"><th>{html.escape(name)}</th>{"".join(cells)}'
+                    f'<td>{"–" if speed is None else f"{speed:.1f}"}</td></tr>')
+    return f"<table><tr><th>method</th>{head}<th>images/s</th></tr>{''.join(rows)}</table>"
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}
+td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
+tr.reference{color:#777;font-style:italic}
+td.best{font-weight:bold;background:#e6f4e6}
+img{max-width:100%;border:1px solid #ddd;margin:4px 0}
+code{background:#f3f3f3;padding:1px 3px}
+"""
+
+
+def write_html(results: dict, out_dir: Path) -> Path:
+    """Write ``report.html`` next to the figures, with every PNG embedded (one file to share)."""
+    dataset, classifier = results["dataset"], results["classifier"]
+    test = classifier["test"]
+    figures = []
+    if (out_dir / "figures" / "comparison.png").is_file():
+        figures.append("<h2>All methods side by side</h2>"
+                       "<p>Each column: the method's per-class maps, min-max normalised and merged by max.</p>"
+                       + _image_tag(out_dir / "figures" / "comparison.png", "comparison"))
+    for name, row in results["methods"].items():
+        if row.get("figure"):
+            figures.append(f"<h3>{html.escape(name)}</h3>" + _image_tag(out_dir / row["figure"], name))
+    metric_notes = "".join(
+        f"<li><code>{html.escape(m)}</code> ({'higher' if d['higher_is_better'] else 'lower'} is better; "
+        f"{'mean of per-class means' if d['aggregation'] == 'class_mean' else 'mean over images'}): "
+        f"{html.escape(d['description'])}</li>" for m, d in results["metrics"].items())
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>saliencylab report</title>
+<style>{STYLE}</style></head><body>
+<h1>saliencylab report</h1>
+<p>Dataset <b>{html.escape(dataset['name'])}</b>, split <code>{html.escape(dataset['split'])}</code>:
+{dataset['images']} images of {dataset['image_size']} px, {len(dataset['class_names'])} classes
+({html.escape(', '.join(dataset['class_names']))}).</p>
+<p>Classifier <b>{html.escape(classifier['arch'])}</b> on the test split: micro-F1 {test['micro_f1']:.3f},
+precision {test['precision']:.3f}, recall {test['recall']:.3f}, accuracy {test['accuracy']:.3f}.</p>
+<p>Created {html.escape(results['created'])} on {html.escape(results['device'])} in
+{results['elapsed_seconds']:.0f} s with saliencylab {html.escape(results['saliencylab_version'])},
+torch {html.escape(results['torch_version'])}.</p>
+<h2>Scores</h2>
+<p>Bold: best method per metric. Grey rows are the reference masks of the NN-Explainer table
+(constant 0, 0.5, 1 and the ground truth itself). Hover a metric name for its definition.</p>
+{_table(results)}
+<ul>{metric_notes}</ul>
+{''.join(figures)}
+</body></html>"""
+    path = out_dir / "report.html"
+    write_atomic(path, page)
+    return path
+
+
+def save_png(image: Image.Image, path: Path) -> str:
+    """Save a figure atomically; returns its path relative to the run folder (``figures/<name>.png``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return f"{path.parent.name}/{path.name}"

@@ -1,0 +1,103 @@
+"""The ``saliencylab`` command line. The only module that reads argv."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+
+def _quiet_lightning() -> None:
+    """Keep the terminal for our own progress: Lightning's info lines and a library deprecation notice go."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from saliencylab.bench.demo import run_demo
+
+    _quiet_lightning()
+    from saliencylab.data.synthetic import SyntheticConfig
+
+    config = SyntheticConfig(image_size=args.image_size, train=args.train, val=args.val, test=args.test,
+                             seed=args.seed)
+    run_demo(args.out, fresh=args.fresh, device=args.device, config=config, epochs=args.epochs,
+             progress=not args.no_progress)
+    print(f"open {Path(args.out) / 'report.html'} in a browser")
+    return 0
+
+
+def _synthetic(args: argparse.Namespace) -> int:
+    from saliencylab.data.synthetic import SyntheticConfig, write_synthetic
+
+    config = SyntheticConfig(image_size=args.image_size, train=args.train, val=args.val, test=args.test,
+                             seed=args.seed)
+    root = write_synthetic(args.out, config, overwrite=args.fresh, progress=not args.no_progress)
+    print(f"VOC2007 layout: {root / 'voc' / 'VOCdevkit' / 'VOC2007'}")
+    print(f"COCO layout:    {root / 'coco'} (annotations/instances_<split>.json, <split>/*.jpg)")
+    return 0
+
+
+def _methods(_args: argparse.Namespace) -> int:
+    from saliencylab import methods
+
+    for name in methods.names():
+        params = ", ".join(f"{k}={v!r}" for k, v in methods.hyperparameters(name).items())
+        summary = (methods.get(name).__doc__ or "").strip().splitlines()[0]
+        print(f"{name:22s} {summary}\n{'':22s} hyper-parameters: {params}")
+    return 0
+
+
+def _metrics(_args: argparse.Namespace) -> int:
+    from saliencylab import metrics
+
+    for name in metrics.names():
+        metric = metrics.get(name)
+        direction = "higher" if metric.higher_is_better else "lower"
+        print(f"{name:26s} ({direction} is better; needs {', '.join(sorted(metric.needs))}) {metric.description}")
+    return 0
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-size", type=int, default=96, help="image side in pixels (default 96)")
+    parser.add_argument("--train", type=int, default=900, help="training images (default 900)")
+    parser.add_argument("--val", type=int, default=200, help="validation images (default 200)")
+    parser.add_argument("--test", type=int, default=200, help="test images (default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
+    parser.add_argument("--fresh", action="store_true", help="rebuild cached data (and, for demo, the classifier)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saliencylab", description="Explain image classifiers and measure the explanations.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="synthetic data -> classifier -> every method and metric -> report")
+    demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    demo.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")
+    demo.add_argument("--epochs", type=int, default=30, help="most classifier epochs; early stopping ends sooner")
+    _add_data_options(demo)
+    demo.set_defaults(run=_demo)
+
+    synthetic = commands.add_parser("synthetic", help="write the synthetic dataset in VOC and COCO formats")
+    synthetic.add_argument("--out", default="runs/synthetic", help="output folder (default runs/synthetic)")
+    _add_data_options(synthetic)
+    synthetic.set_defaults(run=_synthetic)
+
+    commands.add_parser("methods", help="list the attribution methods").set_defaults(run=_methods)
+    commands.add_parser("metrics", help="list the metrics").set_defaults(run=_metrics)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError, TypeError, RuntimeError) as err:
+        print(f"saliencylab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,15 @@
+"""Datasets in their real on-disk formats (VOC, COCO), Sample transforms and a LightningDataModule."""
+from saliencylab.data.coco import COCODataset, write_coco
+from saliencylab.data.transforms import Compose, RandomHorizontalFlip, Resize
+from saliencylab.data.voc import VOC_CLASSES, VOCDataset, voc_palette, write_voc
+
+__all__ = ["COCODataset", "Compose", "RandomHorizontalFlip", "Resize", "SaliencyDataModule", "VOCDataset",
+           "VOC_CLASSES", "voc_palette", "write_coco", "write_voc"]
+
+
+def __getattr__(name: str):
+    # SaliencyDataModule imports lightning (seconds); load it only when asked for
+    if name == "SaliencyDataModule":
+        from saliencylab.data.module import SaliencyDataModule
+        return SaliencyDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,134 @@
+"""The method contract, its registry, and the scoped model state every method runs under.
+
+``method = build("gradcam", classifier, layer="auto", max_batch=64)`` binds the model and typed,
+keyword-only hyper-parameters; ``maps = method.attribute(images, targets)`` takes data only and
+returns raw (not normalised) maps ``(B,K,H,W)`` float32 at input resolution on the input's
+device, NaN for padded targets.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Callable, ClassVar, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from saliencylab.models.classifier import Classifier, check_images
+from saliencylab.targets import as_targets, valid_pairs
+
+_REGISTRY: dict[str, type["Method"]] = {}
+M = TypeVar("M", bound=type["Method"])
+
+
+def register(name: str) -> Callable[[M], M]:
+    """Class decorator adding a Method subclass to the registry under ``name``."""
+    def add(cls: M) -> M:
+        if name in _REGISTRY:
+            raise ValueError(f"method {name!r} is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+    return add
+
+
+def names() -> list[str]:
+    """Registered method names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> type["Method"]:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def hyperparameters(name: str) -> dict[str, object]:
+    """The keyword-only hyper-parameters of a method with their defaults."""
+    params = inspect.signature(get(name).__init__).parameters.values()
+    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def build(name: str, classifier: Classifier, **kwargs: object) -> "Method":
+    """Instantiate the registered method ``name`` bound to ``classifier``; unknown kwargs are an error."""
+    allowed = hyperparameters(name)
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise TypeError(f"method {name!r} has no hyper-parameter(s) {', '.join(unknown)}; "
+                        f"it takes: {', '.join(f'{k}={v!r}' for k, v in allowed.items())}")
+    return get(name)(classifier, **kwargs)
+
+
+@contextmanager
+def scoped_eval(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode with frozen parameters; restore both flags afterwards, always."""
+    was_training = {m: m.training for m in model.modules()}
+    grad_flags = {p: p.requires_grad for p in model.parameters()}
+    model.eval()
+    model.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for module, flag in was_training.items():
+            module.training = flag
+        for param, flag in grad_flags.items():
+            param.requires_grad_(flag)
+
+
+@contextmanager
+def captured_output(module: nn.Module) -> Iterator[list[Tensor]]:
+    """Record the outputs of ``module`` during forward passes; the hook is always removed."""
+    outputs: list[Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _inp, out: outputs.append(out))
+    try:
+        yield outputs
+    finally:
+        handle.remove()
+
+
+def selected_scores(classifier: Classifier, logits: Tensor, classes: Tensor) -> Tensor:
+    """Scores (N,) of class ``classes[i]`` for row i, after the classifier's score function."""
+    if int(classes.max()) >= logits.shape[1]:
+        raise ValueError(f"target class {int(classes.max())} is out of range for a classifier with "
+                         f"{logits.shape[1]} classes (expected 0..{logits.shape[1] - 1})")
+    return classifier.apply_score(logits).gather(1, classes.view(-1, 1)).squeeze(1)
+
+
+class Method:
+    """Base class. Subclasses implement :meth:`attribute_pairs` for one class per image."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, classifier: Classifier, *, max_batch: int = 64) -> None:
+        if not isinstance(classifier, Classifier):
+            raise TypeError("methods take a saliencylab.Classifier; wrap your model with "
+                            "saliencylab.Classifier(model, mean, std)")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.classifier = classifier
+        self.max_batch = max_batch
+
+    def attribute(self, images: Tensor, targets: int | list[int] | Tensor) -> Tensor:
+        """Maps (B,K,H,W) float32 for images (B,3,H,W) in [0,1] and targets (B,K) (see saliencylab.targets)."""
+        check_images(images)
+        batch, _, height, width = images.shape
+        targets = as_targets(targets, batch, self.classifier.num_classes)
+        rows, slots, classes = valid_pairs(targets)
+        maps = torch.full((batch, targets.shape[1], height, width), float("nan"),
+                          dtype=torch.float32, device=images.device)
+        classes = classes.to(images.device)
+        with scoped_eval(self.classifier):
+            for start in range(0, len(rows), self.max_batch):
+                chunk = slice(start, start + self.max_batch)
+                pair_maps = self.attribute_pairs(images[rows[chunk]].detach(), classes[chunk])
+                maps[rows[chunk], slots[chunk]] = pair_maps.float()
+        return maps
+
+    def attribute_pairs(self, images: Tensor, classes: Tensor) -> Tensor:
+        """Maps (N,H,W) for N images (N,3,H,W) and one class each (N,). Runs in eval mode."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={getattr(self, k)!r}" for k in hyperparameters(self.name))
+        return f"{type(self).__name__}({params})"

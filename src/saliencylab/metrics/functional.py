@@ -1,0 +1,388 @@
+"""Metrics as pure tensor functions.
+
+Common inputs:
+  maps   (B,K,H,W) float, one explanation per (image, target); maps of padded targets are NaN.
+  gt     (B,K,H,W) bool or float in [0,1], the ground truth of each (image, target).
+  ignore (B,K,H,W) or (B,1,H,W) bool, pixels left out of every sum (e.g. VOID), optional.
+Every metric returns one score per (image, target): (B,K) float32 on the maps' device.
+NaN means undefined (padded target or NaN map, empty ground truth, skipped pair); a metric
+never turns an undefined case into 0 or 1. Aggregate with :mod:`saliencylab.metrics.aggregate`.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from saliencylab.models.classifier import check_images
+from saliencylab.targets import PAD, as_targets
+
+EPS_F1 = 1e-10
+"""Stabiliser of the NN-Explainer F1 formulas (spec 000 §6)."""
+EPS_IOU = 1e-15
+"""Stabiliser of the NN-Explainer IoU formulas (spec 000 §6)."""
+F1_THRESHOLDS = (0.25, 0.5, 0.75)
+IOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+SALIENCY_MIN_AREA = 0.05
+"""Area floor of the saliency metric (Dabkowski & Gal 2017)."""
+
+
+# ---------------------------------------------------------------- validation and shared helpers
+
+def _check_maps(maps: Tensor, unit: bool = False) -> None:
+    if not isinstance(maps, Tensor) or not maps.dtype.is_floating_point:
+        raise TypeError(f"maps must be a float tensor (B,K,H,W), got "
+                        f"{maps.dtype if isinstance(maps, Tensor) else type(maps).__name__}")
+    if maps.dim() != 4:
+        raise ValueError(f"maps must have shape (B,K,H,W), got {tuple(maps.shape)}; "
+                         "for one map per image add the target axis with maps[:, None]")
+    if unit:
+        finite = maps[~maps.isnan()]
+        if finite.numel() and (float(finite.min()) < 0.0 or float(finite.max()) > 1.0):
+            raise ValueError(
+                f"this metric needs masks in [0,1], got values in [{float(finite.min()):.4g}, "
+                f"{float(finite.max()):.4g}]; rescale raw maps first, e.g. saliencylab.maps.normalize_minmax")
+
+
+def _check_gt(maps: Tensor, gt: Tensor) -> Tensor:
+    """Validate gt against maps; return it as float32 on the maps' device."""
+    if gt.shape != maps.shape:
+        raise ValueError(f"gt must have the shape of maps {tuple(maps.shape)}, got {tuple(gt.shape)}")
+    gt = gt.to(maps.device, torch.float32)
+    if gt.isnan().any() or (gt.numel() and (float(gt.min()) < 0.0 or float(gt.max()) > 1.0)):
+        raise ValueError(f"gt must be bool or hold values in [0,1], got values in [{float(gt.min()):.4g}, "
+                         f"{float(gt.max()):.4g}]; build it with saliencylab.metrics.ground_truth "
+                         "(class_masks_from_segmentation, class_masks_from_boxes)")
+    return gt
+
+
+def _check_bool(maps: Tensor, mask: Tensor | None, name: str, shapes: list[tuple[int, ...]]) -> Tensor | None:
+    """Validate an optional bool tensor (ignore / skip) of one of ``shapes``; move it to the maps' device."""
+    if mask is None:
+        return None
+    if tuple(mask.shape) not in shapes or mask.dtype != torch.bool:
+        raise ValueError(f"{name} must be a bool tensor of shape {' or '.join(map(str, shapes))} "
+                         f"for maps {tuple(maps.shape)}, got {tuple(mask.shape)} {mask.dtype}")
+    return mask.to(maps.device)
+
+
+def _check_ignore(maps: Tensor, ignore: Tensor | None) -> Tensor | None:
+    return _check_bool(maps, ignore, "ignore", [tuple(maps.shape), (maps.shape[0], 1, *maps.shape[2:])])
+
+
+def _sum(x: Tensor) -> Tensor:
+    """Sum over pixels: (B,K,H,W) -> (B,K)."""
+    return x.flatten(2).sum(-1)
+
+
+def _nan_maps(maps: Tensor) -> Tensor:
+    """(B,K) bool: the map holds a NaN (padded target or failed explanation)."""
+    return maps.isnan().flatten(2).any(-1)
+
+
+def _undefined(score: Tensor, undefined: Tensor) -> Tensor:
+    return score.float().masked_fill(undefined, math.nan)
+
+
+# ---------------------------------------------------------------- pointing games
+
+def _dilate(gt: Tensor, tolerance: float) -> Tensor:
+    """Pixels closer than ``tolerance`` (Euclidean, strict <) to a gt pixel: (B,K,H,W) bool -> same.
+
+    The disk is the union of horizontal runs, one per row offset dy; each run is a window sum of
+    a cumulative sum along x, so the cost is O(tolerance * H * W) with no large kernel.
+    """
+    if tolerance <= 0:
+        raise ValueError(f"tolerance must be > 0 pixels, got {tolerance}")
+    height, width = gt.shape[-2:]
+    r = math.ceil(tolerance) - 1  # largest integer offset strictly below the tolerance
+    padded = F.pad(gt.to(torch.int32), (r + 1, r, r, r))  # one extra zero column before the cumsum
+    csum = padded.cumsum(-1)
+    out = torch.zeros_like(gt, dtype=torch.bool)
+    for dy in range(-r, r + 1):
+        half = max(dx for dx in range(r + 1) if dx * dx + dy * dy < tolerance * tolerance)
+        rows = csum[..., r + dy: r + dy + height, :]
+        window = rows[..., r + 1 + half: r + 1 + half + width] - rows[..., r - half: r - half + width]
+        out |= window > 0
+    return out
+
+
+def _hits(gt: Tensor, points: Tensor, tolerance: float) -> Tensor:
+    """gt (B,K,H,W) bool, points (B,K,S) flat pixel indices -> (B,K,S) bool: a gt pixel lies within the tolerance."""
+    return _dilate(gt, tolerance).flatten(2).gather(-1, points)
+
+
+def _check_pointing(maps: Tensor, gt: Tensor, skip: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Validate pointing-game inputs; return gt as bool and the (B,K) undefined pairs."""
+    _check_maps(maps)
+    gt = _check_gt(maps, gt) > 0
+    skip = _check_bool(maps, skip, "skip", [tuple(maps.shape[:2])])
+    undefined = _nan_maps(maps) | ~gt.flatten(2).any(-1)
+    return gt, undefined if skip is None else undefined | skip
+
+
+def pointing_game(maps: Tensor, gt: Tensor, tolerance: float = 15.0, skip: Tensor | None = None) -> Tensor:
+    """TorchRay's pointing game: 1.0 if the map's maximum lies within ``tolerance`` px of the gt, else 0.0.
+
+    The point is the arg-max of the map (ties: the first pixel in row-major order, as
+    ``np.argmax``); a hit is any gt pixel (gt > 0) at Euclidean distance strictly below
+    ``tolerance`` from it (TorchRay default 15 px, in the pixels of the map, so evaluate maps at
+    the original image size to match the protocol).
+    Returns (B,K) in {0,1}; NaN where the map is NaN, the gt is empty or ``skip`` (B,K) is True
+    (TorchRay skips classes whose boxes are all difficult: :func:`ground_truth.all_difficult`).
+    Source: TorchRay ``benchmark.pointing_game`` (anchors §2, §7.1); spec 002 "Evaluation".
+    The protocol's score is the mean of per-class accuracies: :func:`aggregate.class_mean`.
+    """
+    gt, undefined = _check_pointing(maps, gt, skip)
+    points = maps.flatten(2).nan_to_num(nan=-math.inf).argmax(-1, keepdim=True)
+    return _undefined(_hits(gt, points, tolerance).squeeze(-1), undefined)
+
+
+def pointing_game_plain(maps: Tensor, gt: Tensor) -> Tensor:
+    """Quantus's pointing game: 1.0 if a maximum of the map lies on a gt pixel, else 0.0.
+
+    No tolerance. As in Quantus, when several pixels tie for the maximum it is a hit if any of
+    them is in the gt. Returns (B,K) in {0,1}; NaN where the map is NaN or the gt is empty.
+    Source: Quantus ``PointingGame`` (non-weighted), anchors §2.
+    """
+    gt, undefined = _check_pointing(maps, gt, None)
+    peaks = maps == maps.flatten(2).amax(-1)[..., None, None]
+    return _undefined((peaks & gt).flatten(2).any(-1), undefined)
+
+
+def stochastic_pointing_game(maps: Tensor, gt: Tensor, tolerance: float = 15.0, num_samples: int = 100,
+                             generator: torch.Generator | None = None, seed: int = 0,
+                             skip: Tensor | None = None) -> Tensor:
+    """Stochastic pointing game: the fraction of points drawn from the map that hit the gt.
+
+    The map clamped at 0 is a distribution over pixels; ``num_samples`` pixels are drawn with
+    replacement (``torch.multinomial``) and each is scored by the :func:`pointing_game` rule
+    (gt pixel within distance < ``tolerance``). Returns (B,K) in [0,1] (the paper reports ×100);
+    NaN where the map is NaN, its positive part sums to 0, the gt is empty or ``skip`` is True.
+    Draws come from ``generator`` (on the maps' device) or a fresh one seeded with ``seed``, so
+    a call is reproducible; the draws of one pair depend on its position in the batch.
+    Source: Pillai & Pirsiavash 2021 (spec 002 "Evaluation"), where the draws were unseeded.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    gt, undefined = _check_pointing(maps, gt, skip)
+    weights = maps.flatten(2).float().clamp(min=0).nan_to_num(nan=0.0)  # (B,K,HW)
+    undefined = undefined | (weights.sum(-1) <= 0)
+    weights = weights.masked_fill(undefined[..., None], 1.0)  # placeholder rows keep multinomial valid
+    if generator is None:
+        generator = torch.Generator(device=maps.device).manual_seed(seed)
+    points = torch.multinomial(weights.flatten(0, 1), num_samples, replacement=True, generator=generator)
+    hits = _hits(gt, points.view(*maps.shape[:2], num_samples), tolerance)
+    return _undefined(hits.float().mean(-1), undefined)
+
+
+def energy(maps: Tensor, gt: Tensor, ignore: Tensor | None = None) -> Tensor:
+    """Energy pointing game / content heatmap: share of the positive map mass inside the gt.
+
+    Σ(map⁺·gt) / Σ map⁺ over non-ignored pixels, with map⁺ = max(map, 0); soft gt weights the
+    mass. Returns (B,K) in [0,1] (spec 002 reports ×100); NaN where the map is NaN, the gt is
+    empty or map⁺ sums to 0. Source: Score-CAM's energy-based pointing game, spec 002's
+    Content Heatmap; Quantus ``AttributionLocalisation`` / ``RelevanceMassAccuracy``.
+    """
+    _check_maps(maps)
+    gt = _check_gt(maps, gt)
+    ignore = _check_ignore(maps, ignore)
+    positive = maps.float().clamp(min=0).nan_to_num(nan=0.0)
+    if ignore is not None:
+        positive = positive.masked_fill(ignore, 0.0)
+    total = _sum(positive)
+    undefined = _nan_maps(maps) | (_sum(gt) == 0) | (total <= 0)
+    return _undefined(_sum(positive * gt) / total, undefined)
+
+
+# ---------------------------------------------------------------- NN-Explainer segmentation suite
+
+def _prepare(maps: Tensor, gt: Tensor, ignore: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Validate masks and gt in [0,1]; return m (NaN -> 0), s, pixel weights w (0 = ignored) and undefined (B,K)."""
+    _check_maps(maps, unit=True)
+    s = _check_gt(maps, gt)
+    ignore = _check_ignore(maps, ignore)
+    w = torch.ones_like(s) if ignore is None else (~ignore).float().expand_as(s)
+    undefined = _nan_maps(maps) | (_sum(w) == 0)
+    return maps.float().nan_to_num(nan=0.0), s, w, undefined
+
+
+def _binarise(x: Tensor, threshold: float) -> Tensor:
+    return (x > threshold).float()
+
+
+def _mean(x: Tensor, w: Tensor) -> Tensor:
+    """Mean over non-ignored pixels: (B,K)."""
+    return _sum(x * w) / _sum(w)
+
+
+def _f1(m: Tensor, s: Tensor, w: Tensor) -> Tensor:
+    tp = _sum(w * m * s)
+    fp = _sum(w * m * (1 - s))
+    fn = _sum(w * (1 - m) * s)
+    precision = tp / (tp + fp + EPS_F1)
+    recall = tp / (tp + fn + EPS_F1)
+    f1 = 2 * precision * recall / (precision + recall + EPS_F1)
+    return f1.masked_fill(_sum(w * s) == 0, math.nan)
+
+
+def _iou(m: Tensor, s: Tensor, w: Tensor) -> Tensor:
+    iou = _sum(w * torch.minimum(m, s)) / (_sum(w * torch.maximum(m, s)) + EPS_IOU)
+    return iou.masked_fill(_sum(w * s) == 0, math.nan)
+
+
+def discrete_f1(maps: Tensor, gt: Tensor, threshold: float = 0.5, ignore: Tensor | None = None) -> Tensor:
+    """F1 of the positives after binarising **both** mask and gt at ``threshold`` (m > t, s > t).
+
+    P = tp/(tp+fp+1e-10), R = tp/(tp+fn+1e-10), F1 = 2PR/(P+R+1e-10), counts over non-ignored
+    pixels. Returns (B,K) in [0,1]. NaN where the map is NaN or the binarised gt is empty
+    (deviation: the original's eps gives 0 there). Source: NN-Explainer ``discrete_f1`` (spec 000 §6).
+    """
+    m, s, w, undefined = _prepare(maps, gt, ignore)
+    return _undefined(_f1(_binarise(m, threshold), _binarise(s, threshold), w), undefined)
+
+
+def mean_f1(maps: Tensor, gt: Tensor, thresholds: Sequence[float] = F1_THRESHOLDS,
+            ignore: Tensor | None = None) -> Tensor:
+    """NN-Explainer's "Mean F1": :func:`discrete_f1` averaged over ``thresholds`` (0.25, 0.5, 0.75).
+
+    Returns (B,K) in [0,1]; thresholds where the binarised gt is empty are left out of the
+    mean (a soft gt may vanish at high thresholds), NaN when none is defined.
+    """
+    m, s, w, undefined = _prepare(maps, gt, ignore)
+    scores = torch.stack([_f1(_binarise(m, t), _binarise(s, t), w) for t in thresholds])
+    return _undefined(scores.nanmean(0), undefined)
+
+
+def soft_f1(maps: Tensor, gt: Tensor, ignore: Tensor | None = None) -> Tensor:
+    """NN-Explainer's "Cont F1": F1 with soft counts tp = Σm·s, fp = Σm(1−s), fn = Σ(1−m)s.
+
+    Same P/R/F1 formulas as :func:`discrete_f1`. Returns (B,K) in [0,1]; NaN where the map is
+    NaN or Σs = 0 (deviation: the original gives 0). Source: spec 000 §6 ``c_f1``.
+    """
+    m, s, w, undefined = _prepare(maps, gt, ignore)
+    return _undefined(_f1(m, s, w), undefined)
+
+
+def soft_accuracy(maps: Tensor, gt: Tensor, ignore: Tensor | None = None) -> Tensor:
+    """NN-Explainer's "Accuracy": mean(m·s + (1−m)(1−s)) over non-ignored pixels.
+
+    Returns (B,K) in [0,1], defined for an empty gt; NaN where the map is NaN or every pixel is
+    ignored. Source: spec 000 §6 ``acc``.
+    """
+    m, s, w, undefined = _prepare(maps, gt, ignore)
+    return _undefined(_mean(m * s + (1 - m) * (1 - s), w), undefined)
+
+
+def discrete_iou(maps: Tensor, gt: Tensor, thresholds: Sequence[float] = IOU_THRESHOLDS,
+                 ignore: Tensor | None = None) -> Tensor:
+    """NN-Explainer's "Discr. IOU": Σ(m>t ∧ s>t) / (Σ(m>t ∨ s>t) + 1e-15), averaged over t = 0.1…0.9.
+
+    Returns (B,K) in [0,1]. Thresholds where the binarised gt is empty are left out of the mean
+    (deviation: the original's eps counts them as 0); NaN when none is defined or the map is NaN.
+    Source: spec 000 §6 ``d_IOUs``.
+    """
+    m, s, w, undefined = _prepare(maps, gt, ignore)
+    scores = torch.stack([_iou(_binarise(m, t), _binarise(s, t), w) for t in thresholds])
+    return _undefined(scores.nanmean(0), undefined)
+
+
+def soft_iou(maps: Tensor, gt: Tensor, ignore: Tensor | None = None) -> Tensor:
+    """NN-Explainer's "Cont. IOU" (Ruzicka similarity): Σmin(m,s) / (Σmax(m,s) + 1e-15).
+
+    Returns (B,K) in [0,1]; NaN where the map is NaN or Σs = 0 (deviation: the original gives 0).
+    Source: spec 000 §6 ``c_IOU``.
+    """
+    m, s, w, undefined = _prepare(maps, gt, ignore)
+    return _undefined(_iou(m, s, w), undefined)
+
+
+def pixel_auc(maps: Tensor, gt: Tensor, ignore: Tensor | None = None) -> Tensor:
+    """ROC AUC of the mask values as a pixel classifier of the gt (positives: s > 0).
+
+    Mann–Whitney form with average ranks for ties, equal to ``sklearn.metrics.roc_auc_score``:
+    AUC = (Σ rank(positives) − P(P+1)/2) / (P·N) over non-ignored pixels. Returns (B,K) in
+    [0,1] (a constant mask gives 0.5); NaN where the map is NaN or the gt holds a single class
+    (the original's ``None``). Source: spec 000 §6 ``aucs``.
+    """
+    m, s, w, undefined = _prepare(maps, gt, ignore)
+    counted = w.flatten(2) > 0
+    scores = m.flatten(2).masked_fill(~counted, math.inf)  # ignored pixels rank above every mask value
+    ordered = scores.sort(-1).values
+    # Average rank (1-based) of each value, doubled to stay integer: first + last position + 1.
+    twice_rank = (torch.searchsorted(ordered, scores) + torch.searchsorted(ordered, scores, right=True) + 1)
+    positive = (s.flatten(2) > 0) & counted
+    num_pos = positive.sum(-1)
+    num_neg = counted.sum(-1) - num_pos
+    twice_u = (twice_rank * positive).sum(-1) - num_pos * (num_pos + 1)
+    auc = twice_u.float() / (2 * num_pos * num_neg).float()
+    return _undefined(auc, undefined | (num_pos == 0) | (num_neg == 0))
+
+
+def overlap(maps: Tensor, gt: Tensor, ignore: Tensor | None = None) -> Tensor:
+    """NN-Explainer's second "Accuracy" row: 1 − mean|s − m| over non-ignored pixels.
+
+    Returns (B,K) in [0,1], defined for an empty gt; NaN where the map is NaN or every pixel
+    is ignored. Source: spec 000 §6 ``over``.
+    """
+    m, s, w, undefined = _prepare(maps, gt, ignore)
+    return _undefined(1 - _mean((s - m).abs(), w), undefined)
+
+
+def background_coverage(maps: Tensor, gt: Tensor, ignore: Tensor | None = None) -> Tensor:
+    """Mask outside the object: mean(max(m − s, 0)) / (1 − mean(s)); lower is better.
+
+    Returns (B,K) in [0,1]; NaN where the map is NaN or mean(s) = 1, i.e. no background
+    (deviation: the original gives 0). Source: spec 000 §6 ``background_c``.
+    """
+    m, s, w, undefined = _prepare(maps, gt, ignore)
+    background = 1 - _mean(s, w)
+    return _undefined(_mean((m - s).clamp(min=0), w) / background, undefined | (background <= 0))
+
+
+def object_coverage(maps: Tensor, gt: Tensor, ignore: Tensor | None = None) -> Tensor:
+    """Object covered by the mask: 1 − mean(max(s − m, 0)) / mean(s); higher is better.
+
+    Returns (B,K) in [0,1]; NaN where the map is NaN or mean(s) = 0, i.e. an empty gt
+    (deviation: the original gives 0). Source: spec 000 §6 ``mask_c``.
+    """
+    m, s, w, undefined = _prepare(maps, gt, ignore)
+    area = _mean(s, w)
+    return _undefined(1 - _mean((s - m).clamp(min=0), w) / area, undefined | (area <= 0))
+
+
+# ---------------------------------------------------------------- model-based
+
+@torch.no_grad()
+def saliency_metric(classifier: nn.Module, images: Tensor, masks: Tensor, classes: Tensor) -> Tensor:
+    """Dabkowski & Gal's saliency metric as adapted by NN-Explainer; lower is better.
+
+    log(max(mean(m), 0.05)) − log(Σ_{c in classes} softmax(F(m⊙x))_c), where m⊙x keeps the
+    image under the mask and fills the rest with ``classifier.mean`` (zero in normalised space).
+    classifier: maps images (B,3,H,W) in [0,1] to logits (B,C) and has a ``mean`` (3,) attribute
+    (a saliencylab Classifier); masks (B,1,H,W) in [0,1]; classes (B,K) padded with -1, where a
+    class listed twice counts twice (VOC lists one entry per object instance).
+    Returns (B,) float32, unbounded; NaN where the mask is NaN or no class is given.
+    Source: spec 000 §6 ``sal``.
+    """
+    check_images(images)
+    _check_maps(masks, unit=True)
+    if masks.shape != (images.shape[0], 1, *images.shape[2:]):
+        raise ValueError(f"masks must have shape (B,1,H,W) matching images {tuple(images.shape)}, "
+                         f"got {tuple(masks.shape)}; merge per-target maps with saliencylab.maps.merge_max")
+    fill = getattr(classifier, "mean", None)
+    if not isinstance(fill, Tensor) or fill.numel() != 3:
+        raise TypeError("saliency_metric needs classifier.mean, the (3,) normalisation mean in [0,1] space "
+                        "(wrap the model in saliencylab.Classifier)")
+    m = masks.float().nan_to_num(nan=0.0)
+    masked = m * images + (1 - m) * fill.to(images).view(1, 3, 1, 1)
+    probs = classifier(masked).float().softmax(-1)
+    classes = as_targets(classes, images.shape[0], num_classes=probs.shape[1]).to(probs.device)
+    present = classes != PAD
+    mass = (probs.gather(1, classes.clamp(min=0)) * present).sum(-1)
+    area = m.flatten(1).mean(-1).clamp(min=SALIENCY_MIN_AREA)
+    undefined = masks.flatten(1).isnan().any(-1) | ~present.any(-1)
+    return _undefined(area.log() - mass.log(), undefined)

@@ -1,0 +1,149 @@
+"""Train the classifier to be explained (multi-label, BCE; spec 000 §3)."""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from torch import Tensor, nn
+
+from saliencylab.models.classifier import Classifier
+from saliencylab.models.io import save_state_dict
+from saliencylab.models.zoo import build_classifier
+from saliencylab.types import Batch
+
+
+def multilabel_counts(logits: Tensor, labels: Tensor, threshold: float = 0.0) -> Tensor:
+    """Micro counts [tp, fp, fn, tn] over all (image, class) pairs; positive if logit >= threshold."""
+    predicted = logits >= threshold
+    truth = labels > 0.5
+    return torch.stack([(predicted & truth).sum(), (predicted & ~truth).sum(),
+                        (~predicted & truth).sum(), (~predicted & ~truth).sum()]).float()
+
+
+def multilabel_scores(counts: Tensor) -> dict[str, float]:
+    """Micro accuracy, precision, recall and F1 (spec 000 §3) from :func:`multilabel_counts`."""
+    tp, fp, fn, tn = counts.tolist()
+    return {
+        "accuracy": (tp + tn) / max(tp + fp + fn + tn, 1),
+        "precision": tp / max(tp + fp, 1),
+        "recall": tp / max(tp + fn, 1),
+        "micro_f1": 2 * tp / max(2 * tp + fp + fn, 1),
+    }
+
+
+def frozen_batchnorm_to_eval(model: nn.Module) -> None:
+    """Keep BatchNorm layers whose parameters are frozen in eval mode (no running-stat updates)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in module.parameters()):
+            module.eval()
+
+
+class ClassifierModule(L.LightningModule):
+    """Multi-label classifier training: BCE-with-logits, Adam, micro metrics at logit >= 0.
+
+    Built from plain hyper-parameters (arch name, class count) so ``load_from_checkpoint``
+    rebuilds it; ``backbone_weights`` is an optional ImageNet state-dict file.
+    """
+
+    def __init__(self, arch: str = "small_cnn", num_classes: int = 6, class_names: Sequence[str] | None = None,
+                 lr: float = 1e-3, weight_decay: float = 0.0, freeze_backbone: bool = True,
+                 backbone_weights: str | None = None, width: int = 32) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.classifier = build_classifier(arch, num_classes, class_names=class_names, freeze_backbone=freeze_backbone,
+                                           backbone_weights=backbone_weights, width=width)
+        self._counts: dict[str, Tensor] = {}
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.classifier(images)
+
+    def on_train_epoch_start(self) -> None:
+        frozen_batchnorm_to_eval(self.classifier)
+
+    def _step(self, batch: Batch, stage: str) -> Tensor:
+        logits = self(batch.images)
+        loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
+        self.log(f"{stage}_loss", loss, prog_bar=stage != "test", batch_size=len(batch))
+        counts = multilabel_counts(logits.detach(), batch.labels)
+        self._counts[stage] = self._counts.get(stage, torch.zeros(4, device=counts.device)) + counts
+        return loss
+
+    def _log_epoch(self, stage: str) -> None:
+        counts = self._counts.pop(stage, None)
+        if counts is not None:
+            scores = multilabel_scores(counts)
+            if stage == "test":
+                for name, value in scores.items():
+                    self.log(f"test_{name}", value)
+            else:
+                self.log(f"{stage}_f1", scores["micro_f1"], prog_bar=True)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+def fit_classifier(datamodule: L.LightningDataModule, out_dir: str | Path, *, arch: str = "small_cnn",
+                   num_classes: int, class_names: Sequence[str] | None = None, lr: float = 1e-3,
+                   max_epochs: int = 30, patience: int = 5, seed: int = 42, width: int = 32,
+                   progress: bool = True, **module_kwargs: object) -> tuple[Classifier, dict[str, float]]:
+    """Train with early stopping on ``val_loss`` (min_delta 1e-3), keep the best checkpoint, test it.
+
+    Writes ``out_dir/classifier.safetensors`` (the model's weights) and ``out_dir/classifier.json``
+    (how to rebuild it, plus its test scores). Returns the trained Classifier in eval mode and
+    the test scores (micro accuracy / precision / recall / F1).
+    """
+    out_dir = Path(out_dir)
+    L.seed_everything(seed, workers=True, verbose=False)
+    module = ClassifierModule(arch=arch, num_classes=num_classes, class_names=class_names, lr=lr, width=width,
+                              **module_kwargs)
+    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor="val_loss", mode="min", save_top_k=1)
+    trainer = L.Trainer(max_epochs=max_epochs, accelerator="auto", devices=1, logger=False, deterministic=True,
+                        callbacks=[EarlyStopping("val_loss", min_delta=1e-3, patience=patience), checkpoint],
+                        enable_progress_bar=progress, enable_model_summary=False, default_root_dir=out_dir)
+    trainer.fit(module, datamodule=datamodule)
+    best = ClassifierModule.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+    result = trainer.test(best, datamodule=datamodule, verbose=False)[0]
+    scores = {k.removeprefix("test_"): float(v) for k, v in result.items() if k != "test_loss"}
+    save_state_dict(best.classifier.model.state_dict(), out_dir / "classifier.safetensors")
+    description = {"arch": arch, "num_classes": num_classes, "class_names": list(class_names or []),
+                   "width": width, "test": scores, "epochs": trainer.current_epoch}
+    (out_dir / "classifier.json").write_text(json.dumps(description, indent=2))
+    return best.classifier.eval(), scores
+
+
+def load_trained_classifier(out_dir: str | Path) -> tuple[Classifier, dict]:
+    """Rebuild the classifier written by :func:`fit_classifier` from ``out_dir``; returns it and its description."""
+    out_dir = Path(out_dir)
+    description_file = out_dir / "classifier.json"
+    if not description_file.is_file():
+        raise FileNotFoundError(f"{description_file} not found: train a classifier with fit_classifier first")
+    description = json.loads(description_file.read_text())
+    classifier = build_classifier(description["arch"], description["num_classes"],
+                                  class_names=description["class_names"] or None, width=description["width"],
+                                  weights=out_dir / "classifier.safetensors")
+    return classifier.eval(), description

@@ -1,0 +1,88 @@
+"""The demo end to end on a tiny set, the results schema, the report, and the CLI."""
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from saliencylab import methods
+from saliencylab.bench.demo import run_demo
+from saliencylab.bench.evaluate import ALL_METRICS, REFERENCES
+from saliencylab.cli import main
+from saliencylab.data.synthetic import SyntheticConfig
+
+TINY = SyntheticConfig(image_size=40, train=24, val=8, test=8, seed=2)
+README = Path(__file__).parent.parent / "README.md"
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("project") / "runs" / "demo"  # the README example's paths
+    results = run_demo(out, config=TINY, epochs=1, batch_size=4, figure_images=3, progress=False)
+    return out, results
+
+
+def test_demo_writes_every_output(demo_run):
+    out, results = demo_run
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["schema"] == "saliencylab.results/1"
+    assert set(on_disk["methods"]) == set(methods.names()) | set(REFERENCES)
+    assert list(on_disk["metrics"]) == list(ALL_METRICS)
+    assert on_disk["dataset"]["images"] == 8 and on_disk["dataset"]["image_size"] == 40
+    assert set(on_disk["classifier"]["test"]) == {"accuracy", "precision", "recall", "micro_f1"}
+    for name in methods.names():
+        row = on_disk["methods"][name]
+        assert row["kind"] == "method" and row["images_per_second"] > 0
+        assert (out / row["figure"]).is_file()
+        assert set(row["scores"]) == set(ALL_METRICS)
+    with (out / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["method"] for r in rows] == list(on_disk["methods"])
+    page = (out / "report.html").read_text()
+    assert "<table>" in page and page.count("data:image/png;base64,") == len(methods.names()) + 1
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_demo_reference_rows_have_known_values(demo_run):
+    _, results = demo_run
+    ideal, ones, zeros = (results["methods"][k]["scores"] for k in ("ideal", "1", "0"))
+    assert ideal["mean_f1"] == pytest.approx(1.0) and ideal["soft_iou"] == pytest.approx(1.0)
+    assert ideal["overlap"] == pytest.approx(1.0) and ideal["background_coverage"] == pytest.approx(0.0)
+    assert ones["object_coverage"] == pytest.approx(1.0) and ones["background_coverage"] == pytest.approx(1.0)
+    assert zeros["object_coverage"] == pytest.approx(0.0)
+    assert math.isnan(ideal["pointing_game"])  # references are masks, not per-class maps
+
+
+def test_demo_rerun_reuses_data_and_classifier(demo_run, capsys):
+    out, _ = demo_run
+    weights = out / "classifier" / "classifier.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    run_demo(out, config=TINY, epochs=1, batch_size=4, figure_images=3, progress=False)
+    assert weights.stat().st_mtime_ns == stamp
+    assert "reusing the trained classifier" in capsys.readouterr().out
+
+
+def test_cli_lists_methods_and_metrics(capsys):
+    assert main(["methods"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in methods.names())
+    assert main(["metrics"]) == 0
+    assert "pointing_game" in capsys.readouterr().out
+
+
+def test_cli_reports_bad_input_clearly(tmp_path, capsys):
+    assert main(["synthetic", "--out", str(tmp_path), "--image-size", "8", "--no-progress"]) == 2
+    assert "image_size must be >= 32" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["explode"])
+
+
+def test_readme_python_example_runs_as_written(demo_run, monkeypatch, capsys):
+    out, _ = demo_run
+    example = re.search(r"## Ten lines of Python.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    monkeypatch.chdir(out.parent.parent)
+    exec(compile(example, "README.md", "exec"), {})
+    score = float(capsys.readouterr().out.split("pointing game:")[1])
+    assert 0.0 <= score <= 1.0
