@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from contract_settings import ATOL, FAST
 from saliencylab import Classifier, methods
 from saliencylab.models.zoo import SmallCNN
 
@@ -96,10 +97,18 @@ def method_name(request):
     return request.param
 
 
+def build_fast(name: str, classifier: Classifier, **kwargs) -> methods.Method:
+    return methods.build(name, classifier, **{**FAST.get(name, {}), **kwargs})
+
+
+def assert_invariant(name: str, actual: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(actual, expected, atol=ATOL.get(name, 1e-5), rtol=1e-4, equal_nan=True)
+
+
 def test_contract_shapes_dtype_device_and_padding(method_name):
     classifier = small_cnn()
     images = torch.rand(2, 3, 24, 20)
-    maps = methods.build(method_name, classifier).attribute(images, torch.tensor([[0, 2], [1, -1]]))
+    maps = build_fast(method_name, classifier).attribute(images, torch.tensor([[0, 2], [1, -1]]))
     assert maps.shape == (2, 2, 24, 20) and maps.dtype == torch.float32 and maps.device == images.device
     assert torch.isfinite(maps[0]).all() and torch.isfinite(maps[1, 0]).all()
     assert maps[1, 1].isnan().all()
@@ -109,22 +118,35 @@ def test_contract_batched_equals_per_sample_and_k_targets_equal_k_calls(method_n
     classifier = small_cnn()
     images = torch.rand(3, 3, 32, 32)
     targets = torch.tensor([[0, 1], [2, 3], [1, -1]])
-    method = methods.build(method_name, classifier)
+    method = build_fast(method_name, classifier)
     batched = method.attribute(images, targets)
     for i in range(3):
         for k in range(2):
             if targets[i, k] >= 0:
                 single = method.attribute(images[i:i + 1], int(targets[i, k]))
-                torch.testing.assert_close(batched[i, k], single[0, 0], atol=1e-5, rtol=1e-4)
+                assert_invariant(method_name, batched[i, k], single[0, 0])
 
 
 def test_contract_chunking_does_not_change_results(method_name):
     classifier = small_cnn()
     images = torch.rand(3, 3, 32, 32)
     targets = torch.tensor([[0, 1], [2, 3], [1, 0]])
-    whole = methods.build(method_name, classifier, max_batch=64).attribute(images, targets)
-    chunked = methods.build(method_name, classifier, max_batch=1).attribute(images, targets)
-    torch.testing.assert_close(whole, chunked, atol=1e-5, rtol=1e-4)
+    whole = build_fast(method_name, classifier, max_batch=64).attribute(images, targets)
+    chunked = build_fast(method_name, classifier, max_batch=1).attribute(images, targets)
+    assert_invariant(method_name, whole, chunked)
+
+
+def test_contract_results_are_reproducible(method_name):
+    classifier = small_cnn()
+    images = torch.rand(2, 3, 32, 32)
+    first = build_fast(method_name, classifier).attribute(images, 1)
+    second = build_fast(method_name, classifier).attribute(images, 1)
+    assert torch.equal(first, second)
+
+
+def test_contract_declares_its_minimum_passes(method_name):
+    passes = build_fast(method_name, small_cnn()).passes(32, 32)
+    assert passes.forward >= 1 and passes.backward >= 0
 
 
 def _hook_count(model: nn.Module) -> int:
@@ -138,7 +160,7 @@ def test_contract_state_restored_and_hooks_removed(method_name):
     flags = {name: p.requires_grad for name, p in classifier.named_parameters()}
     images = torch.rand(2, 3, 32, 32, requires_grad=True)
     images.grad = torch.full_like(images, 7.0)
-    method = methods.build(method_name, classifier)
+    method = build_fast(method_name, classifier)
     method.attribute(images, 1)
     assert classifier.training and all(m.training for m in classifier.modules())
     assert {name: p.requires_grad for name, p in classifier.named_parameters()} == flags

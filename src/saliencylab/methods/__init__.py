@@ -1,5 +1,13 @@
-"""Post-hoc attribution methods behind one contract (see ``base.Method``)."""
-from saliencylab.methods import cam, gradient  # noqa: F401  (registers the methods)
-from saliencylab.methods.base import Method, build, get, hyperparameters, names, register
+"""Post-hoc attribution methods behind one contract (see ``base.Method``).
 
-__all__ = ["Method", "build", "get", "hyperparameters", "names", "register"]
+Every module of this package is imported here, so the methods it registers are available by name.
+"""
+import importlib
+import pkgutil
+
+from saliencylab.methods.base import Method, Passes, build, get, hyperparameters, names, register
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["Method", "Passes", "build", "get", "hyperparameters", "names", "register"]

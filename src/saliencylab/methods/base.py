@@ -10,13 +10,14 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from saliencylab.models.classifier import Classifier, check_images
-from saliencylab.targets import as_targets, valid_pairs
+from saliencylab.targets import PAD, as_targets, valid_pairs
 
 _REGISTRY: dict[str, type["Method"]] = {}
 M = TypeVar("M", bound=type["Method"])
@@ -95,8 +96,22 @@ def selected_scores(classifier: Classifier, logits: Tensor, classes: Tensor) -> 
     return classifier.apply_score(logits).gather(1, classes.view(-1, 1)).squeeze(1)
 
 
+@dataclass(frozen=True)
+class Passes:
+    """The least work a method needs per (image, target): classifier forward and backward passes."""
+
+    forward: float
+    backward: float
+
+
 class Method:
-    """Base class. Subclasses implement :meth:`attribute_pairs` for one class per image."""
+    """Base class.
+
+    Subclasses implement :meth:`attribute_pairs` (one class per image; the base expands the
+    (image, target) pairs and chunks them by ``max_batch``), or override
+    :meth:`attribute_targets` when one pass serves every class of an image (RISE, occlusion);
+    and :meth:`passes`, the minimum work the speed benchmark compares the run time with.
+    """
 
     name: ClassVar[str] = ""
 
@@ -112,22 +127,32 @@ class Method:
     def attribute(self, images: Tensor, targets: int | list[int] | Tensor) -> Tensor:
         """Maps (B,K,H,W) float32 for images (B,3,H,W) in [0,1] and targets (B,K) (see saliencylab.targets)."""
         check_images(images)
-        batch, _, height, width = images.shape
-        targets = as_targets(targets, batch, self.classifier.num_classes)
-        rows, slots, classes = valid_pairs(targets)
-        maps = torch.full((batch, targets.shape[1], height, width), float("nan"),
-                          dtype=torch.float32, device=images.device)
-        classes = classes.to(images.device)
+        targets = as_targets(targets, images.shape[0], self.classifier.num_classes)
         with scoped_eval(self.classifier):
-            for start in range(0, len(rows), self.max_batch):
-                chunk = slice(start, start + self.max_batch)
-                pair_maps = self.attribute_pairs(images[rows[chunk]].detach(), classes[chunk])
-                maps[rows[chunk], slots[chunk]] = pair_maps.float()
+            maps = self.attribute_targets(images.detach(), targets.to(images.device))
+        return maps.masked_fill((targets == PAD).to(maps.device)[..., None, None], float("nan"))
+
+    def attribute_targets(self, images: Tensor, targets: Tensor) -> Tensor:
+        """Maps (B,K,H,W) for images (B,3,H,W) and validated targets (B,K); padded slots may hold anything.
+
+        Runs in eval mode with frozen parameters. The default expands the valid (image, target)
+        pairs and calls :meth:`attribute_pairs` on chunks of ``max_batch`` pairs.
+        """
+        batch, _, height, width = images.shape
+        rows, slots, classes = valid_pairs(targets)
+        maps = torch.zeros((batch, targets.shape[1], height, width), dtype=torch.float32, device=images.device)
+        for start in range(0, len(rows), self.max_batch):
+            chunk = slice(start, start + self.max_batch)
+            maps[rows[chunk], slots[chunk]] = self.attribute_pairs(images[rows[chunk]], classes[chunk]).float()
         return maps
 
     def attribute_pairs(self, images: Tensor, classes: Tensor) -> Tensor:
-        """Maps (N,H,W) for N images (N,3,H,W) and one class each (N,). Runs in eval mode."""
-        raise NotImplementedError
+        """Maps (N,H,W) for N images (N,3,H,W) and one class each (N,)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither attribute_pairs nor attribute_targets")
+
+    def passes(self, height: int, width: int) -> Passes:
+        """Minimum classifier passes per (image, target) for images of this size (default: one of each)."""
+        return Passes(forward=1, backward=1)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={getattr(self, k)!r}" for k in hyperparameters(self.name))
