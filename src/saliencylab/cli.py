@@ -39,6 +39,20 @@ def _synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _speed(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from saliencylab.bench.speed import HEADER, run_speed
+
+    print(HEADER)
+    rows = run_speed(args.model, args.size, args.batch, args.methods, args.settings, args.device, args.repeats,
+                     progress=lambda line: print(line, flush=True))
+    if args.json:
+        Path(args.json).write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+    return 0
+
+
 def _methods(_args: argparse.Namespace) -> int:
     from saliencylab import methods
 
@@ -84,6 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--out", default="runs/synthetic", help="output folder (default runs/synthetic)")
     _add_data_options(synthetic)
     synthetic.set_defaults(run=_synthetic)
+
+    bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="benchmark", required=True)
+    speed = bench.add_parser("speed", help="time every method against its minimum number of classifier passes")
+    speed.add_argument("--model", default="small_cnn", help="small_cnn (default), resnet50, vgg16, ... (random weights)")
+    speed.add_argument("--size", type=int, default=96, help="image side in pixels (default 96)")
+    speed.add_argument("--batch", type=int, default=8, help="images per call (default 8)")
+    speed.add_argument("--methods", nargs="+", help="only these methods (default: all)")
+    speed.add_argument("--settings", default="reduced", choices=["reduced", "default"],
+                       help="reduced (default): cheaper counts for the slowest methods; default: the papers' settings")
+    speed.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    speed.add_argument("--repeats", type=int, default=3, help="timed runs per method after a warm-up (median)")
+    speed.add_argument("--json", help="also write the rows to this JSON file")
+    speed.set_defaults(run=_speed)
 
     commands.add_parser("methods", help="list the attribution methods").set_defaults(run=_methods)
     commands.add_parser("metrics", help="list the metrics").set_defaults(run=_metrics)

@@ -1,0 +1,165 @@
+"""``saliencylab bench speed``: how fast each method runs, against the least work it must do.
+
+For every method: images/s, seconds per image, peak memory, and the ratio of its time to its
+minimum pass count (``method.passes``) × the time of one classifier forward (+ backward) on the
+same batch. A ratio of 1.15 means 15 % overhead over that minimum.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saliencylab import methods
+from saliencylab.methods.base import scoped_eval
+from saliencylab.models.classifier import Classifier
+from saliencylab.models.zoo import build_classifier
+
+REDUCED_SETTINGS: dict[str, dict] = {
+    "smoothgrad": {"samples": 10},
+    "rise": {"num_masks": 1000},
+    "extremal_perturbation": {"max_iter": 100, "areas": (0.05, 0.1, 0.2)},
+    "meaningful_perturbation": {"max_iter": 100},
+    "igos_pp": {"iterations": 10},
+}
+"""Cheaper hyper-parameters for the slowest methods, used by the demo and by ``--settings reduced``.
+The speed ratio barely depends on them: they scale the work and its minimum alike."""
+
+
+def settings_for(name: str, settings: str) -> dict:
+    """Hyper-parameters of ``name`` under ``settings`` ("default": the papers' defaults, or "reduced")."""
+    if settings not in ("default", "reduced"):
+        raise ValueError(f"settings must be 'default' or 'reduced', got {settings!r}")
+    if settings == "default":
+        return {}
+    allowed = methods.hyperparameters(name)
+    return {k: v for k, v in REDUCED_SETTINGS.get(name, {}).items() if k in allowed}
+
+
+@dataclass
+class SpeedRow:
+    method: str
+    images_per_second: float
+    seconds_per_image: float
+    peak_memory_mb: float
+    minimum_seconds_per_image: float
+    ratio: float
+    settings: dict
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@contextmanager
+def peak_memory(device: torch.device) -> Iterator[list[float]]:
+    """Yield a one-element list that holds, afterwards, the peak extra memory in MiB.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` above the start. CPU: resident set size sampled
+    every millisecond by a thread (Linux), above the start.
+    """
+    result = [float("nan")]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        yield result
+        torch.cuda.synchronize(device)
+        result[0] = (torch.cuda.max_memory_allocated(device) - start) / 2 ** 20
+        return
+    if not os.path.exists("/proc/self/statm"):
+        yield result
+        return
+    start, peak, done = _resident_bytes(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _resident_bytes())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield result
+    finally:
+        done.set()
+        sampler.join()
+        result[0] = max(peak[0] - start, 0) / 2 ** 20
+
+
+def timed(run: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median wall time of ``run`` over ``repeats`` runs after one warm-up."""
+    run()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def unit_times(classifier: Classifier, images: Tensor, repeats: int) -> tuple[float, float]:
+    """Seconds of one forward, and of one backward to the input, of the whole batch."""
+    device = images.device
+
+    def forward() -> None:
+        with torch.no_grad():
+            classifier(images)
+
+    def forward_backward() -> None:
+        inputs = images.clone().requires_grad_(True)
+        torch.autograd.grad(classifier(inputs)[:, 0].sum(), inputs)
+
+    with scoped_eval(classifier):
+        forward_time = timed(forward, device, repeats)
+        backward_time = max(timed(forward_backward, device, repeats) - forward_time, 0.0)
+    return forward_time, backward_time
+
+
+def run_speed(model: str = "small_cnn", size: int = 96, batch: int = 8, names: Sequence[str] | None = None,
+              settings: str = "reduced", device: str = "cpu", repeats: int = 3, num_classes: int = 6,
+              progress: Callable[[str], None] = print) -> list[SpeedRow]:
+    """Time every method (or ``names``) on a random-weight ``model`` with ``batch`` images of ``size`` px."""
+    torch_device = torch.device(device)
+    torch.manual_seed(0)
+    classifier = build_classifier(model, num_classes).to(torch_device).eval()
+    images = torch.rand(batch, 3, size, size, device=torch_device)
+    targets = torch.randint(num_classes, (batch, 1))
+    forward_time, backward_time = unit_times(classifier, images, repeats)
+    progress(f"{model} at {size} px, batch {batch} on {torch_device}: forward {forward_time / batch * 1e3:.2f} ms/image, "
+             f"backward {backward_time / batch * 1e3:.2f} ms/image")
+    rows = []
+    for name in names or methods.names():
+        chosen = settings_for(name, settings)
+        method = methods.build(name, classifier, **chosen)
+        with peak_memory(torch_device) as peak:
+            seconds = timed(lambda: method.attribute(images, targets), torch_device, repeats)
+        passes = method.passes(size, size)
+        minimum = (passes.forward * forward_time + passes.backward * backward_time) / batch
+        per_image = seconds / batch
+        row = SpeedRow(name, 1 / per_image, per_image, peak[0], minimum,
+                       per_image / minimum if minimum > 0 else float("nan"), chosen)
+        rows.append(row)
+        progress(format_row(row))
+    return rows
+
+
+def format_row(row: SpeedRow) -> str:
+    ratio = "–" if row.ratio != row.ratio else f"{row.ratio:.2f}"
+    return (f"{row.method:24s} {row.images_per_second:10.2f} {row.seconds_per_image * 1e3:12.2f} "
+            f"{row.peak_memory_mb:10.1f} {row.minimum_seconds_per_image * 1e3:12.2f} {ratio:>7s}")
+
+
+HEADER = f"{'method':24s} {'images/s':>10s} {'ms/image':>12s} {'peak MiB':>10s} {'min ms/img':>12s} {'ratio':>7s}"
