@@ -17,6 +17,7 @@ import saliencylab
 from saliencylab import methods, viz
 from saliencylab.bench import evaluate as ev
 from saliencylab.bench import report
+from saliencylab.bench.speed import settings_for
 from saliencylab.data import COCODataset, RandomHorizontalFlip, Resize, VOCDataset
 from saliencylab.data.module import InMemory, SaliencyDataModule
 from saliencylab.data.synthetic import CLASSES, SyntheticConfig, write_synthetic
@@ -115,7 +116,8 @@ def run_demo(out_dir: str | Path = "runs/demo", *, fresh: bool = False, device: 
     comparison = [[viz.to_uint8_image(figure_batch.images[i]), viz.segmentation_to_rgb(figure_batch.segmentation[i])]
                   for i in range(len(figure_batch))]
     for name in methods.names():
-        method = methods.build(name, classifier)
+        settings = settings_for(name, "reduced")
+        method = methods.build(name, classifier, **settings)
         scores = ev.evaluate(lambda batch, targets: method.attribute(batch.images, targets), classifier,
                              tqdm(loader, desc=f"  {name}", disable=not progress, leave=False), torch_device)
         maps = method.attribute(figure_batch.images.to(torch_device), from_multi_hot(figure_batch.labels))
@@ -124,7 +126,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, fresh: bool = False, device: 
             comparison[i].append(row[2])
         figure = report.save_png(viz.grid(tiles, ["image", "truth", "merged", "target 1", "target 2", "target 3"]),
                                  out_dir / "figures" / f"{name}.png")
-        rows[name] = {"kind": "method", "hyperparameters": methods.hyperparameters(name),
+        rows[name] = {"kind": "method", "hyperparameters": {**methods.hyperparameters(name), **settings},
                       "scores": scores.summary(len(class_names)),
                       "images_per_second": scores.images / scores.seconds,
                       "seconds_per_image": scores.seconds / scores.images, "figure": figure}
@@ -135,7 +137,8 @@ def run_demo(out_dir: str | Path = "runs/demo", *, fresh: bool = False, device: 
                              per_image_masks=True)
         rows[name] = {"kind": "reference", "hyperparameters": {}, "scores": scores.summary(len(class_names)),
                       "images_per_second": None, "seconds_per_image": None, "figure": None}
-    report.save_png(viz.grid(comparison, ["image", "truth", *methods.names()]), out_dir / "figures" / "comparison.png")
+    report.save_png(viz.grid(comparison, ["image", "truth", *methods.names()], scale=1),
+                    out_dir / "figures" / "comparison.png")
 
     print(f"[4/4] report -> {out_dir}")
     results = {

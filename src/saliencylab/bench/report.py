@@ -123,6 +123,9 @@ def write_html(results: dict, out_dir: Path) -> Path:
     for name, row in results["methods"].items():
         if row.get("figure"):
             figures.append(f"<h3>{html.escape(name)}</h3>" + _image_tag(out_dir / row["figure"], name))
+    settings = "".join(
+        f"<li><code>{html.escape(name)}</code>: {html.escape(', '.join(f'{k}={v!r}' for k, v in row['hyperparameters'].items()))}</li>"
+        for name, row in results["methods"].items() if row["kind"] == "method")
     metric_notes = "".join(
         f"<li><code>{html.escape(m)}</code> ({'higher' if d['higher_is_better'] else 'lower'} is better; "
         f"{'mean of per-class means' if d['aggregation'] == 'class_mean' else 'mean over images'}): "
@@ -143,6 +146,7 @@ torch {html.escape(results['torch_version'])}.</p>
 (constant 0, 0.5, 1 and the ground truth itself). Hover a metric name for its definition.</p>
 {_table(results)}
 <ul>{metric_notes}</ul>
+<details><summary>Hyper-parameters of each method in this run</summary><ul>{settings}</ul></details>
 {''.join(figures)}
 </body></html>"""
     path = out_dir / "report.html"
