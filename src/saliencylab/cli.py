@@ -53,6 +53,42 @@ def _speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setting(text: str) -> tuple[str, object]:
+    """``key=value`` with the value read as YAML (numbers, lists, booleans); for --set."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from saliencylab.bench.export import explain_to_disk
+    from saliencylab.data import COCODataset, ImageFolder, Resize, VOCDataset
+    from saliencylab.training.classifier import load_trained_classifier
+
+    classifier, description = load_trained_classifier(args.classifier)
+    size = args.image_size or description.get("data", {}).get("image_size", 224)
+    resize = Resize(size)
+    sources = [args.voc, args.coco_json, args.images]
+    if sum(source is not None for source in sources) != 1:
+        raise ValueError("give exactly one of --voc ROOT, --coco-json FILE (with --coco-images DIR) or --images FOLDER")
+    if args.voc is not None:
+        dataset = VOCDataset(args.voc, args.split, classifier.class_names, transform=resize)
+    elif args.coco_json is not None:
+        if args.coco_images is None:
+            raise ValueError("--coco-json needs --coco-images, the folder of its images")
+        dataset = COCODataset(args.coco_images, args.coco_json, transform=resize)
+    else:
+        dataset = ImageFolder(args.images, classifier.class_names, transform=resize)
+    manifest = explain_to_disk(args.method, classifier, dataset, args.out, hyperparameters=dict(args.set),
+                               targets=args.targets, batch_size=args.batch_size, device=args.device,
+                               progress=not args.no_progress)
+    print(f"{len(manifest['images'])} images explained in {args.out} (manifest.json, maps/*.npz)")
+    return 0
+
+
 def _methods(_args: argparse.Namespace) -> int:
     from saliencylab import methods
 
@@ -98,6 +134,25 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--out", default="runs/synthetic", help="output folder (default runs/synthetic)")
     _add_data_options(synthetic)
     synthetic.set_defaults(run=_synthetic)
+
+    explain = commands.add_parser("explain", help="write a method's maps for a dataset or image folder (resumable)")
+    explain.add_argument("method", help="a registered method (see: saliencylab methods)")
+    explain.add_argument("--classifier", required=True, help="folder written by classifier training (e.g. runs/demo/classifier)")
+    explain.add_argument("--out", required=True, help="output folder: manifest.json and maps/<image id>.npz")
+    explain.add_argument("--voc", help="VOC root (folder with VOCdevkit, VOCdevkit, or VOC2007)")
+    explain.add_argument("--split", default="test", help="VOC split (default test)")
+    explain.add_argument("--coco-json", help="COCO instances JSON")
+    explain.add_argument("--coco-images", help="folder of the COCO JSON's images")
+    explain.add_argument("--images", help="a folder of plain images")
+    explain.add_argument("--targets", default="labels", choices=["labels", "top1", "top3", "top5"],
+                         help="explain the ground-truth labels (default) or the top-k predicted classes")
+    explain.add_argument("--image-size", type=int, help="resize side (default: the classifier's training size)")
+    explain.add_argument("--batch-size", type=int, default=16)
+    explain.add_argument("--device", default="cpu")
+    explain.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                         help="a method hyper-parameter, e.g. --set layer=features (repeatable)")
+    explain.add_argument("--no-progress", action="store_true")
+    explain.set_defaults(run=_explain)
 
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="benchmark", required=True)
     speed = bench.add_parser("speed", help="time every method against its minimum number of classifier passes")

@@ -1,9 +1,10 @@
 """Datasets in their real on-disk formats (VOC, COCO), Sample transforms and a LightningDataModule."""
 from saliencylab.data.coco import COCODataset, write_coco
+from saliencylab.data.folder import ImageFolder
 from saliencylab.data.transforms import Compose, RandomHorizontalFlip, Resize
 from saliencylab.data.voc import VOC_CLASSES, VOCDataset, voc_palette, write_voc
 
-__all__ = ["COCODataset", "Compose", "RandomHorizontalFlip", "Resize", "SaliencyDataModule", "VOCDataset",
+__all__ = ["COCODataset", "ImageFolder", "Compose", "RandomHorizontalFlip", "Resize", "SaliencyDataModule", "VOCDataset",
            "VOC_CLASSES", "voc_palette", "write_coco", "write_voc"]
 
 

@@ -129,11 +129,20 @@ def fit_classifier(datamodule: L.LightningDataModule, out_dir: str | Path, *, ar
     best = ClassifierModule.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu", weights_only=True)
     result = trainer.test(best, datamodule=datamodule, verbose=False)[0]
     scores = {k.removeprefix("test_"): float(v) for k, v in result.items() if k != "test_loss"}
-    save_state_dict(best.classifier.model.state_dict(), out_dir / "classifier.safetensors")
-    description = {"arch": arch, "num_classes": num_classes, "class_names": list(class_names or []),
-                   "width": width, "test": scores, "epochs": trainer.current_epoch}
-    (out_dir / "classifier.json").write_text(json.dumps(description, indent=2))
+    save_classifier(best.classifier, out_dir, arch=arch, width=width, test=scores, epochs=trainer.current_epoch)
     return best.classifier.eval(), scores
+
+
+def save_classifier(classifier: Classifier, out_dir: str | Path, *, arch: str, width: int = 32,
+                    **extra: object) -> Path:
+    """Write ``classifier.safetensors`` and ``classifier.json`` (arch, classes, ``extra``) for load_trained_classifier."""
+    out_dir = Path(out_dir)
+    save_state_dict(classifier.model.state_dict(), out_dir / "classifier.safetensors")
+    class_names = list(classifier.class_names or [])
+    num_classes = len(class_names) if class_names else int(extra.pop("num_classes"))
+    description = {"arch": arch, "num_classes": num_classes, "class_names": class_names, "width": width, **extra}
+    (out_dir / "classifier.json").write_text(json.dumps(description, indent=2))
+    return out_dir
 
 
 def load_trained_classifier(out_dir: str | Path) -> tuple[Classifier, dict]:

@@ -1,0 +1,46 @@
+"""A folder of plain images (no annotations), e.g. to explain a user's own pictures."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2.functional import pil_to_tensor
+
+from saliencylab.data.voc import AnnotatedDataset
+from saliencylab.types import Sample
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class ImageFolder(AnnotatedDataset):
+    """Every image file directly in ``folder`` (sorted by name) as a Sample without labels.
+
+    image_id = the file name without its suffix; ``labels`` is all zeros over ``class_names``.
+    """
+
+    def __init__(self, folder: str | Path, class_names: tuple[str, ...] | list[str],
+                 transform: Callable[[Sample], Sample] | None = None) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"image folder {self.folder} does not exist")
+        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.folder}")
+        stems = [p.stem for p in self.files]
+        if len(set(stems)) != len(stems):
+            raise ValueError(f"{self.folder} holds several images with the same name and different suffixes")
+        self.ids = stems
+        self.class_names = tuple(class_names)
+        self.transform = transform
+
+    def __getitem__(self, index: int) -> Sample:
+        path = self.files[index]
+        try:
+            with Image.open(path) as file:
+                image = pil_to_tensor(file.convert("RGB")).float() / 255
+        except (UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"cannot read image {path}: expected a {', '.join(IMAGE_SUFFIXES)} file ({err})") from err
+        sample = Sample(image=image, labels=torch.zeros(len(self.class_names)), image_id=self.ids[index])
+        return sample if self.transform is None else self.transform(sample)
