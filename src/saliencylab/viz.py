@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import io
+
 import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw
@@ -63,3 +65,25 @@ def grid(tiles: Sequence[Sequence[np.ndarray]], column_titles: Sequence[str] = (
             picture = Image.fromarray(tile).resize((w, h), Image.NEAREST)
             canvas.paste(picture, (pad + col * (w + pad), title_height + pad + row * (h + pad)))
     return canvas
+
+
+def matrix_heatmap(matrix: Tensor, row_labels: Sequence[str], column_labels: Sequence[str], title: str = "",
+                   vmax: float = 100.0) -> Image.Image:
+    """A (R,C) matrix as an annotated heat map (values printed in the cells; NaN left blank)."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+
+    values = matrix.detach().cpu().float().numpy()
+    figure = Figure(figsize=(0.9 * len(column_labels) + 1.6, 0.55 * len(row_labels) + 1.2), dpi=100)
+    axes = figure.add_subplot()
+    axes.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=vmax)
+    axes.set_xticks(range(len(column_labels)), column_labels, rotation=45, ha="right")
+    axes.set_yticks(range(len(row_labels)), row_labels)
+    for (row, col), value in np.ndenumerate(values):
+        if np.isfinite(value):
+            axes.text(col, row, f"{value:.1f}", ha="center", va="center", fontsize=8,
+                      color="white" if value < 0.6 * vmax else "black")
+    axes.set_title(title, fontsize=10)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return Image.open(buffer).convert("RGB")
