@@ -82,7 +82,7 @@ class Scores:
 
 
 def score_batch(classifier: Classifier, batch: Batch, maps: Tensor, targets: Tensor, scores: Scores,
-                seed: int = 0) -> None:
+                seed: int = 0, original_protocol: bool = False) -> None:
     """Add the scores of maps (B,K,H,W) for ``targets`` (B,K) on ``batch`` to ``scores``."""
     if batch.segmentation is None:
         raise ValueError("evaluation needs segmentation ground truth; use a split whose images all have one "
@@ -99,25 +99,36 @@ def score_batch(classifier: Classifier, batch: Batch, maps: Tensor, targets: Ten
                                                 generator=generator))
     scores.add("energy", metrics.energy(maps, class_masks))
     merged = merge_max(normalize_minmax(maps))
-    score_masks(classifier, batch, merged, targets, scores)
+    score_masks(classifier, batch, merged, targets, scores, original_protocol)
 
 
-def score_masks(classifier: Classifier, batch: Batch, masks: Tensor, targets: Tensor, scores: Scores) -> None:
-    """Add the segmentation-suite and saliency scores of per-image masks (B,1,H,W) in [0,1]."""
-    objects = ground_truth.foreground(batch.segmentation).float()
+def score_masks(classifier: Classifier, batch: Batch, masks: Tensor, targets: Tensor, scores: Scores,
+                original_protocol: bool = False) -> None:
+    """Add the segmentation-suite and saliency scores of per-image masks (B,1,H,W) in [0,1].
+
+    ``original_protocol=True`` reproduces the NN-Explainer code's quirks (spec 000 §6): VOID
+    borders count as object instead of being left out, and the saliency metric sums the
+    probability of each object instance's class (a class with two instances counts twice).
+    """
+    objects = ground_truth.foreground(batch.segmentation)
     void = ground_truth.void_mask(batch.segmentation)
+    if original_protocol:
+        objects, void = objects | void, None
+        targets = torch.nn.utils.rnn.pad_sequence(list(batch.box_labels), batch_first=True, padding_value=PAD)
     for name in SEGMENTATION:
-        scores.add(name, metrics.get(name).fn(masks, objects, ignore=void))
+        scores.add(name, metrics.get(name).fn(masks, objects.float(), ignore=void))
     scores.add("saliency_metric", metrics.saliency_metric(classifier, batch.images, masks, targets).unsqueeze(1))
 
 
 def evaluate(explain: Callable[[Batch, Tensor], Tensor], classifier: Classifier, batches: Iterable[Batch],
-             device: torch.device | str = "cpu", per_image_masks: bool = False) -> Scores:
+             device: torch.device | str = "cpu", per_image_masks: bool = False,
+             original_protocol: bool = False) -> Scores:
     """Explain every batch for its ground-truth classes and score the maps.
 
     ``explain(batch, targets)`` returns maps (B,K,H,W) (e.g. ``method.attribute(batch.images,
     targets)``), or with ``per_image_masks=True`` one mask (B,1,H,W) in [0,1] per image (the
     reference rows of :data:`REFERENCES`), which gets only the segmentation suite.
+    ``original_protocol``: see :func:`score_masks`.
     """
     scores = Scores()
     for batch in batches:
@@ -129,9 +140,9 @@ def evaluate(explain: Callable[[Batch, Tensor], Tensor], classifier: Classifier,
             torch.cuda.synchronize()
         scores.seconds += time.perf_counter() - start
         if per_image_masks:
-            score_masks(classifier, batch, maps, targets.to(maps.device), scores)
+            score_masks(classifier, batch, maps, targets.to(maps.device), scores, original_protocol)
         else:
-            score_batch(classifier, batch, maps, targets, scores)
+            score_batch(classifier, batch, maps, targets, scores, original_protocol=original_protocol)
         scores.targets.append(targets)
         scores.images += len(batch)
     return scores
