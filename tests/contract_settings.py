@@ -8,6 +8,7 @@ Each family keeps its entries under its own comment.
 
 FAST: dict[str, dict] = {
     # gradient family
+    "integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 3},
     # CAM family
     # perturbation family
     # second order and baselines
