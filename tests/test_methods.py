@@ -189,10 +189,9 @@ def test_registry_rejects_unknown_names_and_hyperparameters():
         methods.build("gradient", nn.Linear(2, 2))
 
 
-def test_auto_layer_needs_a_named_layer():
-    classifier = Classifier(SmallCNN(2, width=4))  # no layers named
-    with pytest.raises(ValueError, match="no layer given"):
-        methods.build("gradcam", classifier)
+def test_auto_layer_is_found_without_names_and_paths_work():
+    classifier = Classifier(SmallCNN(2, width=4))  # no layers named: the last spatial feature map is chosen
+    assert classifier.layer_path() == "features"
     method = methods.build("gradcam", classifier, layer="features.3")  # a dotted module path works
     assert method.attribute(torch.rand(1, 3, 16, 16), 0).shape == (1, 1, 16, 16)
 
