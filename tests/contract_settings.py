@@ -6,17 +6,34 @@ comparisons where iterative methods accumulate float differences between batch l
 Each family keeps its entries under its own comment.
 """
 
+def _tiny_explainer():
+    import torch
+
+    from saliencylab.models.explainer import light_explainer
+    with torch.random.fork_rng():  # leave the global RNG as it was
+        torch.manual_seed(0)
+        return light_explainer(4, width=4)
+
+
+_TINY_EXPLAINER = _tiny_explainer()  # trained explainers (below)
+
 FAST: dict[str, dict] = {
     # gradient family
     "integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 3},
     # CAM family
     # perturbation family
+    "rise": {"num_masks": 64}, "extremal_perturbation": {"max_iter": 4, "areas": (0.1, 0.3)},
+    "meaningful_perturbation": {"max_iter": 4, "mask_size": 8}, "igos_pp": {"iterations": 2, "steps": 3, "mask_size": 8},
     # second order and baselines
+    # trained explainers: a tiny random light explainer (4 classes, like the suite's small CNN) stands in
+    # for a checkpoint directory written by fit_explainer
+    **{name: {"explainer": _TINY_EXPLAINER} for name in ("explainer", "rt_saliency", "fcnn")},
 }
 
 ATOL: dict[str, float] = {
     # gradient family
     # CAM family
     # perturbation family
+    "extremal_perturbation": 1e-4, "meaningful_perturbation": 1e-4, "igos_pp": 1e-4,
     # second order and baselines
 }
