@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from saliencylab import methods
-from saliencylab.bench.demo import run_demo
+from saliencylab.bench.demo import CLASS_SPECIFIC, run_demo
 from saliencylab.bench.evaluate import ALL_METRICS, REFERENCES
 from saliencylab.cli import main
 from saliencylab.data.synthetic import SyntheticConfig
@@ -20,7 +20,8 @@ README = Path(__file__).parent.parent / "README.md"
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("project") / "runs" / "demo"  # the README example's paths
-    results = run_demo(out, config=TINY, epochs=1, batch_size=4, figure_images=3, progress=False)
+    results = run_demo(out, config=TINY, epochs=1, explainer_epochs=1, batch_size=4, figure_images=3,
+                       slow_images=2, class_specific_images=4, progress=False)
     return out, results
 
 
@@ -28,11 +29,12 @@ def test_demo_writes_every_output(demo_run):
     out, results = demo_run
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["schema"] == "saliencylab.results/1"
-    assert set(on_disk["methods"]) == set(methods.names()) | set(REFERENCES)
+    explained = set(methods.names()) - {"fcnn"}  # fcnn explains itself, not the demo classifier
+    assert set(on_disk["methods"]) == explained | set(REFERENCES)
     assert list(on_disk["metrics"]) == list(ALL_METRICS)
     assert on_disk["dataset"]["images"] == 8 and on_disk["dataset"]["image_size"] == 40
     assert set(on_disk["classifier"]["test"]) == {"accuracy", "precision", "recall", "micro_f1"}
-    for name in methods.names():
+    for name in explained:
         row = on_disk["methods"][name]
         assert row["kind"] == "method" and row["images_per_second"] > 0
         assert (out / row["figure"]).is_file()
@@ -41,7 +43,11 @@ def test_demo_writes_every_output(demo_run):
         rows = list(csv.DictReader(handle))
     assert [r["method"] for r in rows] == list(on_disk["methods"])
     page = (out / "report.html").read_text()
-    assert "<table>" in page and page.count("data:image/png;base64,") == len(methods.names()) + 1
+    assert set(on_disk["class_specific"]) == set(CLASS_SPECIFIC) & set(methods.names())
+    for entry in on_disk["class_specific"].values():
+        assert len(entry["matrix"]) == 6 and len(entry["matrix"][0]) == 7 and (out / entry["figure"]).is_file()
+    figures = len(explained) + 1 + len(on_disk["class_specific"])
+    assert "<table>" in page and page.count("data:image/png;base64,") == figures
     assert not list(out.rglob("*.tmp"))
 
 
@@ -58,10 +64,13 @@ def test_demo_reference_rows_have_known_values(demo_run):
 def test_demo_rerun_reuses_data_and_classifier(demo_run, capsys):
     out, _ = demo_run
     weights = out / "classifier" / "classifier.safetensors"
-    stamp = weights.stat().st_mtime_ns
-    run_demo(out, config=TINY, epochs=1, batch_size=4, figure_images=3, progress=False)
-    assert weights.stat().st_mtime_ns == stamp
-    assert "reusing the trained classifier" in capsys.readouterr().out
+    explainer = out / "explainer" / "explainer.safetensors"
+    stamp, explainer_stamp = weights.stat().st_mtime_ns, explainer.stat().st_mtime_ns
+    run_demo(out, config=TINY, epochs=1, explainer_epochs=1, batch_size=4, figure_images=3,
+                       slow_images=2, class_specific_images=4, progress=False)
+    assert weights.stat().st_mtime_ns == stamp and explainer.stat().st_mtime_ns == explainer_stamp
+    printed = capsys.readouterr().out
+    assert "reusing the trained classifier" in printed and "reusing the trained explainer" in printed
 
 
 def test_cli_lists_methods_and_metrics(capsys):

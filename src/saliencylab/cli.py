@@ -23,7 +23,7 @@ def _demo(args: argparse.Namespace) -> int:
     config = SyntheticConfig(image_size=args.image_size, train=args.train, val=args.val, test=args.test,
                              seed=args.seed)
     run_demo(args.out, fresh=args.fresh, device=args.device, config=config, epochs=args.epochs,
-             progress=not args.no_progress)
+             explainer_epochs=args.explainer_epochs, slow_images=args.slow_images, progress=not args.no_progress)
     print(f"open {Path(args.out) / 'report.html'} in a browser")
     return 0
 
@@ -126,7 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="synthetic data -> classifier -> every method and metric -> report")
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     demo.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")
-    demo.add_argument("--epochs", type=int, default=30, help="most classifier epochs; early stopping ends sooner")
+    demo.add_argument("--epochs", type=int, default=15, help="most classifier epochs; early stopping ends sooner")
+    demo.add_argument("--slow-images", type=int, default=16,
+                      help="test images scored by the slowest optimisation methods (EP, iGOS++, MP, RISE; default 16)")
+    demo.add_argument("--explainer-epochs", type=int, default=3,
+                      help="most epochs of each trained explainer (default 3 to fit a CPU demo; the preset allows 30)")
     _add_data_options(demo)
     demo.set_defaults(run=_demo)
 

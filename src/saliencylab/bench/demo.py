@@ -10,21 +10,24 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 import saliencylab
 from saliencylab import methods, viz
 from saliencylab.bench import evaluate as ev
 from saliencylab.bench import report
+from saliencylab.bench.class_specific import class_specific_matrix
 from saliencylab.bench.speed import settings_for
 from saliencylab.data import COCODataset, RandomHorizontalFlip, Resize, VOCDataset
 from saliencylab.data.module import InMemory, SaliencyDataModule
 from saliencylab.data.synthetic import CLASSES, SyntheticConfig, write_synthetic
 from saliencylab.maps import merge_max, normalize_minmax
 from saliencylab.metrics import get as get_metric
+from saliencylab.models.classifier import Classifier
 from saliencylab.targets import from_multi_hot
 from saliencylab.training.classifier import fit_classifier, load_trained_classifier
+from saliencylab.training.explainer import fit_explainer, load_preset
 from saliencylab.types import Batch, collate
 
 MIN_MICRO_F1 = 0.9
@@ -63,97 +66,184 @@ def figure_rows(batch: Batch, maps: Tensor, class_names: list[str], max_targets:
     return rows
 
 
-def run_demo(out_dir: str | Path = "runs/demo", *, fresh: bool = False, device: str = "auto",
-             config: SyntheticConfig = SyntheticConfig(), epochs: int = 30, batch_size: int = 32,
-             figure_images: int = 6, progress: bool = True) -> dict:
-    """Run the whole pipeline and write ``out_dir/{results.json, results.csv, report.html, figures/}``.
+TRAINED = ("explainer", "rt_saliency")
+"""Trained explainers the demo fits against its classifier. ``fcnn`` explains itself, not this
+classifier, so it has no place in a comparison of explanations of one classifier."""
+SLOW = ("extremal_perturbation", "igos_pp", "meaningful_perturbation", "rise")
+"""Methods the demo scores on the first ``slow_images`` test images only: seconds per image on a CPU."""
+CLASS_SPECIFIC = ("explainer", "gradcam", "rise", "rt_saliency")
+"""Methods whose class-specific matrices the demo computes (spec 000 §6 compares these four)."""
 
-    Data (``out_dir/data``) and the trained classifier (``out_dir/classifier``) are reused when
-    present and made with the same settings; ``fresh=True`` rebuilds them. Returns the results dict.
-    """
-    started = time.perf_counter()
-    out_dir = Path(out_dir)
-    if fresh:
-        for sub in ("data", "classifier"):
-            shutil.rmtree(out_dir / sub, ignore_errors=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch_device = pick_device(device)
-    class_names = list(CLASSES)
 
-    print(f"[1/4] synthetic data -> {out_dir / 'data'}")
-    data_root = write_synthetic(out_dir / "data", config, progress=progress)
-    size = config.image_size
-    voc_root = data_root / "voc"
-    train = InMemory(VOCDataset(voc_root, "train", class_names, transform=Resize(size)), RandomHorizontalFlip())
-    val = InMemory(VOCDataset(voc_root, "val", class_names, transform=Resize(size)))
-    test = InMemory(VOCDataset(voc_root, "test", class_names, segmentation_only=True, transform=Resize(size)))
-    check_formats_agree(test, COCODataset(data_root / "coco" / "test",
-                                          data_root / "coco" / "annotations" / "instances_test.json"))
-
-    print(f"[2/4] classifier -> {out_dir / 'classifier'}")
+def prepare_classifier(out_dir: Path, config: SyntheticConfig, datamodule: SaliencyDataModule, epochs: int,
+                       progress: bool) -> tuple[Classifier, dict]:
+    """Train the demo classifier, or reuse the one trained on the same data."""
     classifier_dir = out_dir / "classifier"
     description_file = classifier_dir / "classifier.json"
     if description_file.is_file() and json.loads(description_file.read_text()).get("data") == dataclasses.asdict(config):
-        classifier, description = load_trained_classifier(classifier_dir)
         print("  reusing the trained classifier (pass --fresh to retrain)")
-    else:
-        datamodule = SaliencyDataModule(train, val, test, batch_size=batch_size)
-        classifier, _ = fit_classifier(datamodule, classifier_dir, num_classes=len(class_names),
-                                       class_names=class_names, max_epochs=epochs, width=16, lr=3e-3,
-                                       progress=progress)
-        description = json.loads(description_file.read_text())
-        description["data"] = dataclasses.asdict(config)
-        report.write_atomic(description_file, json.dumps(description, indent=2))
-    f1 = description["test"]["micro_f1"]
-    print(f"  held-out micro-F1 {f1:.3f}" + ("" if f1 >= MIN_MICRO_F1 else
-          f"  (WARNING: below {MIN_MICRO_F1}; explanations of a weak classifier mean little)"))
-    classifier = classifier.to(torch_device)
+        return load_trained_classifier(classifier_dir)
+    fit_classifier(datamodule, classifier_dir, num_classes=len(CLASSES), class_names=list(CLASSES),
+                   max_epochs=epochs, width=16, lr=3e-3, progress=progress)
+    description = json.loads(description_file.read_text())
+    description["data"] = dataclasses.asdict(config)
+    report.write_atomic(description_file, json.dumps(description, indent=2))
+    return load_trained_classifier(classifier_dir)
 
-    print("[3/4] explaining and scoring the test split")
+
+def prepare_explainers(out_dir: Path, config: SyntheticConfig, datamodule: SaliencyDataModule,
+                       epochs: int | None, progress: bool) -> dict[str, str]:
+    """Fit each TRAINED explainer against the demo classifier (preset ``synthetic``), or reuse it; name -> folder."""
+    preset = load_preset("synthetic")["explainer"]
+    folders = {}
+    for variant in TRAINED:
+        folder = out_dir / variant
+        description_file = folder / "explainer.json"
+        stamp = {"data": dataclasses.asdict(config), "preset": preset, "epochs": epochs}
+        if description_file.is_file() and json.loads(description_file.read_text()).get("demo") == stamp:
+            print(f"  reusing the trained {variant} (pass --fresh to retrain)")
+        else:
+            settings = {**preset, "variant": variant}
+            if epochs is not None:
+                settings["max_epochs"] = epochs
+            fit_explainer(datamodule, folder, classifier_dir=out_dir / "classifier", progress=progress, **settings)
+            description = json.loads(description_file.read_text())
+            description["demo"] = stamp
+            report.write_atomic(description_file, json.dumps(description, indent=2))
+            print(f"  {variant}: {description['epochs']} epochs, best validation loss {description['best_val_loss']:.4f}")
+        folders[variant] = str(folder)
+    return folders
+
+
+def evaluate_methods(classifier: Classifier, test: Dataset, out_dir: Path, trained: dict[str, str],
+                     device: torch.device, batch_size: int, figure_images: int, slow_images: int,
+                     progress: bool) -> dict[str, dict]:
+    """Every registered method (trained ones with their checkpoints) and the reference masks, scored and pictured.
+
+    SLOW methods see only the first ``slow_images`` test images; each row says how many it saw.
+    """
     loader = DataLoader(test, batch_size=batch_size, collate_fn=collate)
+    slow_loader = DataLoader(Subset(test, range(min(slow_images, len(test)))), batch_size=batch_size,
+                             collate_fn=collate)
     figure_batch = collate([test[i] for i in range(min(figure_images, len(test)))])
-    rows: dict[str, dict] = {}
     comparison = [[viz.to_uint8_image(figure_batch.images[i]), viz.segmentation_to_rgb(figure_batch.segmentation[i])]
                   for i in range(len(figure_batch))]
-    for name in methods.names():
-        settings = settings_for(name, "reduced")
+    names = [name for name in methods.names() if "checkpoint" not in methods.hyperparameters(name) or name in trained]
+    rows: dict[str, dict] = {}
+    for name in names:
+        settings = {**settings_for(name, "reduced"), **({"checkpoint": trained[name]} if name in trained else {})}
         method = methods.build(name, classifier, **settings)
+        batches = slow_loader if name in SLOW else loader
         scores = ev.evaluate(lambda batch, targets: method.attribute(batch.images, targets), classifier,
-                             tqdm(loader, desc=f"  {name}", disable=not progress, leave=False), torch_device)
-        maps = method.attribute(figure_batch.images.to(torch_device), from_multi_hot(figure_batch.labels))
-        tiles = figure_rows(figure_batch, maps, class_names)
+                             tqdm(batches, desc=f"  {name}", disable=not progress, leave=False), device)
+        maps = method.attribute(figure_batch.images.to(device), from_multi_hot(figure_batch.labels))
+        tiles = figure_rows(figure_batch, maps, list(CLASSES))
         for i, row in enumerate(tiles):
             comparison[i].append(row[2])
         figure = report.save_png(viz.grid(tiles, ["image", "truth", "merged", "target 1", "target 2", "target 3"]),
                                  out_dir / "figures" / f"{name}.png")
         rows[name] = {"kind": "method", "hyperparameters": {**methods.hyperparameters(name), **settings},
-                      "scores": scores.summary(len(class_names)),
+                      "scores": scores.summary(len(CLASSES)),
                       "images_per_second": scores.images / scores.seconds,
-                      "seconds_per_image": scores.seconds / scores.images, "figure": figure}
+                      "seconds_per_image": scores.seconds / scores.images, "figure": figure,
+                      "images": scores.images}
         print(f"  {name:24s} pointing game {rows[name]['scores']['pointing_game']:.3f}   "
-              f"mean F1 {rows[name]['scores']['mean_f1']:.3f}   {rows[name]['images_per_second']:.1f} images/s")
+              f"mean F1 {rows[name]['scores']['mean_f1']:.3f}   {rows[name]['images_per_second']:.1f} images/s"
+              f"   ({scores.images} images)")
     for name, make_mask in ev.REFERENCES.items():
-        scores = ev.evaluate(lambda batch, _targets: make_mask(batch), classifier, loader, torch_device,
+        scores = ev.evaluate(lambda batch, _targets: make_mask(batch), classifier, loader, device,
                              per_image_masks=True)
-        rows[name] = {"kind": "reference", "hyperparameters": {}, "scores": scores.summary(len(class_names)),
-                      "images_per_second": None, "seconds_per_image": None, "figure": None}
-    report.save_png(viz.grid(comparison, ["image", "truth", *methods.names()], scale=1),
-                    out_dir / "figures" / "comparison.png")
+        rows[name] = {"kind": "reference", "hyperparameters": {}, "scores": scores.summary(len(CLASSES)),
+                      "images_per_second": None, "seconds_per_image": None, "figure": None, "images": scores.images}
+    report.save_png(viz.grid(comparison, ["image", "truth", *names], scale=1), out_dir / "figures" / "comparison.png")
+    return rows
 
-    print(f"[4/4] report -> {out_dir}")
+
+def class_specific_section(classifier: Classifier, test: Dataset, out_dir: Path, rows: dict[str, dict],
+                           device: torch.device, batch_size: int, images: int) -> dict[str, dict]:
+    """Class-specific matrices of the CLASS_SPECIFIC methods on the first ``images`` test images (or fewer:
+    a SLOW method's subset)."""
+    classes = list(range(len(CLASSES)))
+    section = {}
+    for name in (n for n in CLASS_SPECIFIC if n in rows):
+        count = min(images, rows[name]["images"])  # SLOW methods: their subset
+        loader = DataLoader(Subset(test, range(count)), batch_size=batch_size, collate_fn=collate)
+        settings = {k: v for k, v in rows[name]["hyperparameters"].items() if k != "max_batch"}
+        method = methods.build(name, classifier, **settings)
+        matrix = class_specific_matrix(method, loader, classes, normalize=name not in TRAINED, device=device)
+        square = matrix[:, 1:]
+        off_diagonal = square[~torch.eye(len(classes), dtype=torch.bool)]
+        margin = float(square.diagonal().nanmean() - off_diagonal.nanmean())
+        picture = viz.matrix_heatmap(matrix, list(CLASSES), ["none", *CLASSES], f"{name}: P(row class) in %")
+        section[name] = {"classes": list(CLASSES), "images": len(loader.dataset), "matrix": matrix.tolist(),
+                         "diagonal_margin": margin,
+                         "figure": report.save_png(picture, out_dir / "figures" / f"class_specific_{name}.png")}
+        print(f"  {name:24s} diagonal minus off-diagonal {margin:.1f} points")
+    return section
+
+
+def run_demo(out_dir: str | Path = "runs/demo", *, fresh: bool = False, device: str = "auto",
+             config: SyntheticConfig = SyntheticConfig(), epochs: int = 15, explainer_epochs: int | None = 3,
+             batch_size: int = 32, figure_images: int = 6, slow_images: int = 16, class_specific_images: int = 60,
+             progress: bool = True) -> dict:
+    """Run the whole pipeline and write ``out_dir/{results.json, results.csv, report.html, figures/}``.
+
+    Data (``out_dir/data``), the classifier (``out_dir/classifier``) and the trained explainers
+    (``out_dir/explainer``, ``out_dir/rt_saliency``) are reused when made with the same settings;
+    ``fresh=True`` rebuilds them. ``explainer_epochs`` caps explainer training (default 3, so the
+    demo fits in 10 CPU minutes; None: the ``synthetic`` preset's 30 with early stopping). SLOW methods are scored on the first ``slow_images`` test images, the
+    class-specific matrices on the first ``class_specific_images``. Returns the results dict.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    if fresh:
+        for sub in ("data", "classifier", *TRAINED):
+            shutil.rmtree(out_dir / sub, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch_device = pick_device(device)
+
+    print(f"[1/5] synthetic data -> {out_dir / 'data'}")
+    data_root = write_synthetic(out_dir / "data", config, progress=progress)
+    size = config.image_size
+    voc_root = data_root / "voc"
+    train = InMemory(VOCDataset(voc_root, "train", CLASSES, transform=Resize(size)), RandomHorizontalFlip())
+    val = InMemory(VOCDataset(voc_root, "val", CLASSES, transform=Resize(size)))
+    test = InMemory(VOCDataset(voc_root, "test", CLASSES, segmentation_only=True, transform=Resize(size)))
+    check_formats_agree(test, COCODataset(data_root / "coco" / "test",
+                                          data_root / "coco" / "annotations" / "instances_test.json"))
+    datamodule = SaliencyDataModule(train, val, test, batch_size=batch_size)
+
+    print(f"[2/5] classifier -> {out_dir / 'classifier'}")
+    classifier, description = prepare_classifier(out_dir, config, datamodule, epochs, progress)
+    f1 = description["test"]["micro_f1"]
+    print(f"  held-out micro-F1 {f1:.3f}" + ("" if f1 >= MIN_MICRO_F1 else
+          f"  (WARNING: below {MIN_MICRO_F1}; explanations of a weak classifier mean little)"))
+
+    print(f"[3/5] trained explainers -> {', '.join(str(out_dir / v) for v in TRAINED)}")
+    trained = prepare_explainers(out_dir, config, datamodule, explainer_epochs, progress)
+    classifier = classifier.to(torch_device)
+
+    print("[4/5] explaining and scoring the test split")
+    rows = evaluate_methods(classifier, test, out_dir, trained, torch_device, batch_size, figure_images,
+                            slow_images, progress)
+    class_specific = class_specific_section(classifier, test, out_dir, rows, torch_device, batch_size,
+                                            class_specific_images)
+
+    print(f"[5/5] report -> {out_dir}")
     results = {
         "schema": "saliencylab.results/1",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "saliencylab_version": saliencylab.__version__, "torch_version": torch.__version__,
         "device": str(torch_device), "elapsed_seconds": time.perf_counter() - started,
         "dataset": {"name": "synthetic", "root": str(data_root), "split": "test", "images": len(test),
-                    "image_size": size, "class_names": class_names},
-        "classifier": {"arch": description["arch"], "weights": str(classifier_dir / "classifier.safetensors"),
+                    "image_size": size, "class_names": list(CLASSES)},
+        "classifier": {"arch": description["arch"], "weights": str(out_dir / "classifier" / "classifier.safetensors"),
                        "epochs": description["epochs"], "test": description["test"]},
         "metrics": {name: {"higher_is_better": get_metric(name).higher_is_better,
                            "aggregation": "class_mean" if name in ev.CLASS_MEAN else "mean",
                            "description": get_metric(name).description} for name in ev.ALL_METRICS},
         "methods": rows,
+        "class_specific": class_specific,
     }
     report.write_json(results, out_dir / "results.json")
     report.write_csv(results, out_dir / "results.csv")

@@ -11,7 +11,9 @@
       "methods":    {name: {"kind": "method" | "reference", "hyperparameters": {...},
                             "scores": {metric: float | null},     # null: undefined for this row
                             "images_per_second": float | null, "seconds_per_image": float | null,
-                            "figure": "figures/<name>.png" | null}}
+                            "figure": "figures/<name>.png" | null, "images": int}},
+      "class_specific": {name: {"classes", "images", "matrix": [[none, class 0, ...] per row class] (%),
+                                "diagonal_margin", "figure"}}
     }
 """
 from __future__ import annotations
@@ -56,11 +58,12 @@ def write_csv(results: dict, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["method", "kind", *metric_names, "images_per_second"])
+        writer.writerow(["method", "kind", *metric_names, "images_per_second", "images"])
         for name, row in results["methods"].items():
             values = [_json_number(row["scores"].get(m, float("nan"))) for m in metric_names]
             writer.writerow([name, row["kind"], *("" if v is None else f"{v:.6g}" for v in values),
-                             "" if row["images_per_second"] is None else f"{row['images_per_second']:.6g}"])
+                             "" if row["images_per_second"] is None else f"{row['images_per_second']:.6g}",
+                             row["images"]])
     os.replace(tmp, path)
 
 
@@ -96,8 +99,47 @@ def _table(results: dict) -> str:
             cells.append(f'<td class="{"best" if best else ""}">{_format(value)}</td>')
         speed = row["images_per_second"]
         rows.append(f'<tr class="{row["kind"]}"><th>{html.escape(name)}</th>{"".join(cells)}'
-                    f'<td>{"–" if speed is None else f"{speed:.1f}"}</td></tr>')
-    return f"<table><tr><th>method</th>{head}<th>images/s</th></tr>{''.join(rows)}</table>"
+                    f'<td>{"–" if speed is None else f"{speed:.1f}"}</td><td>{row["images"]}</td></tr>')
+    return f"<table><tr><th>method</th>{head}<th>images/s</th><th>images</th></tr>{''.join(rows)}</table>"
+
+
+PAPER_ROWS = (("Mean F1", "mean_f1"), ("Cont F1", "soft_f1"), ("Accuracy", "soft_accuracy"),
+              ("Discr. IoU", "discrete_iou"), ("Cont. IoU", "soft_iou"), ("AUC", "pixel_auc"),
+              ("Saliency", "saliency_metric"), ("Overlap", "overlap"), ("Background cov.", "background_coverage"),
+              ("Object cov.", "object_coverage"))
+PAPER_COLUMNS = (("0", "0"), ("0.5", "0.5"), ("1", "1"), ("Ideal", "ideal"), ("Grad-CAM", "gradcam"),
+                 ("RISE", "rise"), ("EP", "extremal_perturbation"), ("iGOS++", "igos_pp"),
+                 ("RT-Saliency", "rt_saliency"), ("Explainer", "explainer"))
+"""The NN-Explainer segmentation table (spec 000 §6): its row and column order, our names."""
+
+
+def _paper_table(results: dict) -> str:
+    columns = [(title, key) for title, key in PAPER_COLUMNS if key in results["methods"]]
+    head = "".join(f"<th>{html.escape(title)}</th>" for title, _ in columns)
+    rows = []
+    for title, metric in PAPER_ROWS:
+        best = _best(results, metric)
+        cells = "".join(
+            f'<td class="{"best" if results["methods"][key]["kind"] == "method" and value is not None and value == best else ""}">'
+            f"{_format(value)}</td>"
+            for _, key in columns for value in [results["methods"][key]["scores"].get(metric)])
+        rows.append(f"<tr><th>{html.escape(title)}</th>{cells}</tr>")
+    return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _class_specific(results: dict, out_dir: Path) -> str:
+    sections = results.get("class_specific", {})
+    if not sections:
+        return ""
+    parts = ["<h2>Class-specific masks</h2><p>Row t: test images holding class t. Column k: the softmax "
+             "probability (%) of t when only class k's binarised mask is kept (mean over τ = 0.1…0.9); "
+             "<i>none</i>: the unmasked image. A class-specific method has a high diagonal and a low "
+             "off-diagonal (spec 000 §6).</p>"]
+    for name, entry in sections.items():
+        parts.append(f"<h3>{html.escape(name)}: diagonal − off-diagonal = {entry['diagonal_margin']:.1f} points "
+                     f"({entry['images']} images)</h3>"
+                     + _image_tag(out_dir / entry["figure"], f"class-specific {name}"))
+    return "".join(parts)
 
 
 STYLE = """
@@ -142,11 +184,16 @@ precision {test['precision']:.3f}, recall {test['recall']:.3f}, accuracy {test['
 {results['elapsed_seconds']:.0f} s with saliencylab {html.escape(results['saliencylab_version'])},
 torch {html.escape(results['torch_version'])}.</p>
 <h2>Scores</h2>
-<p>Bold: best method per metric. Grey rows are the reference masks of the NN-Explainer table
+<p>Bold: best method per metric. <i>images</i>: how many test images a row was scored on (the
+slowest optimisation methods see only the first few on a CPU demo). Grey rows are the reference masks of the NN-Explainer table
 (constant 0, 0.5, 1 and the ground truth itself). Hover a metric name for its definition.</p>
 {_table(results)}
+<h2>The NN-Explainer table</h2>
+<p>Segmentation metrics in the row and column order of the paper's table (methods not run are left out).</p>
+{_paper_table(results)}
 <ul>{metric_notes}</ul>
 <details><summary>Hyper-parameters of each method in this run</summary><ul>{settings}</ul></details>
+{_class_specific(results, out_dir)}
 {''.join(figures)}
 </body></html>"""
     path = out_dir / "report.html"

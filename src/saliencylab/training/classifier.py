@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.io import save_state_dict
 from saliencylab.models.zoo import build_classifier
+from saliencylab.training.staged import StagedModule
 from saliencylab.types import Batch
 
 
@@ -44,7 +45,7 @@ def frozen_batchnorm_to_eval(model: nn.Module) -> None:
             module.eval()
 
 
-class ClassifierModule(L.LightningModule):
+class ClassifierModule(StagedModule):
     """Multi-label classifier training: BCE-with-logits, Adam, micro metrics at logit >= 0.
 
     Built from plain hyper-parameters (arch name, class count) so ``load_from_checkpoint``
@@ -84,23 +85,6 @@ class ClassifierModule(L.LightningModule):
             else:
                 self.log(f"{stage}_f1", scores["micro_f1"], prog_bar=True)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]

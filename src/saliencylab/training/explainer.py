@@ -24,6 +24,7 @@ from saliencylab.models.io import load_state_dict, save_state_dict
 from saliencylab.training.classifier import load_trained_classifier, multilabel_counts, multilabel_scores
 from saliencylab.training.losses import (ALTERNATIVES, LossWeights, aggregate_masks, alternative_image,
                                          explainer_loss, fcnn_loss, rt_saliency_loss)
+from saliencylab.training.staged import StagedModule
 from saliencylab.types import IMAGENET_MEAN, IMAGENET_STD, Batch
 
 VARIANTS = ("explainer", "rt_saliency", "fcnn")
@@ -31,7 +32,7 @@ PRESETS_DIR = Path(__file__).resolve().parents[3] / "configs" / "explainer"
 """configs/explainer/ of the source tree (presets of spec 000 §2 and the synthetic one)."""
 
 
-class ExplainerModule(L.LightningModule):
+class ExplainerModule(StagedModule):
     """Trains ``explainer`` (an ``nn.Module`` giving (B,C,H,W) logits) with Adam; logs ``{stage}_loss`` and each term.
 
     Hyper-parameters are plain values. ``classifier_dir``: the frozen classifier (required for
@@ -149,29 +150,12 @@ class ExplainerModule(L.LightningModule):
         if counts is not None:
             self.log(f"{stage}_f1", multilabel_scores(counts)["micro_f1"], prog_bar=stage == "val")
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._step(batch, "test")
-
     def on_validation_epoch_start(self) -> None:
         self._generators["val"].manual_seed(self.hparams.seed + 1)  # the same alternatives every epoch
 
     def on_test_epoch_start(self) -> None:
         self._generators["test"].manual_seed(self.hparams.seed + 2)
 
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam([p for p in self.explainer.parameters() if p.requires_grad], lr=self.hparams.lr)
