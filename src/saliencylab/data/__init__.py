@@ -1,11 +1,15 @@
-"""Datasets in their real on-disk formats (VOC, COCO), Sample transforms and a LightningDataModule."""
+"""Datasets in their real on-disk formats (VOC, COCO, ImageNet + metadata JSON, OpenImages30k), Sample
+transforms and a LightningDataModule."""
 from saliencylab.data.coco import COCODataset, write_coco
 from saliencylab.data.folder import ImageFolder
+from saliencylab.data.imagenet import ImageNetDataset, prepare_metadata, write_synthetic_imagenet
+from saliencylab.data.openimages import OpenImagesDataset, write_openimages
 from saliencylab.data.transforms import Compose, RandomHorizontalFlip, Resize
 from saliencylab.data.voc import VOC_CLASSES, VOCDataset, voc_palette, write_voc
 
-__all__ = ["COCODataset", "ImageFolder", "Compose", "RandomHorizontalFlip", "Resize", "SaliencyDataModule", "VOCDataset",
-           "VOC_CLASSES", "voc_palette", "write_coco", "write_voc"]
+__all__ = ["COCODataset", "ImageFolder", "ImageNetDataset", "OpenImagesDataset", "Compose", "RandomHorizontalFlip", "Resize", "SaliencyDataModule", "VOCDataset",
+           "VOC_CLASSES", "prepare_metadata", "voc_palette", "write_coco", "write_openimages",
+           "write_synthetic_imagenet", "write_voc"]
 
 
 def __getattr__(name: str):

@@ -98,8 +98,8 @@ def _text(element: ET.Element, tag: str, path: Path) -> str:
     return node.text.strip()
 
 
-def _read_xml(path: Path, class_names: tuple[str, ...]) -> tuple[tuple[int, int], list, list, list]:
-    """Parse a VOC annotation: ((H,W), boxes 0-based inclusive, class indices, difficult flags)."""
+def parse_annotation(path: Path) -> tuple[ET.Element, ET.Element]:
+    """(root, <size> element) of a VOC-style annotation XML (VOC, ImageNet bbox files); errors name the file."""
     if not path.is_file():
         raise FileNotFoundError(f"annotation {path} not found")
     try:
@@ -109,6 +109,12 @@ def _read_xml(path: Path, class_names: tuple[str, ...]) -> tuple[tuple[int, int]
     size = root.find("size")
     if size is None:
         raise ValueError(f"annotation {path}: expected <size> with <width> and <height>")
+    return root, size
+
+
+def _read_xml(path: Path, class_names: tuple[str, ...]) -> tuple[tuple[int, int], list, list, list]:
+    """Parse a VOC annotation: ((H,W), boxes 0-based inclusive, class indices, difficult flags)."""
+    root, size = parse_annotation(path)
     hw = (int(_text(size, "height", path)), int(_text(size, "width", path)))
     boxes, labels, difficult = [], [], []
     for obj in root.findall("object"):
