@@ -24,13 +24,6 @@ def splits():
 
 
 @pytest.fixture(scope="module")
-def classifier_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    classifier = build_classifier("small_cnn", len(CLASSES), class_names=CLASSES, width=4)
-    return save_classifier(classifier, tmp_path_factory.mktemp("classifier"), arch="small_cnn", width=4)
-
-
-@pytest.fixture(scope="module")
 def voc_datamodule(splits, tmp_path_factory):
     root = tmp_path_factory.mktemp("voc")
     samples = splits["train"] + splits["val"]
@@ -70,8 +63,13 @@ def test_explainer_networks_give_all_class_logits_at_input_resolution(tmp_path):
         assert light(torch.randn(2, 3, *size)).shape == (2, 5, *size)
     with pytest.raises(ValueError, match="unknown explainer architecture"):
         build_explainer("unet", 5)
-    with pytest.raises(ValueError, match="no pretrained backbone"):
-        build_explainer("light", 5, backbone_weights=tmp_path / "x.pt")
+    classifier = build_classifier("small_cnn", 5, width=4, class_names=CLASSES[:5])
+    save_classifier(classifier, tmp_path / "small", arch="small_cnn", width=4)
+    started = build_explainer("light", 5, width=4, backbone_weights=tmp_path / "small" / "classifier.safetensors")
+    for ours, theirs in zip(started.features.state_dict().values(), classifier.model.features.state_dict().values()):
+        assert torch.equal(ours, theirs)  # the encoder starts from the classifier's features
+    with pytest.raises(ValueError, match="not those of a small_cnn of width 8"):
+        build_explainer("light", 5, width=8, backbone_weights=tmp_path / "small" / "classifier.safetensors")
     from torchvision.models import resnet50
     torch.save(resnet50(weights=None).state_dict(), tmp_path / "resnet50.pt")  # a user's ImageNet file, say
     deeplab = build_explainer("deeplabv3_resnet50", 3, backbone_weights=tmp_path / "resnet50.pt").eval()
@@ -124,6 +122,10 @@ def test_classifier_stays_frozen_in_eval_unless_asked(classifier_dir):
         ExplainerModule(variant="fcnn")
     with pytest.raises(ValueError, match="has 6 classes"):
         ExplainerModule(classifier_dir=str(classifier_dir), num_classes=3)
+    started = ExplainerModule(classifier_dir=str(classifier_dir), width=4, backbone_from_classifier=True)
+    assert torch.equal(started.explainer.features[0].weight, started.classifier.model.features[0].weight)
+    with pytest.raises(ValueError, match="backbone_from_classifier=True .* needs classifier_dir"):
+        ExplainerModule(variant="fcnn", num_classes=6, backbone_from_classifier=True)
 
 
 def _state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -138,6 +140,8 @@ def test_tiny_fit_reloads_to_the_same_outputs(variant, data, splits, classifier_
     before = _state(load_trained_classifier(classifier_dir)[0])
     watch = WatchClassifier()
     extra = {"num_classes": len(CLASSES)} if variant == "fcnn" else {"classifier_dir": classifier_dir}
+    if data == "coco":
+        extra["backbone_from_classifier"] = True
     module = fit_explainer(datamodule, tmp_path, variant=variant, max_epochs=2, width=4, lr=1e-3, progress=False,
                            accelerator="cpu", callbacks=[watch], **extra)
     description = json.loads((tmp_path / "explainer.json").read_text())

@@ -111,3 +111,22 @@ def test_weight_files_load_safely_and_fail_clearly(tmp_path):
         load_state_dict(tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="no keys starting with 'head.'"):
         load_state_dict(tmp_path / "plain.pt", prefix="head.")
+
+
+def test_described_network_errors_name_the_missing_or_mismatched_file(tmp_path):
+    from saliencylab.models.io import load_described_network, save_state_dict
+
+    def build(description):
+        return torch.nn.Linear(description["inputs"], 2)
+
+    with pytest.raises(FileNotFoundError, match="net.json not found: train a net with fit_net first"):
+        load_described_network(tmp_path, "net", build, "fit_net")
+    (tmp_path / "net.json").write_text('{"inputs": 3}')
+    save_state_dict(torch.nn.Linear(4, 2).state_dict(), tmp_path / "net.safetensors")
+    with pytest.raises(ValueError, match="net.safetensors does not fit the net described in"):
+        load_described_network(tmp_path, "net", build, "fit_net")
+    trained = torch.nn.Linear(3, 2)
+    save_state_dict(trained.state_dict(), tmp_path / "net.safetensors")
+    network, description = load_described_network(tmp_path, "net", build, "fit_net")
+    assert description == {"inputs": 3} and not network.training
+    assert torch.equal(network.weight, trained.weight)

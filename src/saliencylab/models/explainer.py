@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torchvision.models.segmentation import deeplabv3_resnet50
 
 from saliencylab.models.io import load_state_dict
+from saliencylab.models.zoo import SmallCNN
 
 EXPLAINER_ARCHITECTURES = ("deeplabv3_resnet50", "light")
 
@@ -41,48 +42,69 @@ class DeepLabExplainer(nn.Module):
         return out
 
 
-def _block(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
+def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True),
         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True),
     )
 
 
 class LightExplainer(nn.Module):
-    """A small U-Net-like encoder-decoder: stride 8, skips at strides 1, 2 and 4, bilinear upsampling.
+    """A small U-Net: the encoder is :class:`SmallCNN`'s feature stack (stride 8), so it can start from a
+    trained small_cnn's weights as the paper's explainer starts from an ImageNet backbone.
 
-    Encoder widths w, 2w, 4w, 8w (the last stage adds a dilated context block); each decoder step
-    upsamples to the skip's exact size (any H,W >= 8 works, not only multiples of 8), concatenates,
-    and refines with two 3x3 convs; a 1x1 conv gives the C logit maps at full resolution.
+    Skips are tapped after the encoder's stride-1, 2 and 4 stages (widths w, 2w, 4w; bottom 8w);
+    each decoder step upsamples to the skip's exact size (any H,W >= 8 works), concatenates and
+    refines with two 3x3 convs; a 1x1 conv gives the C logit maps at full resolution. As in FCN,
+    coarse class scores (a 1x1 conv on the stride-8 bottom, ``coarse_head``) are upsampled and added,
+    so class identity reaches the output directly rather than through the narrow decoder.
     """
+
+    TAPS = (2, 6, 13)
+    """Indices in ``SmallCNN.features`` whose outputs feed the decoder's skips (after each stage's last ReLU)."""
 
     def __init__(self, num_classes: int, width: int = 16) -> None:
         super().__init__()
         self.num_classes = num_classes
         w = width
-        self.enc1 = _block(3, w)
-        self.enc2 = _block(w, 2 * w)
-        self.enc3 = _block(2 * w, 4 * w)
-        self.enc4 = nn.Sequential(_block(4 * w, 8 * w), _block(8 * w, 8 * w, dilation=2))
+        self.features = SmallCNN(num_classes, width).features
         self.dec3 = _block(8 * w + 4 * w, 4 * w)
         self.dec2 = _block(4 * w + 2 * w, 2 * w)
         self.dec1 = _block(2 * w + w, w)
         self.head = nn.Conv2d(w, num_classes, 1)
+        self.coarse_head = nn.Conv2d(8 * w, num_classes, 1)
 
     @staticmethod
     def _up(x: Tensor, skip: Tensor) -> Tensor:
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
         return torch.cat([x, skip], dim=1)
 
+    def load_backbone(self, path: str | Path) -> None:
+        """Initialise from a small_cnn classifier's weights file: ``features.*`` into the encoder, and its
+        linear ``head.*`` into ``coarse_head`` (then the coarse scores start as the classifier's
+        per-location logits, i.e. CAM plus bias). The classifier must have this explainer's width and classes."""
+        state = load_state_dict(path)
+        features = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+        head = {k.removeprefix("head."): v.view(*v.shape, 1, 1) if k == "head.weight" else v
+                for k, v in state.items() if k.startswith("head.")}
+        try:
+            self.features.load_state_dict(features)
+            self.coarse_head.load_state_dict(head)
+        except RuntimeError as err:
+            raise ValueError(f"backbone weights {path} are not those of a small_cnn of width "
+                             f"{self.features[0].out_channels} with {self.num_classes} classes: "
+                             f"{str(err).splitlines()[-1].strip()}") from err
+
     def forward(self, x: Tensor) -> Tensor:
-        s1 = self.enc1(x)
-        s2 = self.enc2(F.max_pool2d(s1, 2, ceil_mode=True))
-        s3 = self.enc3(F.max_pool2d(s2, 2, ceil_mode=True))
-        bottom = self.enc4(F.max_pool2d(s3, 2, ceil_mode=True))
-        y = self.dec3(self._up(bottom, s3))
-        y = self.dec2(self._up(y, s2))
-        y = self.dec1(self._up(y, s1))
-        return self.head(y)
+        skips = []
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index in self.TAPS:
+                skips.append(x)
+        coarse = self.coarse_head(x)
+        for decoder, skip in zip((self.dec3, self.dec2, self.dec1), reversed(skips)):
+            x = decoder(self._up(x, skip))
+        return self.head(x) + F.interpolate(coarse, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def deeplab_explainer(num_classes: int, backbone_weights: str | Path | None = None) -> DeepLabExplainer:
@@ -94,23 +116,26 @@ def deeplab_explainer(num_classes: int, backbone_weights: str | Path | None = No
     return DeepLabExplainer(num_classes, backbone_weights)
 
 
-def light_explainer(num_classes: int, width: int = 16) -> LightExplainer:
-    """A small encoder-decoder explainer that trains on CPU in minutes on 96 px synthetic images."""
-    return LightExplainer(num_classes, width)
+def light_explainer(num_classes: int, width: int = 16, backbone_weights: str | Path | None = None) -> LightExplainer:
+    """A small U-Net explainer that trains on CPU in minutes on 96 px synthetic images; encoder from a
+    small_cnn weights file ``backbone_weights`` when given (e.g. the explained classifier's own)."""
+    network = LightExplainer(num_classes, width)
+    if backbone_weights is not None:
+        network.load_backbone(backbone_weights)
+    return network
 
 
 def build_explainer(arch: str, num_classes: int, *, backbone_weights: str | Path | None = None,
                     width: int = 16) -> nn.Module:
     """Build the explainer ``arch`` in EXPLAINER_ARCHITECTURES with ``num_classes`` output maps.
 
-    ``backbone_weights`` applies to deeplabv3_resnet50 only, ``width`` to light only.
+    ``backbone_weights``: a torchvision ResNet-50 state dict (deeplabv3_resnet50) or a small_cnn one
+    (light); ``width`` applies to light only.
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if arch == "deeplabv3_resnet50":
         return deeplab_explainer(num_classes, backbone_weights)
     if arch == "light":
-        if backbone_weights is not None:
-            raise ValueError("the light explainer has no pretrained backbone; backbone_weights is for deeplabv3_resnet50")
-        return light_explainer(num_classes, width)
+        return light_explainer(num_classes, width, backbone_weights)
     raise ValueError(f"unknown explainer architecture {arch!r}; choose one of {', '.join(EXPLAINER_ARCHITECTURES)}")

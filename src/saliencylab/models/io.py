@@ -1,13 +1,15 @@
 """Safe weight files: safetensors or ``torch.load(weights_only=True)``; never arbitrary unpickling."""
 from __future__ import annotations
 
+import json
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def load_state_dict(path: str | Path, prefix: str = "") -> dict[str, Tensor]:
@@ -46,3 +48,25 @@ def save_state_dict(state: dict[str, Tensor], path: str | Path) -> Path:
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
     tmp.replace(path)
     return path
+
+
+def load_described_network(out_dir: str | Path, stem: str, build: Callable[[dict], nn.Module],
+                           trained_by: str) -> tuple[nn.Module, dict]:
+    """Rebuild a network saved as ``out_dir/{stem}.json`` (its description) + ``{stem}.safetensors``.
+
+    ``build(description)`` returns the untrained network; ``trained_by`` names the function that
+    writes such a directory (for the error message). Returns the network in eval mode and the description.
+    """
+    out_dir = Path(out_dir)
+    description_file = out_dir / f"{stem}.json"
+    if not description_file.is_file():
+        raise FileNotFoundError(f"{description_file} not found: train a {stem} with {trained_by} first")
+    description = json.loads(description_file.read_text())
+    network = build(description)
+    weights = out_dir / f"{stem}.safetensors"
+    try:
+        network.load_state_dict(load_state_dict(weights))
+    except RuntimeError as err:
+        raise ValueError(f"{weights} does not fit the {stem} described in {description_file}: "
+                         f"{str(err).splitlines()[-1].strip()}") from err
+    return network.eval(), description

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch import Tensor, nn
 
 from saliencylab.models.explainer import build_explainer
-from saliencylab.models.io import load_state_dict, save_state_dict
+from saliencylab.models.io import load_described_network, save_state_dict
+from saliencylab.training import presets
 from saliencylab.training.classifier import load_trained_classifier, multilabel_counts, multilabel_scores
 from saliencylab.training.losses import (ALTERNATIVES, LossWeights, aggregate_masks, alternative_image,
                                          explainer_loss, fcnn_loss, rt_saliency_loss)
@@ -28,8 +28,6 @@ from saliencylab.training.staged import StagedModule
 from saliencylab.types import IMAGENET_MEAN, IMAGENET_STD, Batch
 
 VARIANTS = ("explainer", "rt_saliency", "fcnn")
-PRESETS_DIR = Path(__file__).resolve().parents[3] / "configs" / "explainer"
-"""configs/explainer/ of the source tree (presets of spec 000 §2 and the synthetic one)."""
 
 
 class ExplainerModule(StagedModule):
@@ -41,7 +39,9 @@ class ExplainerModule(StagedModule):
     behaviour (Lightning's ``.train()`` reaching the frozen classifier: dropout active, BatchNorm
     on batch statistics and updating its running stats). ``num_classes`` defaults to the
     classifier's. ``mean``/``std``: normalisation for "fcnn" (default ImageNet's); the other
-    variants always use the classifier's. Loss weights: see :class:`LossWeights` (spec defaults);
+    variants always use the classifier's. ``backbone_from_classifier``: the light explainer's encoder
+    starts from the explained small_cnn's feature weights (as the paper's starts from ImageNet
+    weights; ``backbone_weights`` names any other file). Loss weights: see :class:`LossWeights` (spec defaults);
     RT-saliency: ``rt_area_weight`` (λ_area, 1.0), ``rt_alternative`` ("random" per batch, "blur",
     "color") and ``color_noise_mean_bug``. Metrics: micro F1 of the masked-in ("explainer"),
     preserved ("rt_saliency") or student ("fcnn") logits at logit >= -1 (spec §2).
@@ -53,7 +53,7 @@ class ExplainerModule(StagedModule):
                  min_area: float = 0.05, max_area: float = 0.3, classifier_train_mode: bool = False, width: int = 16,
                  backbone_weights: str | None = None, rt_area_weight: float = 1.0, rt_alternative: str = "random",
                  color_noise_mean_bug: bool = False, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, seed: int = 42) -> None:
+                 std: Sequence[float] | None = None, backbone_from_classifier: bool = False, seed: int = 42) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -86,6 +86,11 @@ class ExplainerModule(StagedModule):
         self.hparams["num_classes"] = self.num_classes
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        if backbone_from_classifier:
+            if classifier_dir is None or backbone_weights is not None:
+                raise ValueError("backbone_from_classifier=True starts the explainer's encoder from the explained "
+                                 "classifier's weights: it needs classifier_dir and no backbone_weights")
+            backbone_weights = str(Path(classifier_dir) / "classifier.safetensors")
         self.explainer = build_explainer(arch, self.num_classes, backbone_weights=backbone_weights, width=width)
         self.weights = LossWeights(entropy_weight, tv_weight, class_area_weight, mask_area_weight,
                                    non_target_area_weight, min_area, max_area)
@@ -206,23 +211,14 @@ def load_trained_explainer(out_dir: str | Path) -> tuple[nn.Module, dict]:
 
     The network takes images normalised with ``description["mean"]``/``["std"]`` and returns (B,C,H,W) logits.
     """
-    out_dir = Path(out_dir)
-    description_file = out_dir / "explainer.json"
-    if not description_file.is_file():
-        raise FileNotFoundError(f"{description_file} not found: train an explainer with fit_explainer first")
-    description = json.loads(description_file.read_text())
-    network = build_explainer(description["arch"], int(description["num_classes"]), width=int(description["width"]))
-    try:
-        network.load_state_dict(load_state_dict(out_dir / "explainer.safetensors"))
-    except RuntimeError as err:
-        raise ValueError(f"{out_dir / 'explainer.safetensors'} does not fit the explainer described in "
-                         f"{description_file}: {str(err).splitlines()[-1].strip()}") from err
-    return network.eval(), description
+    return load_described_network(
+        out_dir, "explainer", lambda d: build_explainer(d["arch"], int(d["num_classes"]), width=int(d["width"])),
+        "fit_explainer")
 
 
 def preset_names() -> list[str]:
     """Names of the presets in configs/explainer/."""
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    return presets.preset_names("explainer")
 
 
 def load_preset(name_or_path: str | Path) -> dict:
@@ -232,13 +228,4 @@ def load_preset(name_or_path: str | Path) -> dict:
     vgg16_coco, resnet50_coco, synthetic). ``preset["explainer"]`` holds keyword arguments of
     :func:`fit_explainer` (arch, variant, lr, loss weights, patience, ...).
     """
-    path = Path(name_or_path)
-    if not path.is_file():
-        path = PRESETS_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"no preset file {name_or_path!r}; known presets: {', '.join(preset_names())}")
-    preset = yaml.safe_load(path.read_text())
-    missing = [k for k in ("data", "classifier", "explainer") if not isinstance((preset or {}).get(k), dict)]
-    if missing:
-        raise ValueError(f"preset {path} lacks section(s) {missing}")
-    return preset
+    return presets.read_preset(name_or_path, "explainer", ("data", "classifier", "explainer"))
