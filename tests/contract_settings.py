@@ -15,7 +15,17 @@ def _tiny_explainer():
         return light_explainer(4, width=4)
 
 
+def _tiny_masker():
+    import torch
+
+    from saliencylab.models.masker import Masker
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return Masker(["features"], [32], channels=8)  # reads the suite's small CNN (width 4: 32 channels)
+
+
 _TINY_EXPLAINER = _tiny_explainer()  # trained explainers (below)
+_TINY_MASKER = _tiny_masker()
 
 FAST: dict[str, dict] = {
     # gradient family
@@ -28,6 +38,8 @@ FAST: dict[str, dict] = {
     # trained explainers: a tiny random light explainer (4 classes, like the suite's small CNN) stands in
     # for a checkpoint directory written by fit_explainer
     **{name: {"explainer": _TINY_EXPLAINER} for name in ("explainer", "rt_saliency", "fcnn")},
+    # masker (paper 001): a tiny random masker stands in for a directory written by fit_masker
+    "masker": {"masker": _TINY_MASKER},
 }
 
 ATOL: dict[str, float] = {

@@ -21,6 +21,7 @@ from saliencylab import methods
 from saliencylab.methods.base import scoped_eval
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.explainer import build_explainer
+from saliencylab.models.masker import Masker, layer_channels
 from saliencylab.models.zoo import build_classifier
 
 REDUCED_SETTINGS: dict[str, dict] = {
@@ -137,7 +138,7 @@ def run_speed(model: str = "small_cnn", size: int = 96, batch: int = 8, names: S
               progress: Callable[[str], None] = print) -> list[SpeedRow]:
     """Time every method (or ``names``) on a random-weight ``model`` with ``batch`` images of ``size`` px.
 
-    Trained explainers are timed with a random-weight light explainer network.
+    Trained explainers and the masker are timed with random-weight networks (light explainer, masker).
     """
     torch_device = torch.device(device)
     torch.manual_seed(0)
@@ -153,6 +154,8 @@ def run_speed(model: str = "small_cnn", size: int = 96, batch: int = 8, names: S
         extra = {}
         if "explainer" in methods.hyperparameters(name):  # timing needs a network, not a trained one
             extra["explainer"] = build_explainer("light", num_classes).to(torch_device)
+        if "masker" in methods.hyperparameters(name):
+            extra["masker"] = Masker(["auto"], layer_channels(classifier, ["auto"])).to(torch_device)
         method = methods.build(name, classifier, **chosen, **extra)
         with peak_memory(torch_device) as peak:
             seconds = timed(lambda: method.attribute(images, targets), torch_device, repeats)
