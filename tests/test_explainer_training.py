@@ -189,3 +189,23 @@ def test_method_needs_a_trained_explainer_and_maps_per_class_sigmoids():
     assert method.passes(24, 20) == methods.Passes(forward=1, backward=0)
     with pytest.raises(ValueError, match="out of range"):
         method.attribute(images, 4)
+
+
+def test_train_explainer_command_fits_from_a_preset_on_a_voc_tree(splits, classifier_dir, tmp_path, capsys):
+    from saliencylab.cli import main
+
+    root = tmp_path / "voc"
+    write_voc(root, splits["train"] + splits["val"], list(CLASSES),
+              {"train": [s.image_id for s in splits["train"]], "val": [s.image_id for s in splits["val"]]})
+    out = tmp_path / "explainer"
+    command = ["train-explainer", "--classifier", str(classifier_dir), "--out", str(out), "--voc", str(root),
+               "--epochs", "1", "--image-size", "32", "--set", "width=4", "--set", "lr=0.002", "--no-progress",
+               "--device", "cpu"]
+    assert main(command) == 0
+    description = json.loads((out / "explainer.json").read_text())
+    assert description["epochs"] == 1 and description["width"] == 4 and description["variant"] == "explainer"
+    assert description["hyper_parameters"]["lr"] == 0.002  # --set overrides the preset's 1e-2
+    assert description["hyper_parameters"]["backbone_from_classifier"] is True  # the synthetic preset's setting
+    assert "methods.build('explainer'" in capsys.readouterr().out
+    assert main(["train-explainer", "--classifier", str(classifier_dir), "--out", str(out)]) == 2
+    assert "exactly one data source" in capsys.readouterr().err

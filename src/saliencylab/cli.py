@@ -89,6 +89,38 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_explainer(args: argparse.Namespace) -> int:
+    from saliencylab.data.module import SaliencyDataModule
+    from saliencylab.training.classifier import load_trained_classifier
+    from saliencylab.training.explainer import fit_explainer, load_preset
+
+    _quiet_lightning()
+    preset = load_preset(args.preset)
+    settings = {**preset["explainer"], **dict(args.set)}
+    if args.variant:
+        settings["variant"] = args.variant
+    if args.epochs is not None:
+        settings["max_epochs"] = args.epochs
+    classifier, _ = load_trained_classifier(args.classifier)
+    size = args.image_size or preset["data"]["image_size"]
+    batch_size = args.batch_size or preset["data"]["batch_size"]
+    if (args.voc is None) == (args.coco_train_json is None):
+        raise ValueError("give exactly one data source: --voc ROOT, or --coco-train-json/--coco-train-images "
+                         "with --coco-val-json/--coco-val-images")
+    if args.voc is not None:
+        datamodule = SaliencyDataModule.from_voc(args.voc, size, batch_size, classifier.class_names,
+                                                 train_split=args.train_split, val_split=args.val_split, test_split=None)
+    else:
+        datamodule = SaliencyDataModule.from_coco(args.coco_train_images, args.coco_train_json, args.coco_val_images,
+                                                  args.coco_val_json, image_size=size, batch_size=batch_size)
+    target = ({"num_classes": classifier.num_classes} if settings.get("variant") == "fcnn"
+              else {"classifier_dir": args.classifier})
+    fit_explainer(datamodule, args.out, accelerator=args.device, progress=not args.no_progress, **target, **settings)
+    print(f"wrote {Path(args.out) / 'explainer.safetensors'} and explainer.json; use it as "
+          f"methods.build({settings.get('variant', 'explainer')!r}, classifier, checkpoint={str(args.out)!r})")
+    return 0
+
+
 def _methods(_args: argparse.Namespace) -> int:
     from saliencylab import methods
 
@@ -157,6 +189,29 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a method hyper-parameter, e.g. --set layer=features (repeatable)")
     explain.add_argument("--no-progress", action="store_true")
     explain.set_defaults(run=_explain)
+
+    train = commands.add_parser("train-explainer",
+                                help="train an NN-Explainer / RT-Saliency / FCNN explainer from a preset (spec 000)")
+    train.add_argument("--classifier", required=True, help="folder written by classifier training: the classifier to explain")
+    train.add_argument("--out", required=True, help="output folder: explainer.safetensors, explainer.json, checkpoints/")
+    train.add_argument("--preset", default="synthetic",
+                       help="synthetic (default), vgg16_voc, resnet50_voc, vgg16_coco, resnet50_coco, or a YAML file")
+    train.add_argument("--variant", choices=["explainer", "rt_saliency", "fcnn"], help="override the preset's variant")
+    train.add_argument("--voc", help="VOC root (folder with VOCdevkit, VOCdevkit, or VOC2007)")
+    train.add_argument("--train-split", default="train", help="VOC training split (default train)")
+    train.add_argument("--val-split", default="val", help="VOC validation split for early stopping (default val)")
+    train.add_argument("--coco-train-json", help="COCO instances JSON of the training images")
+    train.add_argument("--coco-train-images", help="folder of the training images")
+    train.add_argument("--coco-val-json", help="COCO instances JSON of the validation images")
+    train.add_argument("--coco-val-images", help="folder of the validation images")
+    train.add_argument("--epochs", type=int, help="most epochs (default: the preset's; early stopping ends sooner)")
+    train.add_argument("--image-size", type=int, help="resize side (default: the preset's)")
+    train.add_argument("--batch-size", type=int, help="default: the preset's")
+    train.add_argument("--device", default="auto", help="Lightning accelerator: auto (default), cpu, gpu")
+    train.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                       help="override a preset setting, e.g. --set lr=1e-4 (repeatable)")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(run=_train_explainer)
 
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="benchmark", required=True)
     speed = bench.add_parser("speed", help="time every method against its minimum number of classifier passes")
