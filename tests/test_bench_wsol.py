@@ -1,0 +1,263 @@
+"""Known answers for saliencylab.bench.wsol on hand-built 16x16 scenes, masks and a colour classifier.
+
+The classifier's logits are the image's channel means (identity normalisation), so its top-1 is the
+brightest channel, and a crop of one uniform colour c gives logits c exactly (bicubic keeps constants).
+Sample boxes are inclusive corners; the comments give the half-open boxes the metrics see.
+"""
+import math
+import statistics
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from saliencylab.bench.wsol import (COLUMNS, evaluate_wsol, evaluate_wsol_baseline, method_explain, pxap,
+                                    wsol_table)
+from saliencylab.data.imagenet import ImageNetDataset, write_synthetic_imagenet
+from saliencylab.data.openimages import OpenImagesDataset
+from saliencylab.data.synthetic import SyntheticConfig
+from saliencylab.methods.base import build
+from saliencylab.models.classifier import Classifier
+from saliencylab.models.zoo import build_classifier
+from saliencylab.types import BACKGROUND, VOID, Sample, collate
+
+LOG_Q = -math.log(2 + math.e)
+"""log softmax of a class with logit 0 among logits (1,0,0) in any order (the class with logit 1: 1 + LOG_Q)."""
+
+
+class ChannelMeans(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3))
+
+
+CLASSIFIER = Classifier(ChannelMeans(), mean=(0, 0, 0), std=(1, 1, 1))
+
+
+def sample(image_id: str, label: int, boxes: list, paint: list) -> Sample:
+    """A black 16x16 image with (channel, rows, cols) slices painted 1."""
+    image = torch.zeros(3, 16, 16)
+    for channel, rows, cols in paint:
+        image[channel, rows, cols] = 1.0
+    return Sample(image=image, labels=torch.eye(3)[label],
+                  boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                  box_labels=torch.full((len(boxes),), label), difficult=torch.zeros(len(boxes), dtype=torch.bool),
+                  image_id=image_id)
+
+
+# A: red 8x8 square, inclusive (4,4,11,11) -> half-open (4,4,12,12), area 64; label red: top-1 correct.
+A = sample("a", 0, [[4, 4, 11, 11]], [(0, slice(4, 12), slice(4, 12))])
+# B: green band rows 0-7 -> (0,0,16,8), area 128; label blue, but top-1 is green: incorrect.
+B = sample("b", 2, [[0, 0, 15, 7]], [(1, slice(0, 8), slice(None))])
+# C: green 4x4 at the top left -> (0,0,4,4) and 8x8 at the bottom right -> (8,8,16,16); label green, correct.
+C = sample("c", 1, [[0, 0, 3, 3], [8, 8, 15, 15]], [(1, slice(0, 4), slice(0, 4)), (1, slice(8, 16), slice(8, 16))])
+SAMPLES = [A, B, C]
+
+
+def hand_masks(batch) -> torch.Tensor:
+    """A: 0.8 on its object, 0.2 elsewhere; B: 1 on rows 0-4 (80 px); C: 1 on rows 8-15, cols 10-15 (48 px)."""
+    out = []
+    for image_id in batch.image_ids:
+        m = torch.zeros(16, 16)
+        if image_id == "a":
+            m[:] = 0.2
+            m[4:12, 4:12] = 0.8
+        elif image_id == "b":
+            m[0:5] = 1.0
+        else:
+            m[8:16, 10:16] = 1.0
+        out.append(m)
+    return torch.stack(out)[:, None]
+
+
+def batches(samples: list[Sample], size: int) -> list:
+    return [collate(samples[i:i + size]) for i in range(0, len(samples), size)]
+
+
+def close(actual: torch.Tensor, expected: list[float]) -> None:
+    torch.testing.assert_close(actual, torch.tensor(expected, dtype=torch.float32), atol=1e-5, rtol=1e-5)
+
+
+def test_evaluate_wsol_known_answers():
+    scores = evaluate_wsol(hand_masks, CLASSIFIER, batches(SAMPLES, 3))
+    values = scores.per_image()
+    # A: mean 0.35 -> binarised = the object, box (4,4,12,12) = gt: IoU 1.
+    # B: box (0,0,16,5), IoU 80/128 = 0.625 > 0.5 -> LE 0, but top-1 is wrong -> OM 1.
+    # C: box (10,8,16,16): IoU 48/64 = 0.75 with the second box, 0 with the first.
+    close(values["LE"], [0, 0, 0])
+    close(values["OM"], [0, 1, 0])
+    close(values["correct"], [1, 0, 1])
+    # A: Σm·G = 64·0.8 = 51.2, Σm = 89.6: P = 4/7, R = 4/5 -> F1 = 2/3. B: P = 1, R = 80/128 -> 10/13.
+    # C: box 1 F1 0; box 2 P = 1, R = 3/4 -> 6/7; F1 = max = 6/7, F1a = mean = 3/7.
+    close(values["F1"], [2 / 3, 10 / 13, 6 / 7])
+    close(values["F1a"], [2 / 3, 10 / 13, 3 / 7])
+    # SM: each crop is uniform: A red crop, label red: log p = 1 - log(e+2); B green crop, label blue:
+    # log p = 0 - log(e+2); C green crop, label green: 1 - log(e+2). SM1 = log(box area / 256).
+    sm1 = [math.log(64 / 256), math.log(80 / 256), math.log(48 / 256)]
+    sm2 = [1 + LOG_Q, LOG_Q, 1 + LOG_Q]
+    close(values["SM1"], sm1)
+    close(values["SM2"], sm2)
+    close(values["SM"], [a - b for a, b in zip(sm1, sm2)])
+    close(values["sm_correct"], [1, 0, 1])
+    # mask statistics: A's 64 px of 0.8 and 192 of 0.2; tv: 16 horizontal (of 240) and 16 vertical
+    # neighbour pairs differ by 0.6 -> 2·16·0.36/240 = 0.048. B: 80 px of 1 -> entropy 0, tv: 16 of 240 vertical.
+    close(values["binarized"], [64 / 256, 80 / 256, 48 / 256])
+    close(values["avg_mask"], [0.35, 80 / 256, 48 / 256])
+    close(values["entropy"], [-(64 * 0.8 * math.log2(0.8) + 192 * 0.2 * math.log2(0.2)) / 256, 0, 0])
+    close(values["tv"], [0.048, 16 / 240, (8 + 6) / 240])  # C: 8 pairs across cols 9|10, 6 across rows 7|8
+
+    summary = scores.summary()
+    assert list(summary) == list(COLUMNS)
+    assert summary["LE"] == 0 and summary["OM"] == pytest.approx(1 / 3)
+    assert summary["F1"] == pytest.approx((2 / 3 + 10 / 13 + 6 / 7) / 3)
+    assert summary["top1"] == pytest.approx(200 / 3) and summary["sm_acc"] == pytest.approx(200 / 3)
+    assert summary["std_mask"] == pytest.approx(statistics.stdev([0.35, 80 / 256, 48 / 256]))
+    assert summary["images"] == 3 and summary["seconds"] >= 0
+
+
+def test_strict_iou_threshold_box_conventions_and_original_arithmetic():
+    # B with 1 on rows 0-3: box (0,0,16,4), IoU 64/128 = 0.5, not > 0.5 -> LE 1
+    four_rows = torch.zeros(1, 16, 16)
+    four_rows[:, 0:4] = 1.0
+    assert evaluate_wsol(lambda batch: four_rows, CLASSIFIER, [collate([B])]).per_image()["LE"].item() == 1.0
+
+    # boxes_inclusive=False reads A's (4,4,11,11) as half-open: gt 7x7 = 49 px inside the 8x8 mask square.
+    # IoU 49/64 -> LE 0; Σm·G = 49·0.8 = 39.2, P = 39.2/89.6 = 0.4375, R = 0.8 -> F1 = 0.7/1.2375.
+    values = evaluate_wsol(hand_masks, CLASSIFIER, [collate([A])], boxes_inclusive=False).per_image()
+    close(values["LE"], [0])
+    close(values["F1"], [0.7 / 1.2375])
+    # one_pixel_smaller: A's box becomes (4,4,11,11), area 49 -> SM1 = log(49/256).
+    values = evaluate_wsol(hand_masks, CLASSIFIER, [collate([A])], one_pixel_smaller=True).per_image()
+    close(values["SM1"], [math.log(49 / 256)])
+
+
+def test_batching_gives_the_same_per_image_scores_and_weights_std_by_batch_size():
+    one = evaluate_wsol(hand_masks, CLASSIFIER, batches(SAMPLES + [A], 1))
+    four = evaluate_wsol(hand_masks, CLASSIFIER, batches(SAMPLES + [A], 4))
+    for name, value in four.per_image().items():
+        torch.testing.assert_close(one.per_image()[name], value, msg=name)
+    assert math.isnan(one.summary()["std_mask"])  # batches of one image have no std
+    # batches (A,B,C) and (A,B): std of their mean masks, weighted 3 : 2
+    two = evaluate_wsol(hand_masks, CLASSIFIER, [collate(SAMPLES), collate([A, B])])
+    expected = (3 * statistics.stdev([0.35, 80 / 256, 48 / 256]) + 2 * statistics.stdev([0.35, 80 / 256])) / 5
+    assert two.summary()["std_mask"] == pytest.approx(expected)
+
+
+def test_baselines():
+    # a full-image box: inclusive (0,0,15,15) -> (0,0,16,16); B's object, but label blue (top-1 wrong)
+    full = sample("full", 2, [[0, 0, 15, 15]], [(1, slice(None), slice(None))])
+    data = [collate([full, A])]
+    top = evaluate_wsol_baseline("max", CLASSIFIER, data).per_image()
+    close(top["LE"], [0, 1])  # A: IoU 64/256
+    close(top["OM"], [0, 1])  # the max row counts every image as correctly classified
+    close(top["correct"], [0, 1])
+    close(top["F1"], [2 / (2 + 1e-6), 2 * 0.25 / 1.25])  # A: P = 64/256, R = 1
+    close(top["SM1"], [0, 0])
+    close(top["SM2"], [LOG_Q, 0.25 - math.log(math.exp(0.25) + 2)])  # A's whole image: logits (.25,0,0)
+    close(top["binarized"], [0, 0])  # a constant mask has no pixel above its mean
+
+    low = evaluate_wsol_baseline("min", CLASSIFIER, data).per_image()
+    close(low["LE"], [1, 1])
+    close(low["F1"], [0, 0])
+    close(low["SM1"], [math.log(0.05)] * 2)  # the empty box: area floor 0.05
+    close(low["SM2"], [math.log(1 / 3)] * 2)  # a mean-colour (black) image: logits (0,0,0)
+    close(low["avg_mask"], [0, 0])
+
+    # center at 16 px: round(33·16/224) = 2 to round(191·16/224) = 14 -> box (2,2,14,14), area 144
+    centred = sample("centred", 0, [[2, 2, 13, 13]], [(0, slice(2, 14), slice(2, 14))])
+    center = evaluate_wsol_baseline("center", CLASSIFIER, [collate([centred, A])]).per_image()
+    close(center["LE"], [0, 1])  # A: IoU 64/144 < 0.5
+    close(center["avg_mask"], [144 / 256] * 2)
+    close(center["SM2"][:1], [1 + LOG_Q])  # the crop is all red
+
+    with pytest.raises(ValueError, match="unknown WSOL baseline 'gaussian'"):
+        evaluate_wsol_baseline("gaussian", CLASSIFIER, data)
+
+
+def test_ground_truth_baseline():
+    scores = evaluate_wsol_baseline("ground_truth", CLASSIFIER, batches(SAMPLES, 2))
+    values = scores.per_image()
+    close(values["LE"], [0, 0, 0])
+    close(values["OM"], [0, 1, 0])  # B's top-1 is wrong
+    close(values["F1"], [2 / (2 + 1e-6)] * 3)
+    close(values["F1a"], [2 / (2 + 1e-6)] * 3)
+    # SM averaged over C's two boxes (uniform green crops): SM1 = mean(log(16/256), log(64/256))
+    close(values["SM1"], [math.log(64 / 256), math.log(128 / 256), (math.log(16 / 256) + math.log(64 / 256)) / 2])
+    close(values["SM2"], [1 + LOG_Q, LOG_Q, 1 + LOG_Q])
+    close(values["avg_mask"], [64 / 256, 128 / 256, 80 / 256])  # the union of the boxes
+
+    # a box reaching past the left border: inclusive (-8,0,7,15) -> (-8,0,8,16), 256 px, 128 inside.
+    outside = [collate([sample("out", 0, [[-8, 0, 7, 15]], [(0, slice(None), slice(0, 8))])])]
+    close(evaluate_wsol_baseline("ground_truth", CLASSIFIER, outside).per_image()["LE"], [0])
+    # the original divides by the unclipped area: IoU 128/256 = 0.5, not > 0.5
+    close(evaluate_wsol_baseline("ground_truth", CLASSIFIER, outside, unclipped_area=True).per_image()["LE"], [1])
+
+
+def test_errors():
+    two_labels = sample("two", 0, [[0, 0, 3, 3]], [])
+    two_labels.labels[1] = 1.0
+    with pytest.raises(ValueError, match=r"WSOL is single-label: image 'two' has 2 labels \[0, 1\]"):
+        evaluate_wsol(hand_masks, CLASSIFIER, [collate([A, two_labels])])
+    no_box = sample("nobox", 0, [], [])
+    with pytest.raises(ValueError, match="WSOL needs ground-truth boxes, but image 'nobox' has none"):
+        evaluate_wsol_baseline("center", CLASSIFIER, [collate([no_box])])
+    with pytest.raises(ValueError, match=r"one mask per image.*\(1, 16, 16\), got \(1, 8, 8\)"):
+        evaluate_wsol(lambda batch: torch.zeros(1, 8, 8), CLASSIFIER, [collate([A])])
+    with pytest.raises(ValueError, match="no images were scored"):
+        evaluate_wsol(hand_masks, CLASSIFIER, []).summary()
+
+
+def seg_sample(segmentation: list[list[int]]) -> Sample:
+    seg = torch.tensor(segmentation)
+    return Sample(image=torch.zeros(3, *seg.shape), labels=torch.eye(3)[0], segmentation=seg)
+
+
+def test_pxap():
+    P, N = 0, BACKGROUND
+    perfect = seg_sample([[P, N, VOID], [P, N, VOID]])
+    assert pxap(lambda batch: (batch.segmentation >= 0).float(), [collate([perfect])]) == pytest.approx(100)
+    # scores: positives 0.95 and 0.35, negatives 0.65 and 0.05, VOID pixels 1.0 and 0.5 left out.
+    # Sweeping down: at 0.95 P = 1, R = 1/2; at 0.65 P = 1/2 (R unchanged); at 0.35 P = 2/3, R = 1.
+    # PxAP = 100·(1·1/2 + 2/3·1/2) = 250/3.
+    masks = torch.tensor([[[0.95, 0.65, 1.0], [0.35, 0.05, 0.5]]])
+    assert pxap(lambda batch: masks, [collate([perfect])]) == pytest.approx(250 / 3)
+    # split over two batches: the histograms accumulate
+    halves = [seg_sample([[P, N, VOID]]), seg_sample([[P, N, VOID]])]
+    rows = iter([masks[:, :1], masks[:, 1:]])
+    assert pxap(lambda batch: next(rows), [collate([h]) for h in halves]) == pytest.approx(250 / 3)
+    with pytest.raises(ValueError, match="PxAP needs a segmentation"):
+        pxap(hand_masks, [collate([A])])
+
+
+def test_wsol_table():
+    rows = {"center": {"LE": 0.5, "F1": 0.25, "images": 2}, "mine": {"LE": math.nan, "F1": 1.0, "images": 2,
+                                                                      "PxAP": 50.0}}
+    assert wsol_table(rows) == (
+        "| method | LE ↓ | F1 ↑ | images | PxAP ↑ |\n"
+        "|---|---:|---:|---:|---:|\n"
+        "| center | 0.5000 | 0.2500 | 2 | – |\n"
+        "| mine | – | 1.0000 | 2 | 50.0000 |\n")
+
+
+def test_end_to_end_on_synthetic_imagenet(tmp_path):
+    config = SyntheticConfig(image_size=32, train=6, val=6, test=6, seed=3)
+    root = write_synthetic_imagenet(tmp_path, config, num_per_class_in_train_val=1, progress=False)
+    meta = root / "imagenet" / "metadata"
+    val = ImageNetDataset(meta / "val.json", meta / "val_bboxes.json", size=32)
+    torch.manual_seed(0)
+    classifier = build_classifier("small_cnn", 6, width=4)
+    loader = DataLoader(val, batch_size=4, collate_fn=collate)
+    gradcam = method_explain(build("gradcam", classifier))
+    rows = {"center": evaluate_wsol_baseline("center", classifier, loader).summary(),
+            "gradcam": evaluate_wsol(gradcam, classifier, loader).summary()}
+    test = OpenImagesDataset(root / "openimages" / "dataset", root / "openimages" / "metadata", size=32)
+    rows["gradcam"]["PxAP"] = pxap(gradcam, DataLoader(test, batch_size=4, collate_fn=collate))
+    for row in rows.values():
+        assert list(row)[:len(COLUMNS)] == list(COLUMNS) and row["images"] == 6
+        for name in ("LE", "OM", "F1", "F1a", "binarized", "avg_mask", "entropy"):
+            assert 0 <= row[name] <= 1, name
+        assert 0 <= row["top1"] <= 100 and 0 <= row["sm_acc"] <= 100
+        assert row["SM1"] <= 0 and row["SM2"] <= 0 and row["tv"] >= 0 and row["std_mask"] >= 0
+    assert rows["center"]["avg_mask"] == pytest.approx((27 - 5) ** 2 / 32 ** 2)  # box 5:27 at 32 px
+    assert 0 <= rows["gradcam"]["PxAP"] <= 100
+    assert wsol_table(rows).count("\n") == 4
