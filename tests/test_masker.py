@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from saliencylab import methods
+from saliencylab.data.imagenet import ImageNetDataset, write_synthetic_imagenet
 from saliencylab.data.module import InMemory, SaliencyDataModule
 from saliencylab.data.synthetic import CLASSES, SyntheticConfig, generate
 from saliencylab.models.masker import Masker, classifier_features, default_layers, layer_channels
@@ -30,8 +31,14 @@ def splits():
 
 
 @pytest.fixture(scope="module")
-def datamodule(splits):
-    return SaliencyDataModule(InMemory(splits["train"]), batch_size=4)
+def datamodule(tmp_path_factory):
+    """The tiny fits read generated ImageNet-format fixtures (class folders, bbox XML, metadata JSON)."""
+    root = write_synthetic_imagenet(tmp_path_factory.mktemp("imagenet"),
+                                    SyntheticConfig(image_size=32, train=36, val=6, test=6, seed=3),
+                                    num_per_class_in_train_val=1, progress=False)
+    train = ImageNetDataset(root / "imagenet" / "metadata" / "train.json", size=32)
+    assert len(train) >= 8 and len({int(s.labels.argmax()) for s in train}) > 1
+    return SaliencyDataModule(InMemory(train), batch_size=4)
 
 
 def _state(module: nn.Module) -> dict[str, torch.Tensor]:
