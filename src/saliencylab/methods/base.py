@@ -8,15 +8,13 @@ device, NaN for padded targets.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from saliencylab.models.classifier import Classifier, check_images
+from saliencylab.models.classifier import Classifier, captured_output, check_images, scoped_eval
 from saliencylab.targets import PAD, as_targets, valid_pairs
 
 _REGISTRY: dict[str, type["Method"]] = {}
@@ -59,33 +57,6 @@ def build(name: str, classifier: Classifier, **kwargs: object) -> "Method":
         raise TypeError(f"method {name!r} has no hyper-parameter(s) {', '.join(unknown)}; "
                         f"it takes: {', '.join(f'{k}={v!r}' for k, v in allowed.items())}")
     return get(name)(classifier, **kwargs)
-
-
-@contextmanager
-def scoped_eval(model: nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode with frozen parameters; restore both flags afterwards, always."""
-    was_training = {m: m.training for m in model.modules()}
-    grad_flags = {p: p.requires_grad for p in model.parameters()}
-    model.eval()
-    model.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for module, flag in was_training.items():
-            module.training = flag
-        for param, flag in grad_flags.items():
-            param.requires_grad_(flag)
-
-
-@contextmanager
-def captured_output(module: nn.Module) -> Iterator[list[Tensor]]:
-    """Record the outputs of ``module`` during forward passes; the hook is always removed."""
-    outputs: list[Tensor] = []
-    handle = module.register_forward_hook(lambda _m, _inp, out: outputs.append(out))
-    try:
-        yield outputs
-    finally:
-        handle.remove()
 
 
 def selected_scores(classifier: Classifier, logits: Tensor, classes: Tensor) -> Tensor:

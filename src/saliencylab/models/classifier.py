@@ -1,7 +1,8 @@
 """The Classifier wrapper: the one way every method, metric and trainer sees a model."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -10,6 +11,33 @@ from saliencylab.types import IMAGENET_MEAN, IMAGENET_STD
 
 SCORES = ("logit", "softmax", "sigmoid")
 LAYOUTS = ("auto", "nchw", "nhwc", "tokens")
+
+
+@contextmanager
+def scoped_eval(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode with frozen parameters; restore both flags afterwards, always."""
+    was_training = {m: m.training for m in model.modules()}
+    grad_flags = {p: p.requires_grad for p in model.parameters()}
+    model.eval()
+    model.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for module, flag in was_training.items():
+            module.training = flag
+        for param, flag in grad_flags.items():
+            param.requires_grad_(flag)
+
+
+@contextmanager
+def captured_output(module: nn.Module) -> Iterator[list[Tensor]]:
+    """Record the outputs of ``module`` during forward passes; the hook is always removed."""
+    outputs: list[Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _inp, out: outputs.append(out))
+    try:
+        yield outputs
+    finally:
+        handle.remove()
 
 
 def check_images(images: Tensor) -> None:
@@ -154,12 +182,10 @@ def find_feature_layer(model: nn.Module, size: tuple[int, int] | None = None) ->
 
     modules = [(name, m) for name, m in model.named_modules() if name]
     handles = [m.register_forward_hook(record(name)) for name, m in modules]
-    training = {m: m.training for m in model.modules()}
     try:
         param = next(model.parameters(), None)
         dummy = torch.zeros(1, 3, *size, device=param.device if param is not None else None)
-        model.eval()
-        with torch.no_grad():
+        with scoped_eval(model), torch.no_grad():
             model(dummy)
     except Exception as err:
         raise ValueError(f"could not choose a CAM layer automatically: a forward pass of a 1x3x{size[0]}x{size[1]} "
@@ -167,8 +193,6 @@ def find_feature_layer(model: nn.Module, size: tuple[int, int] | None = None) ->
     finally:
         for handle in handles:
             handle.remove()
-        for module, flag in training.items():
-            module.training = flag
     blocks = getattr(model, "blocks", None)
     if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks):
         last = f"blocks.{len(blocks) - 1}"

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import ExitStack
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saliencylab.models.classifier import Classifier
+from saliencylab.models.classifier import Classifier, captured_output, scoped_eval
 
 DEFAULT_LAYERS = ("layer3", "layer4")
 GUMBEL_MODES = ("soft", "hard")
@@ -44,18 +45,11 @@ def classifier_features(classifier: Classifier, x: Tensor, layers: Sequence[str]
     Forward hooks on ``classifier.layer(name)`` record the outputs and are always removed. The
     features keep their graph: detach them before a masker sees them.
     """
-    outputs: dict[str, list[Tensor]] = {name: [] for name in layers}
-    handles = []
-    try:
-        for name in layers:
-            store = outputs[name]
-            handles.append(classifier.layer(name).register_forward_hook(lambda _m, _i, out, s=store: s.append(out)))
+    with ExitStack() as hooks:
+        recorded = [hooks.enter_context(captured_output(classifier.layer(name))) for name in layers]
         logits = classifier.model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
     features = []
-    for name, calls in outputs.items():
+    for name, calls in zip(layers, recorded):
         if len(calls) != 1 or not isinstance(calls[0], Tensor) or calls[0].dim() != 4:
             shapes = [tuple(c.shape) if isinstance(c, Tensor) else type(c).__name__ for c in calls]
             raise ValueError(f"masker layer {name!r} must run once per forward and output a (B,C,h,w) map, "
@@ -67,18 +61,12 @@ def classifier_features(classifier: Classifier, x: Tensor, layers: Sequence[str]
 def layer_channels(classifier: Classifier, layers: Sequence[str], size: int = 224) -> list[int]:
     """Channel count of each layer's output, from one eval-mode forward of a 1x3x``size``x``size`` zero image.
 
-    Every module's train/eval flag is restored afterwards.
+    Every module's train/eval and requires_grad flags are restored afterwards.
     """
-    flags = {m: m.training for m in classifier.modules()}
     param = next(classifier.parameters(), None)
-    classifier.eval()
-    try:
-        with torch.no_grad():
-            zeros = torch.zeros(1, 3, size, size, device=param.device if param is not None else None)
-            _, features = classifier_features(classifier, zeros, layers)
-    finally:
-        for module, flag in flags.items():
-            module.training = flag
+    with scoped_eval(classifier), torch.no_grad():
+        zeros = torch.zeros(1, 3, size, size, device=param.device if param is not None else None)
+        _, features = classifier_features(classifier, zeros, layers)
     return [int(f.shape[1]) for f in features]
 
 
