@@ -126,6 +126,8 @@ def test_classifier_stays_frozen_in_eval_unless_asked(classifier_dir):
     assert torch.equal(started.explainer.features[0].weight, started.classifier.model.features[0].weight)
     with pytest.raises(ValueError, match="backbone_from_classifier=True .* needs classifier_dir"):
         ExplainerModule(variant="fcnn", num_classes=6, backbone_from_classifier=True)
+    with pytest.raises(ValueError, match="needs arch='light'"):
+        ExplainerModule(classifier_dir=str(classifier_dir), arch="deeplabv3_resnet50", backbone_from_classifier=True)
 
 
 def _state(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar, TypeVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from saliencylab.models.classifier import Classifier, captured_output, check_images, scoped_eval
 from saliencylab.targets import PAD, as_targets, valid_pairs

@@ -7,6 +7,7 @@ serves them. Nothing is downloaded: backbone weights come from a user file.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -79,11 +80,11 @@ class LightExplainer(nn.Module):
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
         return torch.cat([x, skip], dim=1)
 
-    def load_backbone(self, path: str | Path) -> None:
-        """Initialise from a small_cnn classifier's weights file: ``features.*`` into the encoder, and its
+    def load_backbone(self, state: Mapping[str, Tensor], source: str) -> None:
+        """Initialise from a small_cnn classifier's state dict: ``features.*`` into the encoder, and its
         linear ``head.*`` into ``coarse_head`` (then the coarse scores start as the classifier's
-        per-location logits, i.e. CAM plus bias). The classifier must have this explainer's width and classes."""
-        state = load_state_dict(path)
+        per-location logits, i.e. CAM plus bias). The classifier must have this explainer's width and
+        classes; ``source`` names the weights in errors."""
         features = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
         head = {k.removeprefix("head."): v.view(*v.shape, 1, 1) if k == "head.weight" else v
                 for k, v in state.items() if k.startswith("head.")}
@@ -91,7 +92,7 @@ class LightExplainer(nn.Module):
             self.features.load_state_dict(features)
             self.coarse_head.load_state_dict(head)
         except RuntimeError as err:
-            raise ValueError(f"backbone weights {path} are not those of a small_cnn of width "
+            raise ValueError(f"backbone weights {source} are not those of a small_cnn of width "
                              f"{self.features[0].out_channels} with {self.num_classes} classes: "
                              f"{str(err).splitlines()[-1].strip()}") from err
 
@@ -121,7 +122,7 @@ def light_explainer(num_classes: int, width: int = 16, backbone_weights: str | P
     small_cnn weights file ``backbone_weights`` when given (e.g. the explained classifier's own)."""
     network = LightExplainer(num_classes, width)
     if backbone_weights is not None:
-        network.load_backbone(backbone_weights)
+        network.load_backbone(load_state_dict(backbone_weights), str(backbone_weights))
     return network
 
 

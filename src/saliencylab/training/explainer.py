@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch import Tensor, nn
 
-from saliencylab.models.explainer import build_explainer
+from saliencylab.models.explainer import LightExplainer, build_explainer
 from saliencylab.models.io import load_described_network, save_state_dict
 from saliencylab.training import presets
 from saliencylab.training.classifier import load_trained_classifier, multilabel_counts, multilabel_scores
@@ -86,12 +86,15 @@ class ExplainerModule(StagedModule):
         self.hparams["num_classes"] = self.num_classes
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        if backbone_from_classifier:
-            if classifier_dir is None or backbone_weights is not None:
-                raise ValueError("backbone_from_classifier=True starts the explainer's encoder from the explained "
-                                 "classifier's weights: it needs classifier_dir and no backbone_weights")
-            backbone_weights = str(Path(classifier_dir) / "classifier.safetensors")
+        if backbone_from_classifier and (self.classifier is None or backbone_weights is not None):
+            raise ValueError("backbone_from_classifier=True starts the explainer's encoder from the explained "
+                             "classifier's weights: it needs classifier_dir and no backbone_weights")
         self.explainer = build_explainer(arch, self.num_classes, backbone_weights=backbone_weights, width=width)
+        if backbone_from_classifier:
+            if not isinstance(self.explainer, LightExplainer):
+                raise ValueError(f"backbone_from_classifier=True needs arch='light' (the small_cnn's layout), "
+                                 f"got {arch!r}")
+            self.explainer.load_backbone(self.classifier.model.state_dict(), f"of the classifier in {classifier_dir}")
         self.weights = LossWeights(entropy_weight, tv_weight, class_area_weight, mask_area_weight,
                                    non_target_area_weight, min_area, max_area)
         self._generators = {"train": torch.Generator().manual_seed(seed), "val": torch.Generator(),
