@@ -10,18 +10,21 @@ import pytest
 from saliencylab import methods
 from saliencylab.bench.demo import CLASS_SPECIFIC, run_demo
 from saliencylab.bench.evaluate import ALL_METRICS, REFERENCES
+from saliencylab.bench.masking import MASKERS
 from saliencylab.cli import main
 from saliencylab.data.synthetic import SyntheticConfig
 
 TINY = SyntheticConfig(image_size=40, train=24, val=8, test=8, seed=2)
+TINY_WSOL = SyntheticConfig(image_size=48, train=12, val=6, test=6, seed=2)  # HOG needs 48 px
+TINY_RUN = dict(config=TINY, epochs=1, explainer_epochs=1, batch_size=4, figure_images=3, slow_images=2,
+                class_specific_images=4, masker_epochs=1, wsol_config=TINY_WSOL, sanity_images=3, progress=False)
 README = Path(__file__).parent.parent / "README.md"
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("project") / "runs" / "demo"  # the README example's paths
-    results = run_demo(out, config=TINY, epochs=1, explainer_epochs=1, batch_size=4, figure_images=3,
-                       slow_images=2, class_specific_images=4, progress=False)
+    results = run_demo(out, **TINY_RUN)
     return out, results
 
 
@@ -47,7 +50,7 @@ def test_demo_writes_every_output(demo_run):
     assert set(on_disk["class_specific"]) == set(CLASS_SPECIFIC) & set(methods.names())
     for entry in on_disk["class_specific"].values():
         assert len(entry["matrix"]) == 6 and len(entry["matrix"][0]) == 7 and (out / entry["figure"]).is_file()
-    figures = len(explained) + 1 + len(on_disk["class_specific"])
+    figures = len(explained) + 1 + len(on_disk["class_specific"]) + 1 + len(on_disk["masking"]["sanity"])
     assert "<table>" in page and page.count("data:image/png;base64,") == figures
     assert not list(out.rglob("*.tmp"))
 
@@ -67,11 +70,39 @@ def test_demo_rerun_reuses_data_and_classifier(demo_run, capsys):
     weights = out / "classifier" / "classifier.safetensors"
     explainer = out / "explainer" / "explainer.safetensors"
     stamp, explainer_stamp = weights.stat().st_mtime_ns, explainer.stat().st_mtime_ns
-    run_demo(out, config=TINY, epochs=1, explainer_epochs=1, batch_size=4, figure_images=3,
-                       slow_images=2, class_specific_images=4, progress=False)
+    masker = out / "masking" / "ca" / "masker.safetensors"
+    masker_stamp = masker.stat().st_mtime_ns
+    run_demo(out, **TINY_RUN)
     assert weights.stat().st_mtime_ns == stamp and explainer.stat().st_mtime_ns == explainer_stamp
+    assert masker.stat().st_mtime_ns == masker_stamp
     printed = capsys.readouterr().out
     assert "reusing the trained classifier" in printed and "reusing the trained explainer" in printed
+    assert "reusing the trained masker ca" in printed
+
+
+def test_demo_masking_section(demo_run):
+    out, results = demo_run
+    section = json.loads((out / "results.json").read_text())["masking"]
+    assert set(section["maskers"]) == set(MASKERS)
+    assert section["maskers"]["ca"]["mode"] == "ca" and section["maskers"]["fix_random_labels"]["labels"] == "train_shuffle.json"
+    assert section["maskers"]["fix_seed2"]["seed"] == section["maskers"]["fix"]["seed"] + 1
+    assert set(section["wsol"]) == {"center", "max", "min", "ground_truth", "gradcam", "fix", "ca"}
+    assert section["dataset"] == {"root": str(out / "masking" / "data"), "train": 12, "val": 6, "test": 6,
+                                  "image_size": 48}
+    truth, smallest, center = (section["wsol"][k] for k in ("ground_truth", "min", "center"))
+    assert truth["LE"] == 0.0 and smallest["LE"] == 1.0 and smallest["F1"] == 0.0
+    assert "PxAP" in center and "PxAP" not in truth
+    for row in ("gradcam", "fix", "ca"):
+        assert 0.0 <= section["wsol"][row]["LE"] <= 1.0 and 0.0 <= section["wsol"][row]["PxAP"] <= 100.0
+    drt = section["data_randomization"]
+    assert drt["images"] == 6 and drt["trained_vs_random_labels"]["model"] == "fix_random_labels"
+    for entry in section["sanity"].values():
+        # a second run of the trained model: identical maps (SSIM is defined even for a constant map)
+        assert entry["layers"][0] == "original" and entry["mean"]["ssim"][0] == pytest.approx(1.0)
+        assert len(entry["layers"]) > 2 and len(entry["mean"]["ssim"]) == len(entry["layers"])
+        assert (out / entry["figure"]).is_file()
+    assert (out / section["figure"]).is_file()
+    assert "Masking-based saliency (paper 001)" in (out / "report.html").read_text()
 
 
 def test_cli_lists_methods_and_metrics(capsys):
@@ -85,6 +116,8 @@ def test_cli_lists_methods_and_metrics(capsys):
 def test_cli_reports_bad_input_clearly(tmp_path, capsys):
     assert main(["synthetic", "--out", str(tmp_path), "--image-size", "8", "--no-progress"]) == 2
     assert "image_size must be >= 32" in capsys.readouterr().err
+    assert main(["explain", "nosuch", "--classifier", str(tmp_path), "--out", str(tmp_path / "maps")]) == 2
+    assert "unknown method(s) nosuch; registered methods:" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["explode"])
 

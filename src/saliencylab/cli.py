@@ -12,6 +12,8 @@ def _quiet_lightning() -> None:
     """Keep the terminal for our own progress: Lightning's info lines and a library deprecation notice go."""
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # frozen classifiers, on purpose
+    warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")  # no validation set
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -23,7 +25,8 @@ def _demo(args: argparse.Namespace) -> int:
     config = SyntheticConfig(image_size=args.image_size, train=args.train, val=args.val, test=args.test,
                              seed=args.seed)
     run_demo(args.out, fresh=args.fresh, device=args.device, config=config, epochs=args.epochs,
-             explainer_epochs=args.explainer_epochs, slow_images=args.slow_images, progress=not args.no_progress)
+             explainer_epochs=args.explainer_epochs, slow_images=args.slow_images, masker_epochs=args.masker_epochs,
+             progress=not args.no_progress)
     print(f"open {Path(args.out) / 'report.html'} in a browser")
     return 0
 
@@ -68,9 +71,9 @@ def _explain(args: argparse.Namespace) -> int:
     from saliencylab.data import COCODataset, ImageFolder, Resize, VOCDataset
     from saliencylab.training.classifier import load_trained_classifier
 
+    _check_methods([args.method])
     classifier, description = load_trained_classifier(args.classifier)
-    size = args.image_size or description.get("data", {}).get("image_size", 224)
-    resize = Resize(size)
+    resize = Resize(_classifier_size(args, description))
     sources = [args.voc, args.coco_json, args.images]
     if sum(source is not None for source in sources) != 1:
         raise ValueError("give exactly one of --voc ROOT, --coco-json FILE (with --coco-images DIR) or --images FOLDER")
@@ -89,21 +92,24 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_settings(preset: dict, section: str, args: argparse.Namespace,
+                       **choices: object) -> tuple[dict, int, int]:
+    """(settings, image size, batch size) of a preset: its ``section`` with --set, the ``choices`` that
+    are given (not None) and --epochs applied; --image-size / --batch-size over the preset's ``data``."""
+    settings = {**preset[section], **dict(args.set), **{k: v for k, v in choices.items() if v is not None}}
+    if args.epochs is not None:
+        settings["max_epochs"] = args.epochs
+    return settings, args.image_size or preset["data"]["image_size"], args.batch_size or preset["data"]["batch_size"]
+
+
 def _train_explainer(args: argparse.Namespace) -> int:
     from saliencylab.data.module import SaliencyDataModule
     from saliencylab.training.classifier import load_trained_classifier
     from saliencylab.training.explainer import fit_explainer, load_preset
 
     _quiet_lightning()
-    preset = load_preset(args.preset)
-    settings = {**preset["explainer"], **dict(args.set)}
-    if args.variant:
-        settings["variant"] = args.variant
-    if args.epochs is not None:
-        settings["max_epochs"] = args.epochs
+    settings, size, batch_size = _training_settings(load_preset(args.preset), "explainer", args, variant=args.variant)
     classifier, _ = load_trained_classifier(args.classifier)
-    size = args.image_size or preset["data"]["image_size"]
-    batch_size = args.batch_size or preset["data"]["batch_size"]
     if (args.voc is None) == (args.coco_train_json is None):
         raise ValueError("give exactly one data source: --voc ROOT, or --coco-train-json/--coco-train-images "
                          "with --coco-val-json/--coco-val-images")
@@ -118,6 +124,174 @@ def _train_explainer(args: argparse.Namespace) -> int:
     fit_explainer(datamodule, args.out, accelerator=args.device, progress=not args.no_progress, **target, **settings)
     print(f"wrote {Path(args.out) / 'explainer.safetensors'} and explainer.json; use it as "
           f"methods.build({settings.get('variant', 'explainer')!r}, classifier, checkpoint={str(args.out)!r})")
+    return 0
+
+
+def _classifier_size(args: argparse.Namespace, description: dict) -> int:
+    """--image-size, else the classifier's training size, else 224."""
+    return args.image_size or description.get("data", {}).get("image_size", 224)
+
+
+def _check_methods(names: list[str]) -> None:
+    """ValueError naming the registered methods when one of ``names`` is not registered."""
+    from saliencylab import methods
+
+    unknown = [name for name in names if name not in methods.names()]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; registered methods: {', '.join(methods.names())}")
+
+
+def _is_mask(method: str, settings: dict[str, object]) -> bool:
+    """True for maps that already are masks in [0,1] and are used as they are: the masker's sigmoid output."""
+    return method == "masker" and not settings.get("logits", False)
+
+
+def _train_masker(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from saliencylab.data.imagenet import ImageNetDataset, examples_per_class, read_metadata, write_metadata
+    from saliencylab.data.module import SaliencyDataModule
+    from saliencylab.training.classifier import load_trained_classifier
+    from saliencylab.training.masker import fit_masker, load_masker_preset
+
+    _quiet_lightning()
+    settings, size, batch_size = _training_settings(load_masker_preset(args.preset), "masker", args, mode=args.mode)
+    _, description = load_trained_classifier(args.classifier)
+    out = Path(args.out)
+    train_json = Path(args.train_json)
+    if args.examples_per_class is not None:
+        metadata = read_metadata(train_json)
+        subset = examples_per_class(metadata.samples, args.examples_per_class, settings.get("seed", 42))
+        train_json = write_metadata(out / f"train_{args.examples_per_class}_per_class.json",
+                                    replace(metadata, samples=subset))
+    train = ImageNetDataset(train_json, size=size)
+    val = ImageNetDataset(args.val_json, size=size) if args.val_json else None
+    if train.num_classes != description["num_classes"]:
+        raise ValueError(f"{args.train_json} has {train.num_classes} classes but the classifier in "
+                         f"{args.classifier} has {description['num_classes']}")
+    datamodule = SaliencyDataModule(train, val, batch_size=batch_size, num_workers=args.workers)
+    module = fit_masker(datamodule, out, classifier_dir=args.classifier, accelerator=args.device,
+                        progress=not args.no_progress, **settings)
+    print(f"trained a {module.hparams.mode} masker on {len(train)} images; wrote {out / 'masker.safetensors'} "
+          f"and masker.json{' (and its co-trained classifier)' if module.hparams.mode == 'ca' else ''}; use it as "
+          f"methods.build('masker', classifier, checkpoint={str(out)!r})")
+    return 0
+
+
+def _sanity(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from saliencylab import methods
+    from saliencylab.bench.masking import evenly_spaced
+    from saliencylab.bench.sanity import (MEASURES, cascading_randomization, compare_maps, independent_randomization,
+                                          plot_randomization)
+    from saliencylab.data.imagenet import ImageNetDataset
+    from saliencylab.maps import normalize_minmax
+    from saliencylab.models.classifier import Classifier
+    from saliencylab.training.classifier import load_trained_classifier
+
+    _check_methods([args.method])
+    if args.images < 1:
+        raise ValueError(f"--images must be at least 1, got {args.images}")
+    data_test = args.mode == "data"
+    if data_test and not args.other_set and args.other_classifier is None:
+        raise ValueError("--mode data compares two sets of maps: give --other-set KEY=VALUE (e.g. the checkpoint of a "
+                         "masker trained on train_shuffle.json) and/or --other-classifier DIR (a random-label model)")
+    if not data_test and (args.other_set or args.other_classifier is not None):
+        raise ValueError("--other-set and --other-classifier belong to --mode data")
+    if data_test and args.layers:
+        raise ValueError("--layers belongs to --mode cascading or independent")
+    classifier, description = load_trained_classifier(args.classifier)
+    classifier.to(args.device)
+    batch = evenly_spaced(ImageNetDataset(args.val_json, size=_classifier_size(args, description)), args.images)
+    images = batch.images.to(args.device)
+    targets = batch.labels.argmax(dim=1).to(args.device)
+    settings = dict(args.set)
+
+    def explain(model: Classifier, images: torch.Tensor, targets: torch.Tensor,
+                settings: dict[str, object] = settings) -> torch.Tensor:
+        """Maps in [0,1], as compare_maps needs: masks as they are, other maps min-max normalised."""
+        maps = methods.build(args.method, model, **settings).attribute(images, targets)
+        return maps if _is_mask(args.method, settings) else normalize_minmax(maps)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"sanity_{args.mode}_{args.method}"
+    if data_test:
+        other = classifier if args.other_classifier is None else load_trained_classifier(args.other_classifier)[0]
+        other_settings = {**settings, **dict(args.other_set)}
+        values = compare_maps(explain(classifier, images, targets),
+                              explain(other.to(args.device), images, targets, other_settings))
+        mean = {m: float(values[m].nanmean()) for m in MEASURES}
+        Path(f"{stem}.json").write_text(json.dumps({
+            "mode": "data", "method": args.method, "classifier": args.classifier, "settings": settings,
+            "other_classifier": args.other_classifier or args.classifier, "other_settings": other_settings,
+            "mean": mean, "per_image": {m: values[m].tolist() for m in MEASURES}}, indent=2))
+        print("  ".join(f"{m} {v:.4f}" for m, v in mean.items()))
+        print(f"wrote {stem}.json")
+        return 0
+    test = cascading_randomization if args.mode == "cascading" else independent_randomization
+    result = test(explain, classifier, images, targets, seed=args.seed, layers=args.layers)
+    Path(f"{stem}.json").write_text(json.dumps(result.to_dict(), indent=2))
+    plot_randomization(result, f"{stem}.png", title=f"{args.mode} randomisation: {args.method}")
+    print(f"{'layer':16s}" + "".join(f"{m:>14s}" for m in MEASURES))
+    for row, layer in enumerate(result.layers):
+        print(f"{layer:16s}" + "".join(f"{float(result.mean[m][row]):14.4f}" for m in MEASURES))
+    print(f"wrote {stem}.json and {stem}.png")
+    return 0
+
+
+def _method_setting(text: str) -> tuple[str, str, object]:
+    """``method:key=value`` -> (method, key, value), the value read as YAML; for bench wsol --set."""
+    method, sep, setting = text.partition(":")
+    if not sep or not method or "=" in method:
+        raise argparse.ArgumentTypeError(f"expected METHOD:KEY=VALUE, got {text!r}")
+    return (method, *_setting(setting))
+
+
+def _wsol(args: argparse.Namespace) -> int:
+    import json
+
+    from torch.utils.data import DataLoader
+
+    from saliencylab import methods
+    from saliencylab.bench.wsol import evaluate_wsol, evaluate_wsol_baseline, method_explain, pxap, wsol_table
+    from saliencylab.data.imagenet import ImageNetDataset
+    from saliencylab.data.openimages import OpenImagesDataset
+    from saliencylab.training.classifier import load_trained_classifier
+    from saliencylab.types import collate
+
+    _check_methods(args.methods)
+    settings: dict[str, dict[str, object]] = {name: {} for name in args.methods}
+    for method, key, value in args.set:
+        if method not in settings:
+            raise ValueError(f"--set {method}:{key}=... names a method that is not benchmarked "
+                             f"({', '.join(args.methods)})")
+        settings[method][key] = value
+    classifier, description = load_trained_classifier(args.classifier)
+    classifier.to(args.device)
+    size = _classifier_size(args, description)
+    loader = DataLoader(ImageNetDataset(args.val_json, args.boxes, size=size), batch_size=args.batch_size,
+                        collate_fn=collate)
+    test = None
+    if args.openimages:
+        root = Path(args.openimages)
+        test = DataLoader(OpenImagesDataset(root / "dataset", root / "metadata", size=size,
+                                            class_names=classifier.class_names),
+                          batch_size=args.batch_size, collate_fn=collate)
+    boxes = {"boxes_inclusive": not args.paper_quirks, "unclipped_area": args.paper_quirks, "device": args.device}
+    rows = {name: evaluate_wsol_baseline(name, classifier, loader, **boxes).summary() for name in args.baselines}
+    for name in args.methods:
+        explain = method_explain(methods.build(name, classifier, **settings[name]),
+                                 normalize=not _is_mask(name, settings[name]))
+        rows[name] = evaluate_wsol(explain, classifier, loader, one_pixel_smaller=args.paper_quirks, **boxes).summary()
+        if test is not None:
+            rows[name]["PxAP"] = pxap(explain, test, device=args.device)
+    print(wsol_table(rows), end="")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
 
 
@@ -159,8 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     demo.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")
     demo.add_argument("--epochs", type=int, default=15, help="most classifier epochs; early stopping ends sooner")
-    demo.add_argument("--slow-images", type=int, default=16,
-                      help="test images scored by the slowest optimisation methods (EP, iGOS++, MP, RISE; default 16)")
+    demo.add_argument("--slow-images", type=int, default=8,
+                      help="test images scored by the slowest methods (EP, iGOS++, MP, RISE, Score-CAM; default 8)")
+    demo.add_argument("--masker-epochs", type=int, default=3,
+                      help="epochs of each CASME masker of the paper-001 part (default 3)")
     demo.add_argument("--explainer-epochs", type=int, default=3,
                       help="most epochs of each trained explainer (default 3 to fit a CPU demo; the preset allows 30)")
     _add_data_options(demo)
@@ -213,6 +389,63 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(run=_train_explainer)
 
+    masker = commands.add_parser("train-masker", help="train a CASME masker (FIX or CA) on ImageNet-format data "
+                                                       "(paper 001)")
+    masker.add_argument("--classifier", required=True, metavar="DIR",
+                        help="folder written by classifier training: the classifier to explain")
+    masker.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder: masker.safetensors, masker.json, checkpoints/ (CA: also the co-trained "
+                             "classifier)")
+    masker.add_argument("--train-json", required=True, metavar="FILE",
+                        help="metadata JSON of the training images (e.g. META/train.json); META/train_shuffle.json "
+                             "(random labels) trains the model of the data-randomisation sanity check")
+    masker.add_argument("--val-json", metavar="FILE",
+                        help="metadata JSON of validation images, logged only (default: none)")
+    masker.add_argument("--preset", metavar="NAME", default="synthetic_fix",
+                        help="synthetic_fix (default), synthetic_ca, fix, ca, or a YAML file")
+    masker.add_argument("--mode", choices=["fix", "ca"], help="override the preset's mode (the CA presets also set "
+                                                             "the snapshot pool: prefer --preset ca / synthetic_ca)")
+    masker.add_argument("--epochs", type=int, metavar="N", help="epochs (default: the preset's max_epochs)")
+    masker.add_argument("--examples-per-class", type=int, metavar="K",
+                        help="train on K images per class drawn with the preset's seed (written to "
+                             "OUT/train_K_per_class.json; default: every image)")
+    masker.add_argument("--image-size", type=int, metavar="S", help="resize side (default: the preset's)")
+    masker.add_argument("--batch-size", type=int, metavar="B", help="default: the preset's")
+    masker.add_argument("--workers", type=int, metavar="N", default=0, help="data loader worker processes (default 0)")
+    masker.add_argument("--device", default="auto", help="Lightning accelerator: auto (default), cpu, gpu")
+    masker.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                        help="override a preset masker setting, e.g. --set lambda_out=15 (repeatable)")
+    masker.add_argument("--no-progress", action="store_true")
+    masker.set_defaults(run=_train_masker)
+
+    sanity = commands.add_parser("sanity", help="model- and data-randomisation sanity checks of a method (paper 001)")
+    sanity.add_argument("method", metavar="METHOD", help="a registered method (see: saliencylab methods)")
+    sanity.add_argument("--classifier", required=True, metavar="DIR", help="folder written by classifier training")
+    sanity.add_argument("--val-json", required=True, metavar="FILE",
+                        help="metadata JSON of the images (e.g. META/val.json)")
+    sanity.add_argument("--mode", default="cascading", choices=["cascading", "independent", "data"],
+                        help="cascading (default) or independent layer randomisation of --classifier; data: the "
+                             "maps of --set/--classifier against those of --other-set/--other-classifier")
+    sanity.add_argument("--images", type=int, metavar="N", default=16,
+                        help="images, evenly spaced through --val-json, each explained for its label (default 16)")
+    sanity.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                        help="a method hyper-parameter, e.g. --set checkpoint=runs/fix (repeatable)")
+    sanity.add_argument("--other-set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                        help="data mode: a hyper-parameter of the second run, overriding --set, e.g. the checkpoint "
+                             "of a masker trained on train_shuffle.json (repeatable)")
+    sanity.add_argument("--other-classifier", metavar="DIR",
+                        help="data mode: the second run's classifier (default --classifier)")
+    sanity.add_argument("--layers", metavar="LAYER", nargs="+",
+                        help="layers to randomise, output side first (default: all of them)")
+    sanity.add_argument("--seed", type=int, metavar="N", default=0, help="seed of the random weights (default 0)")
+    sanity.add_argument("--out", default="runs/sanity", metavar="DIR",
+                        help="output folder for sanity_<mode>_<method>.json (and .png) (default runs/sanity)")
+    sanity.add_argument("--image-size", type=int, metavar="S",
+                        help="resize side (default: the classifier's training size, else 224); at least 48 for the "
+                             "HOG measure")
+    sanity.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
+    sanity.set_defaults(run=_sanity)
+
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="benchmark", required=True)
     speed = bench.add_parser("speed", help="time every method against its minimum number of classifier passes")
     speed.add_argument("--model", default="small_cnn", help="small_cnn (default), resnet50, vgg16, ... (random weights)")
@@ -225,6 +458,31 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--repeats", type=int, default=3, help="timed runs per method after a warm-up (median)")
     speed.add_argument("--json", help="also write the rows to this JSON file")
     speed.set_defaults(run=_speed)
+
+    wsol = bench.add_parser("wsol", help="WSOL table (LE, OM, F1, SM, ...; PxAP) of methods and baselines (paper 001)")
+    wsol.add_argument("methods", nargs="+", metavar="METHOD", help="registered methods; masker masks are scored as "
+                                                                   "they are, other maps min-max normalised")
+    wsol.add_argument("--classifier", required=True, metavar="DIR", help="folder written by classifier training")
+    wsol.add_argument("--val-json", required=True, metavar="FILE",
+                      help="metadata JSON of the images (e.g. META/val.json)")
+    wsol.add_argument("--boxes", required=True, metavar="FILE", help="their box JSON (e.g. META/val_bboxes.json)")
+    wsol.add_argument("--baselines", nargs="*", default=["center", "max", "min", "ground_truth"],
+                      choices=["center", "max", "min", "ground_truth"],
+                      help="reference rows (default: all four; --baselines alone: none)")
+    wsol.add_argument("--openimages", metavar="ROOT",
+                      help="add PxAP on the OpenImages test split under ROOT/dataset and ROOT/metadata "
+                           "(the wsolevaluation layout; default: no PxAP)")
+    wsol.add_argument("--set", type=_method_setting, action="append", default=[], metavar="METHOD:KEY=VALUE",
+                      help="a method's hyper-parameter, e.g. --set masker:checkpoint=runs/fix (repeatable)")
+    wsol.add_argument("--image-size", type=int, metavar="S",
+                      help="resize side (default: the classifier's training size, else 224)")
+    wsol.add_argument("--batch-size", type=int, metavar="B", default=32, help="images per batch (default 32)")
+    wsol.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
+    wsol.add_argument("--json", metavar="FILE", help="also write the rows to this JSON file")
+    wsol.add_argument("--paper-quirks", action="store_true",
+                      help="the original's arithmetic on real ImageNet boxes: box ends read as half-open, predicted "
+                           "boxes one pixel smaller, ground-truth areas not clipped (default: off)")
+    wsol.set_defaults(run=_wsol)
 
     commands.add_parser("methods", help="list the attribution methods").set_defaults(run=_methods)
     commands.add_parser("metrics", help="list the metrics").set_defaults(run=_metrics)

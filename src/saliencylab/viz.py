@@ -47,6 +47,16 @@ def segmentation_to_rgb(segmentation: Tensor) -> np.ndarray:
     return rgb
 
 
+def draw_boxes(tile: np.ndarray, boxes: Tensor, color: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """A copy of a (H,W,3) uint8 tile with half-open boxes (N,4) x0,y0,x1,y1 in pixels outlined in ``color``."""
+    picture = Image.fromarray(tile)
+    draw = ImageDraw.Draw(picture)
+    for x0, y0, x1, y1 in boxes.detach().cpu().reshape(-1, 4).tolist():
+        if x1 > x0 and y1 > y0:
+            draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=color)
+    return np.asarray(picture).copy()
+
+
 def grid(tiles: Sequence[Sequence[np.ndarray]], column_titles: Sequence[str] = (),
          scale: int = 2, pad: int = 4) -> Image.Image:
     """Arrange rows of equally sized (h,w,3) uint8 tiles into one image, titles above the columns."""

@@ -17,6 +17,7 @@ import saliencylab
 from saliencylab import methods, viz
 from saliencylab.bench import evaluate as ev
 from saliencylab.bench import report
+from saliencylab.bench.masking import masking_section, wsol_data_config
 from saliencylab.bench.class_specific import class_specific_matrix
 from saliencylab.bench.speed import settings_for
 from saliencylab.data import COCODataset, RandomHorizontalFlip, Resize, VOCDataset
@@ -69,7 +70,7 @@ def figure_rows(batch: Batch, maps: Tensor, class_names: list[str], max_targets:
 TRAINED = ("explainer", "rt_saliency")
 """Trained explainers the demo fits against its classifier. ``fcnn`` explains itself, not this
 classifier, so it has no place in a comparison of explanations of one classifier."""
-SLOW = ("extremal_perturbation", "igos_pp", "meaningful_perturbation", "rise")
+SLOW = ("extremal_perturbation", "igos_pp", "meaningful_perturbation", "rise", "scorecam")
 """Methods the demo scores on the first ``slow_images`` test images only: seconds per image on a CPU."""
 CLASS_SPECIFIC = ("explainer", "gradcam", "rise", "rt_saliency")
 """Methods whose class-specific matrices the demo computes (spec 000 §6 compares these four)."""
@@ -184,7 +185,8 @@ def class_specific_section(classifier: Classifier, test: Dataset, out_dir: Path,
 
 def run_demo(out_dir: str | Path = "runs/demo", *, fresh: bool = False, device: str = "auto",
              config: SyntheticConfig = SyntheticConfig(), epochs: int = 15, explainer_epochs: int | None = 3,
-             batch_size: int = 32, figure_images: int = 6, slow_images: int = 16, class_specific_images: int = 60,
+             batch_size: int = 32, figure_images: int = 6, slow_images: int = 8, class_specific_images: int = 60,
+             masker_epochs: int = 3, wsol_config: SyntheticConfig | None = None, sanity_images: int = 16,
              progress: bool = True) -> dict:
     """Run the whole pipeline and write ``out_dir/{results.json, results.csv, report.html, figures/}``.
 
@@ -192,17 +194,20 @@ def run_demo(out_dir: str | Path = "runs/demo", *, fresh: bool = False, device: 
     (``out_dir/explainer``, ``out_dir/rt_saliency``) are reused when made with the same settings;
     ``fresh=True`` rebuilds them. ``explainer_epochs`` caps explainer training (default 3, so the
     demo fits in 10 CPU minutes; None: the ``synthetic`` preset's 30 with early stopping). SLOW methods are scored on the first ``slow_images`` test images, the
-    class-specific matrices on the first ``class_specific_images``. Returns the results dict.
+    class-specific matrices on the first ``class_specific_images``. The paper-001 part
+    (:mod:`saliencylab.bench.masking`, in ``out_dir/masking``) trains its maskers ``masker_epochs``
+    epochs on the single-label set ``wsol_config`` (default :func:`wsol_data_config` of ``config``)
+    and runs the cascading sanity check on ``sanity_images`` images. Returns the results dict.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
     if fresh:
-        for sub in ("data", "classifier", *TRAINED):
+        for sub in ("data", "classifier", "masking", *TRAINED):
             shutil.rmtree(out_dir / sub, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch_device = pick_device(device)
 
-    print(f"[1/5] synthetic data -> {out_dir / 'data'}")
+    print(f"[1/6] synthetic data -> {out_dir / 'data'}")
     data_root = write_synthetic(out_dir / "data", config, progress=progress)
     size = config.image_size
     voc_root = data_root / "voc"
@@ -213,23 +218,28 @@ def run_demo(out_dir: str | Path = "runs/demo", *, fresh: bool = False, device: 
                                           data_root / "coco" / "annotations" / "instances_test.json"))
     datamodule = SaliencyDataModule(train, val, test, batch_size=batch_size)
 
-    print(f"[2/5] classifier -> {out_dir / 'classifier'}")
+    print(f"[2/6] classifier -> {out_dir / 'classifier'}")
     classifier, description = prepare_classifier(out_dir, config, datamodule, epochs, progress)
     f1 = description["test"]["micro_f1"]
     print(f"  held-out micro-F1 {f1:.3f}" + ("" if f1 >= MIN_MICRO_F1 else
           f"  (WARNING: below {MIN_MICRO_F1}; explanations of a weak classifier mean little)"))
 
-    print(f"[3/5] trained explainers -> {', '.join(str(out_dir / v) for v in TRAINED)}")
+    print(f"[3/6] trained explainers -> {', '.join(str(out_dir / v) for v in TRAINED)}")
     trained = prepare_explainers(out_dir, config, datamodule, explainer_epochs, progress)
     classifier = classifier.to(torch_device)
 
-    print("[4/5] explaining and scoring the test split")
+    print("[4/6] explaining and scoring the test split")
     rows = evaluate_methods(classifier, test, out_dir, trained, torch_device, batch_size, figure_images,
                             slow_images, progress)
     class_specific = class_specific_section(classifier, test, out_dir, rows, torch_device, batch_size,
                                             class_specific_images)
 
-    print(f"[5/5] report -> {out_dir}")
+    print(f"[5/6] masking-based saliency (paper 001) -> {out_dir / 'masking'}")
+    masking = masking_section(out_dir, classifier, out_dir / "classifier", wsol_config or wsol_data_config(config),
+                              torch_device, epochs=masker_epochs, batch_size=batch_size, sanity_images=sanity_images,
+                              figure_images=figure_images, progress=progress)
+
+    print(f"[6/6] report -> {out_dir}")
     results = {
         "schema": "saliencylab.results/1",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -244,6 +254,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, fresh: bool = False, device: 
                            "description": get_metric(name).description} for name in ev.ALL_METRICS},
         "methods": rows,
         "class_specific": class_specific,
+        "masking": masking,
     }
     report.write_json(results, out_dir / "results.json")
     report.write_csv(results, out_dir / "results.csv")

@@ -13,7 +13,16 @@
                             "images_per_second": float | null, "seconds_per_image": float | null,
                             "figure": "figures/<name>.png" | null, "images": int}},
       "class_specific": {name: {"classes", "images", "matrix": [[none, class 0, ...] per row class] (%),
-                                "diagonal_margin", "figure"}}
+                                "diagonal_margin", "figure"}},
+      "masking": {                                                  # paper 001 (bench.masking)
+        "dataset": {"root", "train", "val", "test", "image_size"},
+        "maskers": {name: {"folder", "preset", "labels", "mode", "epochs", "seed", "train_seconds"}},
+        "wsol": {row: {"LE", "OM", "F1", ..., "PxAP"?}},            # bench.wsol.COLUMNS; PxAP in percent
+        "baselines": [names of the wsol rows that are special baselines],
+        "data_randomization": {"images", "reference",
+                               "trained_vs_trained" | "trained_vs_random_labels": {"model", measure: mean}},
+        "sanity": {method: {"mode", "layers", "mean": {measure: [per step]}, "figure"}},
+        "figure", "seconds"}
     }
 """
 from __future__ import annotations
@@ -142,6 +151,67 @@ def _class_specific(results: dict, out_dir: Path) -> str:
     return "".join(parts)
 
 
+WSOL_COLUMNS = ("LE", "OM", "F1", "SM", "sm_acc", "top1", "avg_mask", "PxAP")
+WSOL_LOWER = ("LE", "OM", "SM")
+
+
+def _wsol_table(rows: dict[str, dict], baselines: list[str]) -> str:
+    """``baselines`` in grey; bold: the best method (not baseline) per column, where a direction is defined."""
+    methods_only = {name: row for name, row in rows.items() if name not in baselines}
+    best = {}
+    for column in ("LE", "OM", "F1", "SM", "PxAP"):
+        values = [v for row in methods_only.values() for v in [row.get(column)] if v is not None and math.isfinite(v)]
+        if values:
+            best[column] = min(values) if column in WSOL_LOWER else max(values)
+    head = "".join(f"<th>{c}{' ↓' if c in WSOL_LOWER else ' ↑' if c in best else ''}</th>" for c in WSOL_COLUMNS)
+    lines = []
+    for name, row in rows.items():
+        cells = "".join(
+            f'<td class="{"best" if name in methods_only and value is not None and value == best.get(c) else ""}">'
+            f"{_format(value)}</td>" for c in WSOL_COLUMNS for value in [row.get(c)])
+        lines.append(f'<tr class="{"reference" if name not in methods_only else "method"}">'
+                     f"<th>{html.escape(name)}</th>{cells}</tr>")
+    return f"<table><tr><th>method</th>{head}</tr>{''.join(lines)}</table>"
+
+
+def _masking(results: dict, out_dir: Path) -> str:
+    section = results.get("masking")
+    if not section:
+        return ""
+    data, drt = section["dataset"], section["data_randomization"]
+    trainings = "".join(
+        f"<li><code>{html.escape(name)}</code>: {m['mode'].upper()}, preset <code>{html.escape(m['preset'])}</code>, "
+        f"labels <code>{html.escape(m['labels'])}</code>, {m['epochs']} epochs, seed {m['seed']}"
+        + ("" if m.get("train_seconds") is None else f", {m['train_seconds']:.0f} s") + "</li>"
+        for name, m in section["maskers"].items())
+    measures = [k for k in drt["trained_vs_trained"] if k != "model"]
+    drt_rows = "".join(
+        f"<tr><th>FIX vs {html.escape(drt[key]['model'])}</th>"
+        + "".join(f"<td>{_format(drt[key][m])}</td>" for m in measures) + "</tr>"
+        for key in ("trained_vs_trained", "trained_vs_random_labels"))
+    curves = "".join(f"<h4>{html.escape(name)}</h4>" + _image_tag(out_dir / entry["figure"], f"sanity {name}")
+                     for name, entry in section["sanity"].items())
+    return f"""<h2>Masking-based saliency (paper 001)</h2>
+<p>CASME maskers for the same classifier, trained on the single-label synthetic set in ImageNet format
+({data['train']} train images; WSOL scores on {data['val']} val images, PxAP on the {data['test']} images of its
+OpenImages-layout test split, {data['image_size']} px), in {section['seconds']:.0f} s:</p><ul>{trainings}</ul>
+<p>WSOL metrics (spec 001 §4): LE localisation error (box IoU &lt; 0.5), OM the same or misclassified,
+F1 of the soft mask against the boxes, SM the saliency metric of the box crop, sm_acc / top1 in %,
+avg_mask the mean mask value, PxAP pixel average precision in %. Grey: special baselines.</p>
+{_wsol_table(section['wsol'], section['baselines'])}
+<p>Green: ground-truth boxes; white: the box from each mask (binarised at its mean, largest component).</p>
+{_image_tag(out_dir / section['figure'], 'masker masks')}
+<h3>Data randomisation</h3>
+<p>Mean similarity over {drt['images']} val images of the FIX masker's masks to those of a FIX masker
+trained with another seed, and of one trained on random labels (<code>train_shuffle.json</code>).
+A masker that depends on what the model learned scores clearly lower against the random-label one.</p>
+<table><tr><th></th>{''.join(f'<th>{html.escape(m)}</th>' for m in measures)}</tr>{drt_rows}</table>
+<h3>Model-parameter randomisation (cascading)</h3>
+<p>The classifier's layers are re-initialised from the output side; similarity of each method's maps to
+those of the trained classifier. Maps that stay similar do not depend on the model.</p>
+{curves}"""
+
+
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:1em 0}
@@ -194,6 +264,7 @@ slowest optimisation methods see only the first few on a CPU demo). Grey rows ar
 <ul>{metric_notes}</ul>
 <details><summary>Hyper-parameters of each method in this run</summary><ul>{settings}</ul></details>
 {_class_specific(results, out_dir)}
+{_masking(results, out_dir)}
 {''.join(figures)}
 </body></html>"""
     path = out_dir / "report.html"

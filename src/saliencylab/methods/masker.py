@@ -22,7 +22,8 @@ from saliencylab.models.masker import Masker, classifier_features
 class MaskerMethod(Method):
     """CASME masks; see the module docstring. ``area``: the target area fed to maskers trained with an
     area-prior channel (unused otherwise); ``logits=True``: the pre-sigmoid head logits (nearest-upsampled),
-    as the sanity checks of spec §4.6 compare."""
+    the values the original's sanity checks compared (spec §4.6); ``bench.sanity`` compares maps in
+    [0,1], so use the default sigmoid masks there (Spearman ranks are the same either way)."""
 
     def __init__(self, classifier: Classifier, *, checkpoint: str | None = None, masker: Masker | None = None,
                  area: float = 0.5, logits: bool = False, max_batch: int = 64) -> None:

@@ -1,0 +1,217 @@
+"""The demo's paper-001 part: CASME maskers on the synthetic single-label set, scored and sanity-checked.
+
+On the ImageNet-format export of the synthetic scenes (:func:`write_synthetic_imagenet`) the demo
+
+1. trains a FIX and a CA masker (presets ``synthetic_fix`` / ``synthetic_ca``) for the demo classifier;
+2. scores them with the WSOL metrics (spec 001 §4) on the val split beside Grad-CAM and the special
+   baselines (center, max, min, ground_truth), plus PxAP on the OpenImages-layout test split;
+3. runs the sanity checks: cascading model-parameter randomisation of the classifier for the
+   gradient (Adebayo et al.'s reference case), the FIX masker and the CA masker (of its co-trained
+   classifier, whose features it reads), and the data-randomisation test: a FIX masker trained on
+   ``train_shuffle.json`` (random labels) against two FIX maskers trained on the true labels with
+   different seeds. Masks are compared as sigmoid outputs in [0,1] (the original compared
+   pre-sigmoid logits; Spearman is the same either way).
+
+Data and maskers land under ``<run>/masking/``, figures in ``<run>/figures/masking_*.png``, the
+numbers in the ``"masking"`` entry of ``results.json``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from saliencylab import methods, viz
+from saliencylab.bench import report, sanity, wsol
+from saliencylab.data.imagenet import ImageNetDataset, write_synthetic_imagenet
+from saliencylab.data.module import InMemory, SaliencyDataModule
+from saliencylab.data.openimages import OpenImagesDataset
+from saliencylab.data.synthetic import SyntheticConfig
+from saliencylab.maps import normalize_minmax
+from saliencylab.metrics.wsol import baseline, inclusive_to_half_open, predicted_boxes
+from saliencylab.models.classifier import Classifier
+from saliencylab.training.classifier import load_trained_classifier
+from saliencylab.training.masker import fit_masker, load_masker_preset, load_trained_masker
+from saliencylab.types import Batch, collate
+
+MASKERS = {
+    "fix": ("synthetic_fix", "train.json", 0),
+    "ca": ("synthetic_ca", "train.json", 0),
+    "fix_seed2": ("synthetic_fix", "train.json", 1),
+    "fix_random_labels": ("synthetic_fix", "train_shuffle.json", 0),
+}
+"""Maskers the demo trains: name -> (preset, label file of the metadata folder, seed offset from the preset's)."""
+WSOL_ROWS = ("center", "gradcam", "fix", "ca")
+"""The rows the paper-001 acceptance compares (LE: both maskers below Grad-CAM and center)."""
+SANITY_METHODS = ("gradient", "fix", "ca")
+"""Methods of the cascading check. Not Grad-CAM: once the head of the small CNN is random its Grad-CAM
+maps are all zero (the ReLU of negative evidence), so every similarity is undefined (NaN)."""
+
+
+def evenly_spaced(dataset: Dataset, count: int) -> Batch:
+    """A batch of ``count`` samples spread evenly over ``dataset`` (first and last included): the
+    ImageNet-format splits are sorted by class, so the first few would all share one class."""
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    count = min(count, len(dataset))
+    return collate([dataset[int(i)] for i in torch.linspace(0, len(dataset) - 1, count).round().long()])
+
+
+def wsol_data_config(config: SyntheticConfig, train: int = 480, val: int = 200, test: int = 60) -> SyntheticConfig:
+    """The single-label set of the demo: the multi-label demo's image size and seed, its own sizes."""
+    return replace(config, train=train, val=val, test=test)
+
+
+def prepare_masker(name: str, folder: Path, metadata: Path, classifier_dir: Path, data: dict, epochs: int,
+                   progress: bool) -> dict:
+    """Train masker ``name`` of :data:`MASKERS` (or reuse it when trained with the same stamp); its description."""
+    preset_name, labels, seed_offset = MASKERS[name]
+    preset = load_masker_preset(preset_name)
+    settings = {**preset["masker"], "max_epochs": epochs}
+    settings["seed"] += seed_offset
+    stamp = {"data": data, "labels": labels, "preset": preset_name, "settings": settings}
+    description_file = folder / "masker.json"
+    if description_file.is_file() and json.loads(description_file.read_text()).get("demo") == stamp:
+        print(f"  reusing the trained masker {name} (pass --fresh to retrain)")
+        return json.loads(description_file.read_text())
+    size = data["image_size"]
+    train = InMemory(ImageNetDataset(metadata / labels, size=size))
+    started = time.perf_counter()
+    fit_masker(SaliencyDataModule(train, batch_size=preset["data"]["batch_size"]), folder,
+               classifier_dir=classifier_dir, progress=progress, **settings)
+    description = json.loads(description_file.read_text())
+    description["demo"] = stamp
+    description["train_seconds"] = time.perf_counter() - started
+    report.write_atomic(description_file, json.dumps(description, indent=2))
+    print(f"  {name}: {description['epochs']} epochs on {len(train)} images ({labels}) "
+          f"in {description['train_seconds']:.0f} s")
+    return description
+
+
+def _explainers(classifier: Classifier, folders: dict[str, Path]) -> dict[str, wsol.Explain]:
+    """explain(batch) -> masks in [0,1] for Grad-CAM (min-max normalised) and each trained masker (as they are)."""
+    explainers = {"gradcam": wsol.method_explain(methods.build("gradcam", classifier))}
+    for name, folder in folders.items():
+        explainers[name] = wsol.method_explain(methods.build("masker", classifier, checkpoint=str(folder)),
+                                               normalize=False)
+    return explainers
+
+
+def _center(batch: Batch) -> Tensor:
+    return baseline("center", len(batch), batch.images.shape[-2:], batch.images.device)[0]
+
+
+def wsol_rows(classifier: Classifier, explainers: dict[str, wsol.Explain], val: Dataset, test: Dataset,
+              device: torch.device, batch_size: int) -> dict[str, dict]:
+    """WSOL summaries on ``val`` of the baselines and each explainer, with PxAP on ``test`` (not for
+    max/min/ground_truth, which have no pixel map to rank)."""
+    val_loader = DataLoader(val, batch_size=batch_size, collate_fn=collate)
+    test_loader = DataLoader(test, batch_size=batch_size, collate_fn=collate)
+    rows = {}
+    for name in wsol.BASELINES:
+        rows[name] = wsol.evaluate_wsol_baseline(name, classifier, val_loader, device=device).summary()
+    rows["center"]["PxAP"] = wsol.pxap(_center, test_loader, device=device)
+    for name, explain in explainers.items():
+        rows[name] = wsol.evaluate_wsol(explain, classifier, val_loader, device=device).summary()
+        rows[name]["PxAP"] = wsol.pxap(explain, test_loader, device=device)
+        print(f"  {name:18s} LE {rows[name]['LE']:.3f}   OM {rows[name]['OM']:.3f}   F1 {rows[name]['F1']:.3f}   "
+              f"PxAP {rows[name]['PxAP']:.1f}")
+    return rows
+
+
+def data_randomization(explainers: dict[str, wsol.Explain], batch: Batch) -> dict:
+    """Mean similarity of the FIX masker's masks to a second trained FIX masker's and to the random-label one's."""
+    masks = {name: explainers[name](batch)[:, 0] for name in ("fix", "fix_seed2", "fix_random_labels")}
+    result = {"images": len(batch), "reference": "fix"}
+    for key, other in (("trained_vs_trained", "fix_seed2"), ("trained_vs_random_labels", "fix_random_labels")):
+        scores = sanity.compare_maps(masks["fix"], masks[other])
+        result[key] = {"model": other, **{m: float(v.nanmean()) for m, v in scores.items()}}
+    print(f"  data randomisation, Spearman to the FIX masker: second trained masker "
+          f"{result['trained_vs_trained']['spearman']:.3f}, random-label masker "
+          f"{result['trained_vs_random_labels']['spearman']:.3f}")
+    return result
+
+
+def cascading_checks(classifier: Classifier, folders: dict[str, Path], batch: Batch, figures: Path) -> dict:
+    """Cascading randomisation for each of :data:`SANITY_METHODS`; curves as PNGs.
+
+    The gradient and FIX explain ``classifier``; CA explains (and randomises) its co-trained classifier.
+    """
+    targets = wsol.single_labels(batch)[:, None]
+    co_trained = load_trained_classifier(folders["ca"])[0].to(batch.images.device)
+    built = {"gradient": (methods.build("gradient", classifier), classifier, True),
+             "fix": (methods.build("masker", classifier, checkpoint=str(folders["fix"])), classifier, False),
+             "ca": (methods.build("masker", co_trained, masker=load_trained_masker(folders["ca"])[0]), co_trained,
+                    False)}
+    section = {}
+    for name in SANITY_METHODS:
+        method, model, normalize = built[name]
+
+        def explain(_model: Classifier, images: Tensor, wanted: Tensor, method=method, normalize=normalize) -> Tensor:
+            maps = method.attribute(images, wanted)
+            return normalize_minmax(maps) if normalize else maps
+
+        result = sanity.cascading_randomization(explain, model, batch.images, targets)
+        figure = sanity.plot_randomization(result, figures / f"masking_sanity_{name}.png",
+                                           f"{name}: cascading randomisation of the classifier it reads")
+        section[name] = {"mode": result.mode, "layers": result.layers,
+                         "mean": {m: v.tolist() for m, v in result.mean.items()},
+                         "figure": f"{figure.parent.name}/{figure.name}"}
+    return section
+
+
+def mask_figure(explainers: dict[str, wsol.Explain], batch: Batch, path: Path) -> str:
+    """Rows: the image with its boxes (green), then each explainer's mask with its predicted box (white)."""
+    gt = [inclusive_to_half_open(boxes) for boxes in batch.boxes]
+    rows = [[viz.draw_boxes(viz.to_uint8_image(image), boxes, (0, 255, 0))] for image, boxes in zip(batch.images, gt)]
+    for explain in explainers.values():
+        masks = explain(batch)[:, 0].clamp(0, 1)
+        for row, image, mask, box in zip(rows, batch.images, masks, predicted_boxes(masks)):
+            row.append(viz.draw_boxes(viz.overlay(image, mask), box))
+    return report.save_png(viz.grid(rows, ["image", *explainers]), path)
+
+
+def masking_section(run_dir: Path, classifier: Classifier, classifier_dir: Path, config: SyntheticConfig,
+                    device: torch.device, *, epochs: int = 3, batch_size: int = 32, sanity_images: int = 16,
+                    figure_images: int = 6, progress: bool = True) -> dict:
+    """Write the single-label set, train the :data:`MASKERS`, score and sanity-check; the results entry.
+
+    ``run_dir``: the demo's folder; ``classifier`` (and ``classifier_dir``, where it was saved): the one explained.
+    ``config``: the single-label set (see :func:`wsol_data_config`); ``epochs``: each masker's (whole
+    passes over the train split); the cascading check uses ``sanity_images`` val images (:func:`evenly_spaced`), the
+    data-randomisation test the whole val split.
+    """
+    started = time.perf_counter()
+    out_dir, figures = run_dir / "masking", run_dir / "figures"
+    root = write_synthetic_imagenet(out_dir / "data", config, progress=progress)
+    metadata = root / "imagenet" / "metadata"
+    size = config.image_size
+    val = InMemory(ImageNetDataset(metadata / "val.json", metadata / "val_bboxes.json", size=size))
+    test = InMemory(OpenImagesDataset(root / "openimages" / "dataset", root / "openimages" / "metadata", size=size))
+    folders = {name: out_dir / name for name in MASKERS}
+    maskers = {}
+    for name, folder in folders.items():
+        description = prepare_masker(name, folder, metadata, classifier_dir, asdict(config), epochs, progress)
+        preset, labels, _ = MASKERS[name]
+        maskers[name] = {"folder": str(folder), "preset": preset, "labels": labels, "mode": description["mode"],
+                         "epochs": description["epochs"], "seed": description["hyper_parameters"]["seed"],
+                         "train_seconds": description.get("train_seconds")}
+    classifier = classifier.to(device)
+    explainers = _explainers(classifier, folders)
+    rows = wsol_rows(classifier, {name: explainers[name] for name in ("gradcam", "fix", "ca")}, val, test, device,
+                     batch_size)
+    val_batch = collate([val[i] for i in range(len(val))]).to(device)
+    drt = data_randomization(explainers, val_batch)
+    sanity_batch = evenly_spaced(val, sanity_images).to(device)
+    checks = cascading_checks(classifier, folders, sanity_batch, figures)
+    figure_batch = evenly_spaced(val, figure_images).to(device)
+    figure = mask_figure(explainers, figure_batch, figures / "masking_masks.png")
+    return {"dataset": {"root": str(root), "train": config.train, "val": len(val), "test": len(test),
+                        "image_size": size},
+            "maskers": maskers, "wsol": rows, "baselines": list(wsol.BASELINES), "data_randomization": drt, "sanity": checks, "figure": figure,
+            "seconds": time.perf_counter() - started}
