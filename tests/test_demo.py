@@ -10,6 +10,7 @@ import pytest
 from saliencylab import methods
 from saliencylab.bench.demo import CLASS_SPECIFIC, run_demo
 from saliencylab.bench.evaluate import ALL_METRICS, REFERENCES
+from saliencylab.bench import report
 from saliencylab.bench.masking import MASKERS
 from saliencylab.cli import main
 from saliencylab.data.synthetic import SyntheticConfig
@@ -102,7 +103,23 @@ def test_demo_masking_section(demo_run):
         assert len(entry["layers"]) > 2 and len(entry["mean"]["ssim"]) == len(entry["layers"])
         assert (out / entry["figure"]).is_file()
     assert (out / section["figure"]).is_file()
-    assert "Masking-based saliency (paper 001)" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "Masking-based saliency (paper 001)" in page and "<p>LE: fix " in page
+
+
+def test_report_states_the_masking_verdicts_from_the_numbers(demo_run):
+    out, results = demo_run
+    section = json.loads(json.dumps(results["masking"]))
+    for name, le in (("fix", 0.2), ("ca", 0.3), ("gradcam", 0.9), ("center", 1.0)):
+        section["wsol"][name]["LE"] = le
+    drt = section["data_randomization"]
+    drt["trained_vs_trained"].update(spearman=0.6, spearman_abs=0.5, hog_pearson=0.8, ssim=0.8)
+    drt["trained_vs_random_labels"].update(spearman=0.3, spearman_abs=0.5, hog_pearson=0.2, ssim=0.4)
+    page = report._masking({"masking": section}, out)
+    assert "fix 0.200, ca 0.300, gradcam 0.900, center 1.000: both maskers localise better" in page
+    assert "less similar on 3 of 4 measures (spearman, hog_pearson, ssim)." in page
+    section["wsol"]["ca"]["LE"] = 0.95
+    assert "the maskers do <b>not</b> beat both" in report._masking({"masking": section}, out)
 
 
 def test_cli_lists_methods_and_metrics(capsys):

@@ -189,6 +189,14 @@ def _masking(results: dict, out_dir: Path) -> str:
         f"<tr><th>FIX vs {html.escape(drt[key]['model'])}</th>"
         + "".join(f"<td>{_format(drt[key][m])}</td>" for m in measures) + "</tr>"
         for key in ("trained_vs_trained", "trained_vs_random_labels"))
+    le = {name: section["wsol"][name]["LE"] for name in ("fix", "ca", "gradcam", "center") if name in section["wsol"]}
+    below = all(le[m] < le[ref] for m in ("fix", "ca") for ref in ("gradcam", "center"))
+    le_line = (", ".join(f"{html.escape(name)} {value:.3f}" for name, value in le.items())
+               + (": both maskers localise better than Grad-CAM and the center baseline." if below
+                  else ": the maskers do <b>not</b> beat both Grad-CAM and the center baseline here."))
+    lower = [m for m in measures if drt["trained_vs_random_labels"][m] < drt["trained_vs_trained"][m]]
+    drt_line = (f"The random-label masker is less similar on {len(lower)} of {len(measures)} measures"
+                + (f" ({', '.join(lower)})." if lower else "."))
     curves = "".join(f"<h4>{html.escape(name)}</h4>" + _image_tag(out_dir / entry["figure"], f"sanity {name}")
                      for name, entry in section["sanity"].items())
     return f"""<h2>Masking-based saliency (paper 001)</h2>
@@ -199,6 +207,7 @@ OpenImages-layout test split, {data['image_size']} px), in {section['seconds']:.
 F1 of the soft mask against the boxes, SM the saliency metric of the box crop, sm_acc / top1 in %,
 avg_mask the mean mask value, PxAP pixel average precision in %. Grey: special baselines.</p>
 {_wsol_table(section['wsol'], section['baselines'])}
+<p>LE: {le_line}</p>
 <p>Green: ground-truth boxes; white: the box from each mask (binarised at its mean, largest component).</p>
 {_image_tag(out_dir / section['figure'], 'masker masks')}
 <h3>Data randomisation</h3>
@@ -206,6 +215,7 @@ avg_mask the mean mask value, PxAP pixel average precision in %. Grey: special b
 trained with another seed, and of one trained on random labels (<code>train_shuffle.json</code>).
 A masker that depends on what the model learned scores clearly lower against the random-label one.</p>
 <table><tr><th></th>{''.join(f'<th>{html.escape(m)}</th>' for m in measures)}</tr>{drt_rows}</table>
+<p>{drt_line}</p>
 <h3>Model-parameter randomisation (cascading)</h3>
 <p>The classifier's layers are re-initialised from the output side; similarity of each method's maps to
 those of the trained classifier. Maps that stay similar do not depend on the model.</p>
