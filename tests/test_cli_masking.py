@@ -112,3 +112,15 @@ def test_bad_paths_unknown_methods_and_settings_exit_2(root, classifier_dir, tmp
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "wsol", "gradcam", *_common(root, classifier_dir), "--boxes", "b", "--set", "layer=x"])
     assert exit_info.value.code == 2 and "expected METHOD:KEY=VALUE" in capsys.readouterr().err
+
+
+def test_sanity_randomises_the_classifier_a_ca_masker_reads(root, classifier_dir, maskers, tmp_path, capsys):
+    ca = maskers[0]
+    args = ["sanity", "masker", "--val-json", str(root / "imagenet" / "metadata" / "val.json"), "--image-size", "48",
+            "--images", "3", "--set", f"checkpoint={ca}", "--layers", "features.0", "--out", str(tmp_path)]
+    assert main([*args, "--classifier", str(classifier_dir)]) == 2  # not the classifier it reads: would test nothing
+    assert f"{ca} is a CA masker: it reads its co-trained classifier" in capsys.readouterr().err
+    assert main([*args, "--classifier", str(ca)]) == 0
+    result = json.loads((tmp_path / "sanity_cascading_masker.json").read_text())
+    assert result["mean"]["ssim"][0] == pytest.approx(1.0)
+    assert result["mean"]["ssim"][1] < 1.0 - 1e-6  # its input layer re-initialised: the masks change

@@ -178,6 +178,28 @@ def _train_masker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _randomisable_masker(settings: dict[str, object], classifier_dir: str) -> dict[str, object]:
+    """Settings under which a masker reads the classifier that gets randomised.
+
+    A CA checkpoint reads the features of its co-trained classifier (saved in its own folder), so
+    randomising any other classifier would leave its masks unchanged: that is refused. With
+    ``--classifier`` the checkpoint folder itself, the loaded masker is passed as ``masker=`` so it
+    reads the classifier being randomised. FIX checkpoints and other settings are returned as given.
+    """
+    from saliencylab.training.masker import load_trained_masker
+
+    checkpoint = settings.get("checkpoint")
+    if checkpoint is None:
+        return settings
+    network, description = load_trained_masker(str(checkpoint))
+    if description["mode"] != "ca":
+        return settings
+    if Path(description["classifier_dir"]).resolve() != Path(classifier_dir).resolve():
+        raise ValueError(f"{checkpoint} is a CA masker: it reads its co-trained classifier, so randomising "
+                         f"{classifier_dir} would not change its masks; pass --classifier {description['classifier_dir']}")
+    return {**{k: v for k, v in settings.items() if k != "checkpoint"}, "masker": network}
+
+
 def _sanity(args: argparse.Namespace) -> int:
     import json
 
@@ -209,6 +231,8 @@ def _sanity(args: argparse.Namespace) -> int:
     images = batch.images.to(args.device)
     targets = batch.labels.argmax(dim=1).to(args.device)
     settings = dict(args.set)
+    if args.method == "masker" and not data_test:
+        settings = _randomisable_masker(settings, args.classifier)
 
     def explain(model: Classifier, images: torch.Tensor, targets: torch.Tensor,
                 settings: dict[str, object] = settings) -> torch.Tensor:
