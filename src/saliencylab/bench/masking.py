@@ -46,8 +46,6 @@ MASKERS = {
     "fix_random_labels": ("synthetic_fix", "train_shuffle.json", 0),
 }
 """Maskers the demo trains: name -> (preset, label file of the metadata folder, seed offset from the preset's)."""
-WSOL_ROWS = ("center", "gradcam", "fix", "ca")
-"""The rows the paper-001 acceptance compares (LE: both maskers below Grad-CAM and center)."""
 SANITY_METHODS = ("gradient", "fix", "ca")
 """Methods of the cascading check. Not Grad-CAM: once the head of the small CNN is random its Grad-CAM
 maps are all zero (the ReLU of negative evidence), so every similarity is undefined (NaN)."""
