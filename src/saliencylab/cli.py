@@ -349,6 +349,15 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_evaluation_options(parser: argparse.ArgumentParser, size_note: str = "") -> None:
+    """--classifier, --val-json, --image-size and --device of the commands that explain ImageNet-format images."""
+    parser.add_argument("--classifier", required=True, metavar="DIR", help="folder written by classifier training")
+    parser.add_argument("--val-json", required=True, metavar="FILE", help="metadata JSON of the images (e.g. META/val.json)")
+    parser.add_argument("--image-size", type=int, metavar="S",
+                        help=f"resize side (default: the classifier's training size, else 224){size_note}")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saliencylab", description="Explain image classifiers and measure the explanations.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -444,9 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sanity = commands.add_parser("sanity", help="model- and data-randomisation sanity checks of a method (paper 001)")
     sanity.add_argument("method", metavar="METHOD", help="a registered method (see: saliencylab methods)")
-    sanity.add_argument("--classifier", required=True, metavar="DIR", help="folder written by classifier training")
-    sanity.add_argument("--val-json", required=True, metavar="FILE",
-                        help="metadata JSON of the images (e.g. META/val.json)")
+    _add_evaluation_options(sanity, "; at least 48 for the HOG measure")
     sanity.add_argument("--mode", default="cascading", choices=["cascading", "independent", "data"],
                         help="cascading (default) or independent layer randomisation of --classifier; data: the "
                              "maps of --set/--classifier against those of --other-set/--other-classifier")
@@ -464,10 +471,6 @@ def build_parser() -> argparse.ArgumentParser:
     sanity.add_argument("--seed", type=int, metavar="N", default=0, help="seed of the random weights (default 0)")
     sanity.add_argument("--out", default="runs/sanity", metavar="DIR",
                         help="output folder for sanity_<mode>_<method>.json (and .png) (default runs/sanity)")
-    sanity.add_argument("--image-size", type=int, metavar="S",
-                        help="resize side (default: the classifier's training size, else 224); at least 48 for the "
-                             "HOG measure")
-    sanity.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
     sanity.set_defaults(run=_sanity)
 
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="benchmark", required=True)
@@ -486,9 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     wsol = bench.add_parser("wsol", help="WSOL table (LE, OM, F1, SM, ...; PxAP) of methods and baselines (paper 001)")
     wsol.add_argument("methods", nargs="+", metavar="METHOD", help="registered methods; masker masks are scored as "
                                                                    "they are, other maps min-max normalised")
-    wsol.add_argument("--classifier", required=True, metavar="DIR", help="folder written by classifier training")
-    wsol.add_argument("--val-json", required=True, metavar="FILE",
-                      help="metadata JSON of the images (e.g. META/val.json)")
+    _add_evaluation_options(wsol)
     wsol.add_argument("--boxes", required=True, metavar="FILE", help="their box JSON (e.g. META/val_bboxes.json)")
     wsol.add_argument("--baselines", nargs="*", default=["center", "max", "min", "ground_truth"],
                       choices=["center", "max", "min", "ground_truth"],
@@ -498,10 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "(the wsolevaluation layout; default: no PxAP)")
     wsol.add_argument("--set", type=_method_setting, action="append", default=[], metavar="METHOD:KEY=VALUE",
                       help="a method's hyper-parameter, e.g. --set masker:checkpoint=runs/fix (repeatable)")
-    wsol.add_argument("--image-size", type=int, metavar="S",
-                      help="resize side (default: the classifier's training size, else 224)")
     wsol.add_argument("--batch-size", type=int, metavar="B", default=32, help="images per batch (default 32)")
-    wsol.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
     wsol.add_argument("--json", metavar="FILE", help="also write the rows to this JSON file")
     wsol.add_argument("--paper-quirks", action="store_true",
                       help="the original's arithmetic on real ImageNet boxes: box ends read as half-open, predicted "

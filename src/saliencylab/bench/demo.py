@@ -17,8 +17,8 @@ import saliencylab
 from saliencylab import methods, viz
 from saliencylab.bench import evaluate as ev
 from saliencylab.bench import report
-from saliencylab.bench.masking import masking_section, wsol_data_config
 from saliencylab.bench.class_specific import class_specific_matrix
+from saliencylab.bench.masking import masking_section, wsol_data_config
 from saliencylab.bench.speed import settings_for
 from saliencylab.data import COCODataset, RandomHorizontalFlip, Resize, VOCDataset
 from saliencylab.data.module import InMemory, SaliencyDataModule

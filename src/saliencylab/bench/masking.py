@@ -74,9 +74,11 @@ def prepare_masker(name: str, folder: Path, metadata: Path, classifier_dir: Path
     settings["seed"] += seed_offset
     stamp = {"data": data, "labels": labels, "preset": preset_name, "settings": settings}
     description_file = folder / "masker.json"
-    if description_file.is_file() and json.loads(description_file.read_text()).get("demo") == stamp:
-        print(f"  reusing the trained masker {name} (pass --fresh to retrain)")
-        return json.loads(description_file.read_text())
+    if description_file.is_file():
+        description = json.loads(description_file.read_text())
+        if description.get("demo") == stamp:
+            print(f"  reusing the trained masker {name} (pass --fresh to retrain)")
+            return description
     size = data["image_size"]
     train = InMemory(ImageNetDataset(metadata / labels, size=size))
     started = time.perf_counter()
@@ -211,5 +213,5 @@ def masking_section(run_dir: Path, classifier: Classifier, classifier_dir: Path,
     figure = mask_figure(explainers, figure_batch, figures / "masking_masks.png")
     return {"dataset": {"root": str(root), "train": config.train, "val": len(val), "test": len(test),
                         "image_size": size},
-            "maskers": maskers, "wsol": rows, "baselines": list(wsol.BASELINES), "data_randomization": drt, "sanity": checks, "figure": figure,
-            "seconds": time.perf_counter() - started}
+            "maskers": maskers, "wsol": rows, "baselines": list(wsol.BASELINES), "data_randomization": drt,
+            "sanity": checks, "figure": figure, "seconds": time.perf_counter() - started}
