@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from saliencylab import methods
-from saliencylab.bench.demo import CLASS_SPECIFIC, run_demo
-from saliencylab.bench.evaluate import ALL_METRICS, REFERENCES
+from saliencylab.bench.demo import CLASS_SPECIFIC, DEMO_METRICS, REFERENCE_ROWS, run_demo
 from saliencylab.bench import report
 from saliencylab.bench.masking import MASKERS
 from saliencylab.cli import main
@@ -35,15 +34,15 @@ def test_demo_writes_every_output(demo_run):
     assert on_disk["schema"] == "saliencylab.results/1"
     # fcnn explains itself, not the demo classifier; the masker (paper 001) is trained on single-label data
     explained = set(methods.names()) - {"fcnn", "masker"}
-    assert set(on_disk["methods"]) == explained | set(REFERENCES)
-    assert list(on_disk["metrics"]) == list(ALL_METRICS)
+    assert set(on_disk["methods"]) == explained | set(REFERENCE_ROWS)
+    assert list(on_disk["metrics"]) == list(DEMO_METRICS)
     assert on_disk["dataset"]["images"] == 8 and on_disk["dataset"]["image_size"] == 40
     assert set(on_disk["classifier"]["test"]) == {"accuracy", "precision", "recall", "micro_f1"}
     for name in explained:
         row = on_disk["methods"][name]
         assert row["kind"] == "method" and row["images_per_second"] > 0
         assert (out / row["figure"]).is_file()
-        assert set(row["scores"]) == set(ALL_METRICS)
+        assert set(row["scores"]) == set(DEMO_METRICS)
     with (out / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [r["method"] for r in rows] == list(on_disk["methods"])
@@ -63,7 +62,8 @@ def test_demo_reference_rows_have_known_values(demo_run):
     assert ideal["overlap"] == pytest.approx(1.0) and ideal["background_coverage"] == pytest.approx(0.0)
     assert ones["object_coverage"] == pytest.approx(1.0) and ones["background_coverage"] == pytest.approx(1.0)
     assert zeros["object_coverage"] == pytest.approx(0.0)
-    assert math.isnan(ideal["pointing_game"])  # references are masks, not per-class maps
+    assert ideal["pointing_game"] == pytest.approx(1.0)  # each class's own pixels point at that class
+    assert math.isnan(results["methods"]["0.5"]["scores"]["pointing_game"])  # a constant map has no maximum
 
 
 def test_demo_rerun_reuses_data_and_classifier(demo_run, capsys):

@@ -92,6 +92,16 @@ def test_pointing_game_plain_has_no_tolerance():
     assert_scores(F.pointing_game_plain(peak_map(20, 0, 1), torch.zeros_like(GT_CORNER)), [[NAN]])
 
 
+@pytest.mark.parametrize("value", [0.0, 0.5])
+def test_pointing_games_leave_constant_maps_undefined(value):
+    # an all-zero map has no maximum: without this rule it would hit at pixel 0 (TorchRay) or everywhere (Quantus)
+    constant = torch.full((1, 1, 20, 20), value)
+    assert_scores(F.pointing_game(constant, GT_CORNER), [[NAN]])
+    assert_scores(F.pointing_game_plain(constant, GT_CORNER), [[NAN]])
+    # the stochastic game draws from the map as a distribution: a constant positive map is uniform, still defined
+    assert math.isnan(F.stochastic_pointing_game(constant, GT_CORNER)[0, 0]) == (value == 0.0)
+
+
 def test_pointing_game_batched_equals_per_sample():
     g = torch.Generator().manual_seed(1)
     maps = torch.rand(3, 2, 12, 12, generator=g)
@@ -355,29 +365,3 @@ def test_error_messages():
         F.energy(gt, gt)
     with pytest.raises(ValueError, match="targets"):
         class_mean(torch.zeros(2, 2), torch.zeros(2, 3, dtype=torch.long), num_classes=3)
-
-
-# ---------------------------------------------------------------- registry
-
-def test_registry_lists_every_metric():
-    assert metrics.names() == [
-        "pointing_game", "pointing_game_plain", "stochastic_pointing_game", "energy", "mean_f1", "soft_f1",
-        "soft_accuracy", "discrete_iou", "soft_iou", "pixel_auc", "overlap", "background_coverage",
-        "object_coverage", "saliency_metric"]
-    assert not metrics.get("background_coverage").higher_is_better
-    assert metrics.get("saliency_metric").needs == frozenset({"model"})
-    with pytest.raises(KeyError, match="known metrics: pointing_game, "):
-        metrics.get("gini")
-
-
-@pytest.mark.parametrize("name", [n for n in metrics.names() if "model" not in metrics.get(n).needs])
-def test_registry_contract_shape_dtype_and_padding(name):
-    metric = metrics.get(name)
-    assert metric.needs <= {"seg", "boxes", "model"} and metric.description
-    maps = torch.rand(2, 2, 8, 8, generator=torch.Generator().manual_seed(4))
-    maps[1, 1] = NAN
-    gt = torch.zeros(2, 2, 8, 8, dtype=torch.bool)
-    gt[..., 2:6, 2:6] = True
-    scores = metric.fn(maps, gt)
-    assert scores.shape == (2, 2) and scores.dtype == torch.float32
-    assert math.isnan(scores[1, 1]) and not scores[:, 0].isnan().any()

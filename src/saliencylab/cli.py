@@ -319,6 +319,79 @@ def _wsol(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """``i/n`` -> (i, n), for --shard."""
+    index, sep, count = text.partition("/")
+    if not sep or not index.isdigit() or not count.isdigit() or not 0 <= int(index) < int(count):
+        raise argparse.ArgumentTypeError(f"expected i/n with 0 <= i < n (e.g. 0/2), got {text!r}")
+    return int(index), int(count)
+
+
+def _row_subset(text: str) -> tuple[str, int]:
+    """``ROW:N`` -> (row, N), for --subset."""
+    row, sep, count = text.partition(":")
+    if not sep or not row or not count.isdigit() or int(count) < 1:
+        raise argparse.ArgumentTypeError(f"expected ROW:N with N >= 1 images, got {text!r}")
+    return row, int(count)
+
+
+def _bench_rows(specs: list[str], settings: list[tuple[str, str, object]],
+                subsets: list[tuple[str, int]]) -> dict[str, object]:
+    """Rows of ``bench run``: ``NAME`` or ``NAME=METHOD`` positionals, ``--set ROW:KEY=VALUE``, ``--subset ROW:N``."""
+    from saliencylab.bench.run import Row, as_rows
+
+    methods_of = {}
+    for spec in specs:
+        name, sep, method = spec.partition("=")
+        methods_of[name] = method if sep else name
+    per_row: dict[str, dict[str, object]] = {name: {} for name in methods_of}
+    limits: dict[str, int] = {}
+    for kind, pairs in (("--set", [(row, (key, value)) for row, key, value in settings]), ("--subset", subsets)):
+        for row, value in pairs:
+            if row not in methods_of:
+                raise ValueError(f"{kind} names row {row!r}, which is not benchmarked ({', '.join(methods_of)})")
+            if kind == "--set":
+                per_row[row][value[0]] = value[1]
+            else:
+                limits[row] = value
+    return as_rows({name: Row(method, per_row[name], limits.get(name)) for name, method in methods_of.items()})
+
+
+def _bench_run(args: argparse.Namespace) -> int:
+    import shutil
+
+    from saliencylab.bench.run import run_benchmark, table
+    from saliencylab.data.formats import load_dataset
+    from saliencylab.training.classifier import load_trained_classifier
+
+    rows = _bench_rows(args.rows, args.set, args.subset)
+    classifier, description = load_trained_classifier(args.classifier)
+    dataset = load_dataset(args.data, class_names=classifier.class_names, image_size=_classifier_size(args, description),
+                           options=dict(args.data_set))
+    results = run_benchmark(classifier, dataset, rows, args.out, metric_names=args.metrics,
+                            description={"classifier": args.classifier, "dataset": {"data": args.data,
+                                                                                    **dict(args.data_set)}},
+                            targets=args.targets, batch_size=args.batch_size, shard=args.shard, seed=args.seed,
+                            options=dict(args.option), device=args.device, progress=not args.no_progress,
+                            bootstrap=args.bootstrap)
+    print(table(results), end="")
+    out = Path(args.out)
+    for flag, name in ((args.json, "results.json"), (args.csv, "results.csv"), (args.html, "report.html")):
+        if flag:
+            shutil.copyfile(out / name, flag)
+    missing = sum(row["batches_missing"] for row in results["rows"].values())
+    print(f"wrote {out / 'results.json'}, results.csv, scores.csv and report.html"
+          + (f"; {missing} batches are left to other shards (rerun or `bench merge` when they finish)" if missing else ""))
+    return 0
+
+
+def _bench_merge(args: argparse.Namespace) -> int:
+    from saliencylab.bench.run import merge_runs, table
+
+    print(table(merge_runs(args.out, args.shards, bootstrap=args.bootstrap)), end="")
+    return 0
+
+
 def _methods(_args: argparse.Namespace) -> int:
     from saliencylab import methods
 
@@ -334,8 +407,9 @@ def _metrics(_args: argparse.Namespace) -> int:
 
     for name in metrics.names():
         metric = metrics.get(name)
-        direction = "higher" if metric.higher_is_better else "lower"
-        print(f"{name:26s} ({direction} is better; needs {', '.join(sorted(metric.needs))}) {metric.description}")
+        direction = {True: "higher is better", False: "lower is better", None: "a statistic"}[metric.higher_is_better]
+        needs = ", ".join(sorted(metric.needs)) or "maps only"
+        print(f"{name:28s} ({direction}; per {metric.per}; {metric.aggregation}; needs {needs}) {metric.description}")
     return 0
 
 
@@ -505,6 +579,49 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the original's arithmetic on real ImageNet boxes: box ends read as half-open, predicted "
                            "boxes one pixel smaller, ground-truth areas not clipped (default: off)")
     wsol.set_defaults(run=_wsol)
+
+    run = bench.add_parser("run", help="score methods and reference masks with registered metrics on a dataset "
+                                       "(resumable, shardable; table with 95 %% bootstrap intervals)")
+    run.add_argument("rows", nargs="+", metavar="ROW",
+                     help="a registered method or reference (zeros, half, ones, ground_truth), or NAME=METHOD to "
+                          "name a row, e.g. fix=masker")
+    run.add_argument("--classifier", required=True, metavar="DIR", help="folder written by classifier training")
+    run.add_argument("--data", required=True, metavar="FORMAT:PATH",
+                     help="the dataset: voc:ROOT, coco:JSON (--data-set images=DIR), imagenet:META/val.json "
+                          "(--data-set boxes=META/val_bboxes.json), openimages:ROOT, folder:DIR (--data-set masks=DIR)")
+    run.add_argument("--data-set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                     help="a dataset option, e.g. split=val (repeatable; see the README's format table)")
+    run.add_argument("--out", required=True, metavar="DIR", help="output folder (rerun to resume)")
+    run.add_argument("--metrics", nargs="+", metavar="METRIC",
+                     help="registered metrics (default: every one the dataset supports; see: saliencylab metrics)")
+    run.add_argument("--set", type=_method_setting, action="append", default=[], metavar="ROW:KEY=VALUE",
+                     help="a row's method hyper-parameter, e.g. --set rise:num_masks=4000 (repeatable)")
+    run.add_argument("--subset", type=_row_subset, action="append", default=[], metavar="ROW:N",
+                     help="score that row on the first N images only (a slow method's subset)")
+    run.add_argument("--targets", default="labels", choices=["labels", "top1", "top3", "top5"],
+                     help="explain the ground-truth labels (default) or the top-k predicted classes")
+    run.add_argument("--option", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                     help="a metric protocol switch: tolerance=15 (px), boxes_inclusive=false, one_pixel_smaller=true, "
+                          "unclipped_area=true, original_protocol=true (repeatable)")
+    run.add_argument("--image-size", type=int, metavar="S",
+                     help="resize side (default: the classifier's training size, else 224)")
+    run.add_argument("--batch-size", type=int, default=16, metavar="B", help="images per batch file (default 16)")
+    run.add_argument("--shard", type=_shard, default=(0, 1), metavar="i/n",
+                     help="compute only the batches b with b %% n == i (default 0/1: all)")
+    run.add_argument("--seed", type=int, default=0, help="seed of stochastic metrics (default 0)")
+    run.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
+    run.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
+    run.add_argument("--json", metavar="FILE", help="also copy results.json here")
+    run.add_argument("--csv", metavar="FILE", help="also copy results.csv here")
+    run.add_argument("--html", metavar="FILE", help="also copy report.html here")
+    run.add_argument("--no-progress", action="store_true")
+    run.set_defaults(run=_bench_run)
+
+    merge = bench.add_parser("merge", help="merge the folders of `bench run --shard i/n` runs into one result")
+    merge.add_argument("out", metavar="OUT", help="folder of the merged run (may be one of the shards)")
+    merge.add_argument("shards", nargs="+", metavar="SHARD", help="shard folders")
+    merge.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
+    merge.set_defaults(run=_bench_merge)
 
     commands.add_parser("methods", help="list the attribution methods").set_defaults(run=_methods)
     commands.add_parser("metrics", help="list the metrics").set_defaults(run=_metrics)

@@ -11,14 +11,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm import tqdm
 
 import saliencylab
 from saliencylab import methods, viz
-from saliencylab.bench import evaluate as ev
 from saliencylab.bench import report
 from saliencylab.bench.class_specific import class_specific_matrix
 from saliencylab.bench.masking import masking_section, wsol_data_config
+from saliencylab.bench.run import Row, run_benchmark
 from saliencylab.bench.speed import settings_for
 from saliencylab.data import COCODataset, RandomHorizontalFlip, Resize, VOCDataset
 from saliencylab.data.module import InMemory, SaliencyDataModule
@@ -116,48 +115,55 @@ def prepare_explainers(out_dir: Path, config: SyntheticConfig, datamodule: Salie
     return folders
 
 
+REFERENCE_ROWS = {"0": "zeros", "0.5": "half", "1": "ones", "ideal": "ground_truth"}
+"""The NN-Explainer table's reference masks (constants and the ground truth itself): demo row -> engine reference."""
+DEMO_METRICS = ("pointing_game", "pointing_game_plain", "stochastic_pointing_game", "energy", "mean_f1", "soft_f1",
+                "soft_accuracy", "discrete_iou", "soft_iou", "pixel_auc", "overlap", "background_coverage",
+                "object_coverage", "saliency_metric")
+"""The metrics of the demo's table: localisation games and the NN-Explainer suite."""
+
+
 def evaluate_methods(classifier: Classifier, test: Dataset, out_dir: Path, trained: dict[str, str],
                      device: torch.device, batch_size: int, figure_images: int, slow_images: int,
                      progress: bool) -> dict[str, dict]:
-    """Every registered method (trained ones with their checkpoints) and the reference masks, scored and pictured.
+    """Every registered method (trained ones with their checkpoints) and the reference masks, scored by the
+    benchmark engine (``out_dir/bench``) and pictured.
 
     SLOW methods see only the first ``slow_images`` test images; each row says how many it saw.
     """
-    loader = DataLoader(test, batch_size=batch_size, collate_fn=collate)
-    slow_loader = DataLoader(Subset(test, range(min(slow_images, len(test)))), batch_size=batch_size,
-                             collate_fn=collate)
+    names = [name for name in methods.names() if "checkpoint" not in methods.hyperparameters(name) or name in trained]
+    settings = {name: {**settings_for(name, "reduced"), **({"checkpoint": trained[name]} if name in trained else {})}
+                for name in names}
+    rows = {name: Row(name, settings[name], slow_images if name in SLOW else None) for name in names}
+    rows.update({name: Row(reference) for name, reference in REFERENCE_ROWS.items()})
+    shutil.rmtree(out_dir / "bench", ignore_errors=True)  # scores of an earlier classifier or explainer are stale
+    results = run_benchmark(classifier, test, rows, out_dir / "bench", metric_names=DEMO_METRICS,
+                            description={"classifier": str(out_dir / "classifier"), "dataset": "synthetic voc test"},
+                            batch_size=batch_size, device=device, progress=progress)
     figure_batch = collate([test[i] for i in range(min(figure_images, len(test)))])
     comparison = [[viz.to_uint8_image(figure_batch.images[i]), viz.segmentation_to_rgb(figure_batch.segmentation[i])]
                   for i in range(len(figure_batch))]
-    names = [name for name in methods.names() if "checkpoint" not in methods.hyperparameters(name) or name in trained]
-    rows: dict[str, dict] = {}
-    for name in names:
-        settings = {**settings_for(name, "reduced"), **({"checkpoint": trained[name]} if name in trained else {})}
-        method = methods.build(name, classifier, **settings)
-        batches = slow_loader if name in SLOW else loader
-        scores = ev.evaluate(lambda batch, targets: method.attribute(batch.images, targets), classifier,
-                             tqdm(batches, desc=f"  {name}", disable=not progress, leave=False), device)
+    out: dict[str, dict] = {}
+    for name, entry in results["rows"].items():
+        scores = {metric: score["value"] for metric, score in entry["scores"].items()}
+        out[name] = {"kind": entry["kind"], "hyperparameters": {}, "scores": scores, "images_per_second": None,
+                     "seconds_per_image": None, "figure": None, "images": entry["images"]}
+        if entry["kind"] == "reference":
+            continue
+        method = methods.build(name, classifier, **settings[name])
         maps = method.attribute(figure_batch.images.to(device), from_multi_hot(figure_batch.labels))
         tiles = figure_rows(figure_batch, maps, list(CLASSES))
         for i, row in enumerate(tiles):
             comparison[i].append(row[2])
         figure = report.save_png(viz.grid(tiles, ["image", "truth", "merged", "target 1", "target 2", "target 3"]),
                                  out_dir / "figures" / f"{name}.png")
-        rows[name] = {"kind": "method", "hyperparameters": {**methods.hyperparameters(name), **settings},
-                      "scores": scores.summary(len(CLASSES)),
-                      "images_per_second": scores.images / scores.seconds,
-                      "seconds_per_image": scores.seconds / scores.images, "figure": figure,
-                      "images": scores.images}
-        print(f"  {name:24s} pointing game {rows[name]['scores']['pointing_game']:.3f}   "
-              f"mean F1 {rows[name]['scores']['mean_f1']:.3f}   {rows[name]['images_per_second']:.1f} images/s"
-              f"   ({scores.images} images)")
-    for name, make_mask in ev.REFERENCES.items():
-        scores = ev.evaluate(lambda batch, _targets: make_mask(batch), classifier, loader, device,
-                             per_image_masks=True)
-        rows[name] = {"kind": "reference", "hyperparameters": {}, "scores": scores.summary(len(CLASSES)),
-                      "images_per_second": None, "seconds_per_image": None, "figure": None, "images": scores.images}
+        out[name].update(hyperparameters={**methods.hyperparameters(name), **settings[name]},
+                         images_per_second=entry["images_per_second"],
+                         seconds_per_image=entry["seconds"] / entry["images"], figure=figure)
+        print(f"  {name:24s} pointing game {scores['pointing_game']:.3f}   mean F1 {scores['mean_f1']:.3f}   "
+              f"{entry['images_per_second']:.1f} images/s   ({entry['images']} images)")
     report.save_png(viz.grid(comparison, ["image", "truth", *names], scale=1), out_dir / "figures" / "comparison.png")
-    return rows
+    return out
 
 
 def class_specific_section(classifier: Classifier, test: Dataset, out_dir: Path, rows: dict[str, dict],
@@ -250,8 +256,8 @@ def run_demo(out_dir: str | Path = "runs/demo", *, fresh: bool = False, device: 
         "classifier": {"arch": description["arch"], "weights": str(out_dir / "classifier" / "classifier.safetensors"),
                        "epochs": description["epochs"], "test": description["test"]},
         "metrics": {name: {"higher_is_better": get_metric(name).higher_is_better,
-                           "aggregation": "class_mean" if name in ev.CLASS_MEAN else "mean",
-                           "description": get_metric(name).description} for name in ev.ALL_METRICS},
+                           "aggregation": get_metric(name).aggregation,
+                           "description": get_metric(name).description} for name in DEMO_METRICS},
         "methods": rows,
         "class_specific": class_specific,
         "masking": masking,

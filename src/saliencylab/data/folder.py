@@ -1,4 +1,4 @@
-"""A folder of plain images (no annotations), e.g. to explain a user's own pictures."""
+"""A folder of images, e.g. a user's own pictures, optionally with class masks beside them."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -8,7 +8,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from saliencylab.data.voc import AnnotatedDataset
+from saliencylab.data.voc import AnnotatedDataset, read_class_png
 from saliencylab.types import Sample
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -17,14 +17,20 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 class ImageFolder(AnnotatedDataset):
     """Every image file directly in ``folder`` (sorted by name) as a Sample without labels.
 
-    image_id = the file name without its suffix; ``labels`` is all zeros over ``class_names``.
+    image_id = the file name without its suffix. Without ``masks``, ``labels`` is all zeros over
+    ``class_names``. With ``masks`` (a folder of VOC-style class PNGs ``<stem>.png``: 0 background,
+    k = class k-1, 255 void) every image needs its mask: it becomes the segmentation, and the
+    classes in it the labels.
     """
 
     def __init__(self, folder: str | Path, class_names: tuple[str, ...] | list[str],
-                 transform: Callable[[Sample], Sample] | None = None) -> None:
+                 transform: Callable[[Sample], Sample] | None = None, masks: str | Path | None = None) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"image folder {self.folder} does not exist")
+        self.masks = None if masks is None else Path(masks)
+        if self.masks is not None and not self.masks.is_dir():
+            raise FileNotFoundError(f"mask folder {self.masks} does not exist")
         self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.folder}")
@@ -42,5 +48,13 @@ class ImageFolder(AnnotatedDataset):
                 image = pil_to_tensor(file.convert("RGB")).float() / 255
         except (UnidentifiedImageError, OSError) as err:
             raise ValueError(f"cannot read image {path}: expected a {', '.join(IMAGE_SUFFIXES)} file ({err})") from err
-        sample = Sample(image=image, labels=torch.zeros(len(self.class_names)), image_id=self.ids[index])
+        labels, segmentation = torch.zeros(len(self.class_names)), None
+        if self.masks is not None:
+            mask = self.masks / f"{path.stem}.png"
+            if not mask.is_file():
+                raise FileNotFoundError(f"mask {mask} of image {path} not found")
+            segmentation = read_class_png(mask, tuple(image.shape[1:]), len(self.class_names))
+            present = segmentation[segmentation >= 0].unique()
+            labels[present] = 1.0
+        sample = Sample(image=image, labels=labels, segmentation=segmentation, image_id=self.ids[index])
         return sample if self.transform is None else self.transform(sample)

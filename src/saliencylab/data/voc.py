@@ -130,7 +130,7 @@ def _read_xml(path: Path, class_names: tuple[str, ...]) -> tuple[tuple[int, int]
     return hw, boxes, labels, difficult
 
 
-def _read_png(path: Path, size: tuple[int, int], num_classes: int) -> Tensor:
+def read_class_png(path: Path, size: tuple[int, int], num_classes: int) -> Tensor:
     """Read a VOC class PNG as (H,W) int64 in the Sample label space."""
     with Image.open(path) as png:
         if png.mode not in ("P", "L"):
@@ -289,6 +289,6 @@ class VOCDataset(AnnotatedDataset):
         png = self.folder / "SegmentationClass" / f"{image_id}.png"
         if self.segmentation_only and not png.is_file():
             raise FileNotFoundError(f"segmentation {png} not found (it is listed in {self.split_file})")
-        segmentation = _read_png(png, size, self.num_classes) if png.is_file() else None
+        segmentation = read_class_png(png, size, self.num_classes) if png.is_file() else None
         sample = build_sample(image, boxes, labels, difficult, segmentation, image_id, self.num_classes)
         return self.transform(sample) if self.transform else sample

@@ -115,12 +115,15 @@ def _hits(gt: Tensor, points: Tensor, tolerance: float) -> Tensor:
     return _dilate(gt, tolerance).flatten(2).gather(-1, points)
 
 
-def _check_pointing(maps: Tensor, gt: Tensor, skip: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Validate pointing-game inputs; return gt as bool and the (B,K) undefined pairs."""
+def _check_pointing(maps: Tensor, gt: Tensor, skip: Tensor | None, peak: bool = True) -> tuple[Tensor, Tensor]:
+    """Validate pointing-game inputs; return gt as bool and the (B,K) undefined pairs: NaN maps, constant maps
+    when the game points at the ``peak`` (an all-zero map has no maximum to point with), empty gt, skipped pairs."""
     _check_maps(maps)
     gt = _check_gt(maps, gt) > 0
     skip = _check_bool(maps, skip, "skip", [tuple(maps.shape[:2])])
-    undefined = _nan_maps(maps) | ~gt.flatten(2).any(-1)
+    flat = maps.flatten(2)
+    constant = (flat.amax(-1) == flat.amin(-1)) & peak
+    undefined = _nan_maps(maps) | constant | ~gt.flatten(2).any(-1)
     return gt, undefined if skip is None else undefined | skip
 
 
@@ -131,7 +134,8 @@ def pointing_game(maps: Tensor, gt: Tensor, tolerance: float = 15.0, skip: Tenso
     ``np.argmax``); a hit is any gt pixel (gt > 0) at Euclidean distance strictly below
     ``tolerance`` from it (TorchRay default 15 px, in the pixels of the map, so evaluate maps at
     the original image size to match the protocol).
-    Returns (B,K) in {0,1}; NaN where the map is NaN, the gt is empty or ``skip`` (B,K) is True
+    Returns (B,K) in {0,1}; NaN where the map is NaN or constant (no maximum to point with; an all-zero
+    map would otherwise score a hit at pixel 0 or on every gt), the gt is empty or ``skip`` (B,K) is True
     (TorchRay skips classes whose boxes are all difficult: :func:`ground_truth.all_difficult`).
     Source: TorchRay ``benchmark.pointing_game`` (anchors §2, §7.1); spec 002 "Evaluation".
     The protocol's score is the mean of per-class accuracies: :func:`aggregate.class_mean`.
@@ -145,7 +149,7 @@ def pointing_game_plain(maps: Tensor, gt: Tensor) -> Tensor:
     """Quantus's pointing game: 1.0 if a maximum of the map lies on a gt pixel, else 0.0.
 
     No tolerance. As in Quantus, when several pixels tie for the maximum it is a hit if any of
-    them is in the gt. Returns (B,K) in {0,1}; NaN where the map is NaN or the gt is empty.
+    them is in the gt. Returns (B,K) in {0,1}; NaN where the map is NaN or constant, or the gt is empty.
     Source: Quantus ``PointingGame`` (non-weighted), anchors §2.
     """
     gt, undefined = _check_pointing(maps, gt, None)
@@ -168,7 +172,7 @@ def stochastic_pointing_game(maps: Tensor, gt: Tensor, tolerance: float = 15.0, 
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    gt, undefined = _check_pointing(maps, gt, skip)
+    gt, undefined = _check_pointing(maps, gt, skip, peak=False)
     weights = maps.flatten(2).float().clamp(min=0).nan_to_num(nan=0.0)  # (B,K,HW)
     undefined = undefined | (weights.sum(-1) <= 0)
     weights = weights.masked_fill(undefined[..., None], 1.0)  # placeholder rows keep multinomial valid

@@ -485,6 +485,18 @@ class PxAP:
         self.positives += self._histogram(m[gt])
         self.negatives += self._histogram(m[negative])
 
+    @classmethod
+    def from_histograms(cls, positives: Tensor, negatives: Tensor,
+                        thresholds: Sequence[float] | Tensor | None = None) -> "PxAP":
+        """An accumulator holding given histograms (T+1,) each, e.g. sums of :func:`pxap_histograms` rows."""
+        metric = cls(thresholds)
+        if positives.shape != metric.positives.shape or negatives.shape != metric.negatives.shape:
+            raise ValueError(f"histograms must have {len(metric.edges)} bins, got {tuple(positives.shape)} "
+                             f"and {tuple(negatives.shape)}")
+        metric.positives += positives.long().cpu()
+        metric.negatives += negatives.long().cpu()
+        return metric
+
     def curve(self) -> tuple[Tensor, Tensor, Tensor]:
         """The PR curve, thresholds from 1.0 down to 0: (thresholds, precision, recall), (T+1,) float64.
 
@@ -502,6 +514,15 @@ class PxAP:
         previous = torch.cat([recall.new_zeros(1), recall[:-1]])
         defined = ~precision.isnan()
         return 100.0 * float((precision * (recall - previous))[defined].sum())
+
+
+def pxap_histograms(masks: Tensor, gt: Tensor, ignore: Tensor | None = None,
+                    thresholds: Sequence[float] | Tensor | None = None) -> Tensor:
+    """The GT-positive then GT-negative pixel histograms of one batch, (2(T+1),) int64: summed over
+    images and passed to :meth:`PxAP.from_histograms`, they give the dataset's PxAP."""
+    metric = PxAP(thresholds)
+    metric.update(masks, gt, ignore)
+    return torch.cat([metric.positives, metric.negatives])
 
 
 def pixel_average_precision(masks: Tensor, gt: Tensor, ignore: Tensor | None = None,
