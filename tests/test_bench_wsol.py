@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from saliencylab.bench.wsol import (COLUMNS, evaluate_wsol, evaluate_wsol_baseline, method_explain, pxap,
+from saliencylab.bench.wsol import (BASELINES, COLUMNS, evaluate_wsol, evaluate_wsol_baseline, method_explain, pxap,
                                     wsol_table)
 from saliencylab.data.imagenet import ImageNetDataset, write_synthetic_imagenet
 from saliencylab.data.openimages import OpenImagesDataset
@@ -174,11 +174,25 @@ def test_baselines():
         evaluate_wsol_baseline("gaussian", CLASSIFIER, data)
 
 
+@pytest.mark.parametrize("name", BASELINES)
+def test_special_rows_count_every_image_as_correctly_classified(name):
+    # the original's special modes set c = 1, so OM = LE. Label blue on green objects: top-1 wrong on
+    # B, on a centred square and a full-image object (the center and max boxes localise both, IoU 1 or 144/256);
+    # ground_truth localises all three.
+    centred = sample("centred", 2, [[2, 2, 13, 13]], [(1, slice(2, 14), slice(2, 14))])
+    full = sample("full", 2, [[0, 0, 15, 15]], [(1, slice(None), slice(None))])
+    values = evaluate_wsol_baseline(name, CLASSIFIER, [collate([A, B, centred, full])]).per_image()
+    close(values["correct"], [1, 0, 0, 0])
+    localised = {"max": [1, 1, 0, 0], "min": [1, 1, 1, 1], "center": [1, 1, 0, 0], "ground_truth": [0, 0, 0, 0]}
+    close(values["LE"], localised[name])
+    torch.testing.assert_close(values["OM"], values["LE"])
+
+
 def test_ground_truth_baseline():
     scores = evaluate_wsol_baseline("ground_truth", CLASSIFIER, batches(SAMPLES, 2))
     values = scores.per_image()
     close(values["LE"], [0, 0, 0])
-    close(values["OM"], [0, 1, 0])  # B's top-1 is wrong
+    close(values["OM"], [0, 0, 0])  # B's top-1 is wrong, but special rows count every image as correct
     close(values["F1"], [2 / (2 + 1e-6)] * 3)
     close(values["F1a"], [2 / (2 + 1e-6)] * 3)
     # SM averaged over C's two boxes (uniform green crops): SM1 = mean(log(16/256), log(64/256))

@@ -174,8 +174,7 @@ def _score_ground_truth(scores: WSOLScores, reference: Classifier, batch: Batch,
     sm = {k: torch.zeros_like(count).index_add_(0, owner, v) / count for k, v in sm.items()}
     rectangles = wsol.box_to_mask(clipped, (height, width)).float()
     masks = torch.zeros(len(gt), height, width, device=clipped.device).index_add_(0, owner, rectangles).clamp(max=1)
-    le = result["localization_error"]
-    _add(scores, masks, correct, sm, LE=le, OM=1 - (1 - le) * correct.float(),
+    _add(scores, masks, correct, sm, LE=result["localization_error"], OM=result["localization_error"],
          F1=result["soft_f1"], F1a=result["soft_f1_average"])
 
 
@@ -211,9 +210,10 @@ def evaluate_wsol_baseline(name: str, classifier: Classifier, batches: Iterable[
                            boxes_inclusive: bool = True, device: torch.device | str = "cpu") -> WSOLScores:
     """The special rows of the original (spec §4.4), scored like :func:`evaluate_wsol`.
 
-    ``max``: the whole image (OM counts every image as correctly classified, as the original);
-    ``min``: the empty mask and box; ``center``: the centre square (``metrics.wsol.baseline``);
-    ``ground_truth``: each gt box as its own prediction (``metrics.wsol.ground_truth_localization``).
+    ``max``: the whole image; ``min``: the empty mask and box; ``center``: the centre square
+    (``metrics.wsol.baseline``); ``ground_truth``: each gt box as its own prediction
+    (``metrics.wsol.ground_truth_localization``). OM counts every image as correctly classified for
+    every special row, as the original, so OM = LE; top1 is still ``classifier``'s accuracy.
     """
     if name not in BASELINES:
         raise ValueError(f"unknown WSOL baseline {name!r}; expected one of {BASELINES}")
@@ -224,8 +224,8 @@ def evaluate_wsol_baseline(name: str, classifier: Classifier, batches: Iterable[
             _score_ground_truth(scores, reference, batch, labels, gt, correct, unclipped_area)
             continue
         masks, boxes = wsol.baseline(name, len(batch), batch.images.shape[-2:], batch.images.device)
-        om_correct = torch.ones_like(correct) if name == "max" else correct
-        _score_boxes(scores, reference, batch, labels, gt, masks, boxes, correct, om_correct, unclipped_area)
+        _score_boxes(scores, reference, batch, labels, gt, masks, boxes, correct, torch.ones_like(correct),
+                     unclipped_area)
     return scores
 
 

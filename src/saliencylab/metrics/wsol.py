@@ -270,7 +270,7 @@ def official_localization_error(boxes: Tensor, gt_boxes: Sequence[Tensor], corre
     """OM (official ILSVRC top-1 localisation error) = 1 − max_b 1[IoU_b > 0.5]·c.
 
     correct (B,) bool: c, the classifier's top-1 prediction equals the label on the clean image
-    (the ``max`` baseline uses c = 1). Other inputs as :func:`box_iou`.
+    (the special baselines use c = 1). Other inputs as :func:`box_iou`.
     Returns (B,) float32 in {0,1}; NaN for an image without gt boxes.
     """
     iou = box_iou(boxes, gt_boxes, size, unclipped_area)
@@ -426,7 +426,7 @@ def baseline(name: str, batch_size: int, size: Sequence[int],
              device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
     """Masks (B,H,W) float32 in {0,1} and half-open boxes (B,4) float32 of a special baseline.
 
-    ``max``: the whole image, box (0,0,W,H) (score OM with c = 1, as the original).
+    ``max``: the whole image, box (0,0,W,H).
     ``min``: the empty mask and the zero box.
     ``center``: the square 33:191 of a 224 image; other sizes scale both ends proportionally,
     round(33·H/224):round(191·H/224) (halves rounded up), likewise with W.
