@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from saliencylab.bench.wsol import (COLUMNS, evaluate_wsol, evaluate_wsol_baseline, method_explain, pxap,
-                                    wsol_table)
+from saliencylab.bench.wsol import (BASELINES, BOX_COLUMNS, COLUMNS, evaluate_wsol, evaluate_wsol_baseline,
+                                    method_explain, pxap, wsol_table)
 from saliencylab.data.imagenet import ImageNetDataset, write_synthetic_imagenet
 from saliencylab.data.openimages import OpenImagesDataset
 from saliencylab.data.synthetic import SyntheticConfig
@@ -115,6 +115,36 @@ def test_evaluate_wsol_known_answers():
     assert summary["images"] == 3 and summary["seconds"] >= 0
 
 
+def test_max_box_acc_known_answers_and_batches():
+    # sweep τ = 0, 0.01, ..., 0.99, binarising m > τ·max(m).
+    # A: max 0.8; τ·0.8 < 0.2 for τ < 0.25 -> the whole image, IoU 64/256 = 0.25 (25 thresholds);
+    #    from τ = 0.25 on only the object: IoU 1 (75 thresholds).
+    # B: box (0,0,16,5) at every τ: IoU 80/128 = 0.625. C: box (10,8,16,16): IoU 48/64 = 0.75.
+    scores = evaluate_wsol(hand_masks, CLASSIFIER, batches(SAMPLES, 2), max_box_acc=True)
+    ious = scores.box_v1.ious
+    assert ious.shape == (3, 100)
+    torch.testing.assert_close(ious[0], torch.tensor([0.25] * 25 + [1.0] * 75, dtype=torch.float64))
+    torch.testing.assert_close(ious[1:], torch.tensor([[0.625], [0.75]], dtype=torch.float64).expand(2, 100))
+    torch.testing.assert_close(scores.box_v2.ious, ious)  # one component per mask: v2 sees the same boxes
+    summary = scores.summary()
+    assert list(summary) == [*COLUMNS, *BOX_COLUMNS]
+    # δ = 0.5: all three from τ = 0.25 on -> 100; δ = 0.3 likewise; δ = 0.7: A and C -> 200/3
+    expected = [100, 100, 100, 200 / 3, (100 + 100 + 200 / 3) / 3]
+    assert [summary[c] for c in BOX_COLUMNS] == pytest.approx(expected)
+    one = evaluate_wsol(hand_masks, CLASSIFIER, batches(SAMPLES, 1), max_box_acc=True, multi_contour=False)
+    assert torch.equal(one.box_v2.ious, ious) and one.summary()["MaxBoxAccV2"] == pytest.approx(expected[-1])
+    assert "MaxBoxAcc" not in evaluate_wsol(hand_masks, CLASSIFIER, batches(SAMPLES, 3)).summary()
+    # a coarser sweep: τ = 0, 0.5: A's whole image at τ = 0 only
+    coarse = evaluate_wsol(hand_masks, CLASSIFIER, batches(SAMPLES, 3), max_box_acc=True, cam_curve_interval=0.5)
+    torch.testing.assert_close(coarse.box_v1.ious[0], torch.tensor([0.25, 1.0], dtype=torch.float64))
+
+    # the center baseline's box (2,2,14,14) at every τ: a centred object IoU 1, A 64/144
+    centred = sample("centred", 0, [[2, 2, 13, 13]], [(0, slice(2, 14), slice(2, 14))])
+    row = evaluate_wsol_baseline("center", CLASSIFIER, [collate([centred, A])], max_box_acc=True).summary()
+    assert [row[c] for c in BOX_COLUMNS] == pytest.approx([50, 100, 50, 50, 200 / 3])
+    assert "MaxBoxAccV2@30 ↑" in wsol_table({"center": row})
+
+
 def test_strict_iou_threshold_box_conventions_and_original_arithmetic():
     # B with 1 on rows 0-3: box (0,0,16,4), IoU 64/128 = 0.5, not > 0.5 -> LE 1
     four_rows = torch.zeros(1, 16, 16)
@@ -174,11 +204,25 @@ def test_baselines():
         evaluate_wsol_baseline("gaussian", CLASSIFIER, data)
 
 
+@pytest.mark.parametrize("name", BASELINES)
+def test_special_rows_count_every_image_as_correctly_classified(name):
+    # the original's special modes set c = 1, so OM = LE. Label blue on green objects: top-1 wrong on
+    # B, on a centred square and a full-image object (the center and max boxes localise both, IoU 1 or 144/256);
+    # ground_truth localises all three.
+    centred = sample("centred", 2, [[2, 2, 13, 13]], [(1, slice(2, 14), slice(2, 14))])
+    full = sample("full", 2, [[0, 0, 15, 15]], [(1, slice(None), slice(None))])
+    values = evaluate_wsol_baseline(name, CLASSIFIER, [collate([A, B, centred, full])]).per_image()
+    close(values["correct"], [1, 0, 0, 0])
+    localised = {"max": [1, 1, 0, 0], "min": [1, 1, 1, 1], "center": [1, 1, 0, 0], "ground_truth": [0, 0, 0, 0]}
+    close(values["LE"], localised[name])
+    torch.testing.assert_close(values["OM"], values["LE"])
+
+
 def test_ground_truth_baseline():
     scores = evaluate_wsol_baseline("ground_truth", CLASSIFIER, batches(SAMPLES, 2))
     values = scores.per_image()
     close(values["LE"], [0, 0, 0])
-    close(values["OM"], [0, 1, 0])  # B's top-1 is wrong
+    close(values["OM"], [0, 0, 0])  # B's top-1 is wrong, but special rows count every image as correct
     close(values["F1"], [2 / (2 + 1e-6)] * 3)
     close(values["F1a"], [2 / (2 + 1e-6)] * 3)
     # SM averaged over C's two boxes (uniform green crops): SM1 = mean(log(16/256), log(64/256))

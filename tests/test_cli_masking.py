@@ -94,6 +94,19 @@ def test_bench_wsol_table_with_baselines_masker_and_pxap(root, classifier_dir, m
     assert capsys.readouterr().out.count("\n") == 3  # header, rule, gradcam
 
 
+def test_bench_wsol_max_box_acc(root, classifier_dir, tmp_path, capsys):
+    rows_file = tmp_path / "rows.json"
+    assert main(["bench", "wsol", "gradcam", *_common(root, classifier_dir), "--boxes",
+                 str(root / "imagenet" / "metadata" / "val_bboxes.json"), "--baselines", "max", "--max-box-acc",
+                 "--json", str(rows_file)]) == 0
+    assert "| MaxBoxAcc ↑ | MaxBoxAccV2@30 ↑ |" in capsys.readouterr().out
+    rows = json.loads(rows_file.read_text())
+    for row in rows.values():
+        v2 = [row[f"MaxBoxAccV2@{d}"] for d in (30, 50, 70)]
+        assert 0 <= row["MaxBoxAcc"] <= 100 and v2[0] >= v2[1] >= v2[2]
+        assert row["MaxBoxAccV2"] == pytest.approx(sum(v2) / 3)
+
+
 def test_bad_paths_unknown_methods_and_settings_exit_2(root, classifier_dir, tmp_path, capsys):
     meta = root / "imagenet" / "metadata"
     missing = tmp_path / "nowhere.json"

@@ -359,6 +359,161 @@ def test_pxap_perfect_constant_and_undefined():
     assert math.isnan(wsol.PxAP().compute())
 
 
+# ---------------------------------------------------------------- MaxBoxAcc / MaxBoxAccV2
+
+SWEEP = [0.0, 0.25, 0.5, 0.75]
+"""Thresholds exactly representable in binary, so strict > is tested exactly."""
+
+
+def gt(*rows) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
+
+
+def test_cam_thresholds_are_the_wsolevaluation_sweep():
+    t = wsol.cam_thresholds()
+    assert len(t) == 100 and t[0] == 0 and t[-1] == pytest.approx(0.99) and t.dtype == torch.float64
+    assert len(wsol.cam_thresholds(0.25)) == 4
+    with pytest.raises(ValueError, match=r"cam_curve_interval must lie in \(0, 1\)"):
+        wsol.cam_thresholds(0)
+
+
+def test_v1_takes_the_largest_component_v2_any_component_and_the_threshold_is_strict():
+    # a small blob of 1.0 (2x2 at the top left, the gt box) and a larger blob of 0.5 (6x6, bottom right)
+    m = torch.zeros(1, 12, 12)
+    m[0, 0:2, 0:2] = 1.0
+    m[0, 6:12, 6:12] = 0.5
+    target = [gt([0, 0, 2, 2])]
+    # τ = 0, 0.25: both blobs survive; v1 takes the 36 px blob, box (6,6,12,12): IoU 0.
+    # τ = 0.5: 0.5 > 0.5 is false, only the small blob is left: IoU 1; likewise at 0.75.
+    close(wsol.box_iou_curve(m, target, SWEEP), [[0, 0, 1, 1]])
+    # multi-contour: the small blob's box is a candidate at every threshold
+    close(wsol.box_iou_curve(m, target, SWEEP, multi_contour=True), [[1, 1, 1, 1]])
+
+
+def test_components_are_8_connected():
+    # two diagonal pixels are one component: box (0,0,2,2) = gt. 4-connected they would give 1-px
+    # boxes of IoU 1/4.
+    m = torch.zeros(1, 4, 4)
+    m[0, 0, 0] = m[0, 1, 1] = 1.0
+    close(wsol.box_iou_curve(m, [gt([0, 0, 2, 2])], SWEEP), [[1, 1, 1, 1]])
+
+
+def test_the_box_grows_as_the_threshold_falls_and_the_threshold_is_relative_to_the_max():
+    # nested squares: 1.0 on (4,4,6,6), 0.5 on the ring up to (3,3,7,7), 0.25 up to (2,2,8,8); gt (3,3,7,7)
+    m = torch.zeros(1, 10, 10)
+    m[0, 2:8, 2:8] = 0.25
+    m[0, 3:7, 3:7] = 0.5
+    m[0, 4:6, 4:6] = 1.0
+    target = [gt([3, 3, 7, 7])]
+    # τ = 0: box (2,2,8,8), 36 px: IoU 16/36. τ = 0.25: (3,3,7,7): IoU 1. τ = 0.5, 0.75: (4,4,6,6): IoU 4/16.
+    expected = [[16 / 36, 1, 0.25, 0.25]]
+    close(wsol.box_iou_curve(m, target, SWEEP), expected)
+    # m > τ·max(m): halving the map changes nothing (the reference thresholds at τ·max too)
+    close(wsol.box_iou_curve(m / 2, target, SWEEP), expected)
+    close(wsol.box_accuracy(wsol.box_iou_curve(m, target, SWEEP)), [0, 100, 0, 0])
+
+
+def test_iou_exactly_at_the_thresholds_counts_as_correct():
+    # one block of ones per image (the same box at every τ), each inside its gt box: IoU = block / gt area
+    # image 0: 3 of 10 px -> 0.3; image 1: 16 of 32 px -> 0.5; image 2: 7 of 10 px -> 0.7
+    m = torch.zeros(3, 8, 10)
+    m[0, 0, 0:3] = 1.0
+    m[1, 0:4, 0:4] = 1.0
+    m[2, 0, 0:7] = 1.0
+    target = [gt([0, 0, 10, 1]), gt([0, 0, 4, 8]), gt([0, 0, 10, 1])]
+    ious = wsol.box_iou_curve(m, target)
+    assert ious.shape == (3, 100)
+    close(ious[:, 0], [0.3, 0.5, 0.7])
+    assert (ious == ious[:, :1]).all()
+    # IoU >= δ (wsolevaluation), not the strict > of LE: at δ = 0.3 all three, 0.5 two, 0.7 one
+    for delta, expected in ((0.3, 100.0), (0.5, 200 / 3), (0.7, 100 / 3)):
+        close(wsol.box_accuracy(ious, delta), [expected] * 100)
+    acc = wsol.MaxBoxAcc(multi_contour=True)
+    acc.update(m, target)
+    v2 = [acc.compute(d) for d in wsol.IOU_THRESHOLDS_V2]
+    assert v2 == pytest.approx([100, 200 / 3, 100 / 3]) and sum(v2) / 3 == pytest.approx(200 / 3)
+
+
+def test_two_gt_boxes_constant_maps_no_box_and_unclipped_area():
+    ones, zeros = torch.ones(1, 16, 16), torch.zeros(1, 16, 16)
+    block = torch.zeros(1, 16, 16)
+    block[0, 8:16, 8:16] = 1.0
+    two = [gt([0, 0, 4, 4], [8, 8, 16, 16])]
+    close(wsol.box_iou_curve(block, two, SWEEP), [[1, 1, 1, 1]])  # the best of the two gt boxes
+    # a constant map of ones: the whole image (0,0,16,16) at every τ < 1: IoU 128/256 with (0,0,8,16)
+    close(wsol.box_iou_curve(ones, [gt([0, 0, 8, 16])], SWEEP), [[0.5] * 4])
+    # an all-zero map (what min-max normalisation makes of a constant map) has no box: IoU 0
+    close(wsol.box_iou_curve(zeros, [gt([0, 0, 8, 16])], SWEEP), [[0] * 4])
+    # an image without gt boxes gives a NaN row, left out of the accuracy
+    ious = wsol.box_iou_curve(torch.cat([block, block]), [two[0], gt()], SWEEP)
+    close(ious, [[1] * 4, [NAN] * 4])
+    close(wsol.box_accuracy(ious), [100] * 4)
+    close(wsol.box_accuracy(ious[1:]), [NAN] * 4)
+    # a gt box past the left border: clipped (0,0,4,8) = the 32 px block; unclipped area 64 -> IoU 0.5
+    left = torch.zeros(1, 8, 8)
+    left[0, :, 0:4] = 1.0
+    close(wsol.box_iou_curve(left, [gt([-4, 0, 4, 8])], SWEEP), [[1] * 4])
+    close(wsol.box_iou_curve(left, [gt([-4, 0, 4, 8])], SWEEP, unclipped_area=True), [[0.5] * 4])
+
+
+def brute_force_curve(mask, boxes_, thresholds, multi_contour):
+    """Pixel-set IoU of skimage's 8-connected components' tight boxes, one threshold at a time."""
+    from skimage.measure import label
+
+    height, width = mask.shape
+    gt_sets = [{(y, x) for y in range(max(0, y1), min(height, y2)) for x in range(max(0, x1), min(width, x2))}
+               for x1, y1, x2, y2 in boxes_.int().tolist()]
+    curve = []
+    for t in thresholds:
+        labels = label((mask > t * mask.max()).numpy(), connectivity=2)
+        components = [labels == k for k in range(1, labels.max() + 1)]
+        if components and not multi_contour:
+            components = [max(components, key=lambda c: c.sum())]
+        best = 0.0
+        for c in components:
+            ys, xs = c.nonzero()
+            box = {(y, x) for y in range(ys.min(), ys.max() + 1) for x in range(xs.min(), xs.max() + 1)}
+            best = max([best] + [len(box & g) / len(box | g) for g in gt_sets if g])
+        curve.append(best)
+    return curve
+
+
+@pytest.mark.parametrize("multi_contour", [False, True])
+def test_box_iou_curve_agrees_with_a_brute_force_recomputation(multi_contour):
+    generator = torch.Generator().manual_seed(0)
+    masks = (torch.rand(4, 9, 11, generator=generator) * 4).floor() / 3  # values 0, 1/3, 2/3, 1: many blobs
+    corners = torch.randint(0, 11, (4, 2, 4), generator=generator).float()
+    gts = [torch.cat([c[:, :2].minimum(c[:, 2:]), c[:, :2].maximum(c[:, 2:]) + 1], 1) for c in corners]
+    thresholds = [0.0, 0.2, 0.5, 0.9]
+    expected = [brute_force_curve(m, g, thresholds, multi_contour) for m, g in zip(masks, gts)]
+    close(wsol.box_iou_curve(masks, gts, thresholds, multi_contour=multi_contour).float(), expected)
+
+
+def test_max_box_acc_accumulates_and_merges_shards():
+    generator = torch.Generator().manual_seed(1)
+    masks = torch.rand(6, 10, 10, generator=generator)
+    gts = [gt([1, 1, 6, 7]), gt([0, 0, 10, 10]), gt([2, 3, 9, 9], [0, 0, 3, 3]), gt([4, 4, 8, 8]),
+           gt([0, 5, 5, 10]), gt([3, 0, 10, 4])]
+    whole = wsol.MaxBoxAcc(multi_contour=True)
+    whole.update(masks, gts)
+    first, second = wsol.MaxBoxAcc(multi_contour=True), wsol.MaxBoxAcc(multi_contour=True)
+    first.update(masks[:2], gts[:2])
+    first.update(masks[2:3], gts[2:3])
+    second.update(masks[3:], gts[3:])
+    first.merge(second)
+    assert torch.equal(first.ious, whole.ious) and whole.ious.shape == (6, 100)
+    for delta in wsol.IOU_THRESHOLDS_V2:
+        expected = float(wsol.box_accuracy(whole.ious, delta).max())
+        assert first.compute(delta) == whole.compute(delta) == expected
+    assert math.isnan(wsol.MaxBoxAcc().compute())
+    with pytest.raises(ValueError, match="same thresholds, multi_contour"):
+        first.merge(wsol.MaxBoxAcc())
+    with pytest.raises(ValueError, match=r"iou_threshold must lie in \(0, 1\]"):
+        whole.compute(50)
+    with pytest.raises(ValueError, match="increase strictly from 0"):
+        wsol.MaxBoxAcc([0.5])
+
+
 # ---------------------------------------------------------------- errors
 
 def test_bad_inputs_say_what_was_expected():

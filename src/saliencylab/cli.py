@@ -305,7 +305,8 @@ def _wsol(args: argparse.Namespace) -> int:
         test = DataLoader(OpenImagesDataset(root / "dataset", root / "metadata", size=size,
                                             class_names=classifier.class_names),
                           batch_size=args.batch_size, collate_fn=collate)
-    boxes = {"boxes_inclusive": not args.paper_quirks, "unclipped_area": args.paper_quirks, "device": args.device}
+    boxes = {"boxes_inclusive": not args.paper_quirks, "unclipped_area": args.paper_quirks,
+             "max_box_acc": args.max_box_acc, "device": args.device}
     rows = {name: evaluate_wsol_baseline(name, classifier, loader, **boxes).summary() for name in args.baselines}
     for name in args.methods:
         explain = method_explain(methods.build(name, classifier, **settings[name]),
@@ -578,6 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     wsol.add_argument("--paper-quirks", action="store_true",
                       help="the original's arithmetic on real ImageNet boxes: box ends read as half-open, predicted "
                            "boxes one pixel smaller, ground-truth areas not clipped (default: off)")
+    wsol.add_argument("--max-box-acc", action="store_true",
+                      help="add MaxBoxAcc and MaxBoxAccV2 (IoU 30/50/70, every component's box; Choe et al. 2020) "
+                           "over the thresholds 0, 0.01, ..., 0.99 (default: off)")
     wsol.set_defaults(run=_wsol)
 
     run = bench.add_parser("run", help="score methods and reference masks with registered metrics on a dataset "

@@ -17,7 +17,7 @@
       "masking": {                                                  # paper 001 (bench.masking)
         "dataset": {"root", "train", "val", "test", "image_size"},
         "maskers": {name: {"folder", "preset", "labels", "mode", "epochs", "seed", "train_seconds"}},
-        "wsol": {row: {"LE", "OM", "F1", ..., "PxAP"?}},            # bench.wsol.COLUMNS; PxAP in percent
+        "wsol": {row: {"LE", "OM", ..., "PxAP"?, "MaxBoxAcc"?, ...}},  # bench.wsol.COLUMNS (+ BOX_COLUMNS), PxAP in %
         "baselines": [names of the wsol rows that are special baselines],
         "data_randomization": {"images", "reference",
                                "trained_vs_trained" | "trained_vs_random_labels": {"model", measure: mean}},
@@ -151,24 +151,27 @@ def _class_specific(results: dict, out_dir: Path) -> str:
     return "".join(parts)
 
 
-WSOL_COLUMNS = ("LE", "OM", "F1", "SM", "sm_acc", "top1", "avg_mask", "PxAP")
+WSOL_COLUMNS = ("LE", "OM", "F1", "SM", "sm_acc", "top1", "avg_mask", "PxAP", "MaxBoxAcc", "MaxBoxAccV2")
 WSOL_LOWER = ("LE", "OM", "SM")
+WSOL_OPTIONAL = ("MaxBoxAcc", "MaxBoxAccV2")
+"""Columns shown only when some row has them (``bench wsol --max-box-acc``)."""
 
 
 def _wsol_table(rows: dict[str, dict], baselines: list[str]) -> str:
     """``baselines`` in grey; bold: the best method (not baseline) per column, where a direction is defined."""
+    columns = [c for c in WSOL_COLUMNS if c not in WSOL_OPTIONAL or any(c in row for row in rows.values())]
     methods_only = {name: row for name, row in rows.items() if name not in baselines}
     best = {}
-    for column in ("LE", "OM", "F1", "SM", "PxAP"):
+    for column in ("LE", "OM", "F1", "SM", "PxAP", *WSOL_OPTIONAL):
         values = [v for row in methods_only.values() for v in [row.get(column)] if v is not None and math.isfinite(v)]
         if values:
             best[column] = min(values) if column in WSOL_LOWER else max(values)
-    head = "".join(f"<th>{c}{' ↓' if c in WSOL_LOWER else ' ↑' if c in best else ''}</th>" for c in WSOL_COLUMNS)
+    head = "".join(f"<th>{c}{' ↓' if c in WSOL_LOWER else ' ↑' if c in best else ''}</th>" for c in columns)
     lines = []
     for name, row in rows.items():
         cells = "".join(
             f'<td class="{"best" if name in methods_only and value is not None and value == best.get(c) else ""}">'
-            f"{_format(value)}</td>" for c in WSOL_COLUMNS for value in [row.get(c)])
+            f"{_format(value)}</td>" for c in columns for value in [row.get(c)])
         lines.append(f'<tr class="{"reference" if name not in methods_only else "method"}">'
                      f"<th>{html.escape(name)}</th>{cells}</tr>")
     return f"<table><tr><th>method</th>{head}</tr>{''.join(lines)}</table>"

@@ -3,6 +3,8 @@
 Per image: LE, OM, F1, F1a, SM/SM1/SM2, classifier and crop correctness, mask statistics, all from
 :mod:`saliencylab.metrics.wsol`; :meth:`WSOLScores.summary` averages them into the columns of
 spec §4.4 (LE, OM, F1 as fractions, top1 and sm_acc in percent, as the original prints them).
+Optionally (``max_box_acc=True``) MaxBoxAcc and MaxBoxAccV2 (Choe et al. CVPR 2020), dataset-level
+numbers in percent from each image's IoU curve over a threshold sweep.
 Data: batches of single-label Samples with ground-truth boxes (``ImageNetDataset`` with a box
 file); PxAP takes samples with a segmentation (``OpenImagesDataset``).
 
@@ -36,8 +38,10 @@ Explain = Callable[[Batch], Tensor]
 COLUMNS = ("LE", "OM", "F1", "F1a", "SM", "SM1", "SM2", "sm_acc", "top1", "binarized", "avg_mask", "std_mask",
            "entropy", "tv", "images", "seconds")
 """The keys of :meth:`WSOLScores.summary`, in the order of spec §4.4."""
+BOX_COLUMNS = ("MaxBoxAcc", "MaxBoxAccV2@30", "MaxBoxAccV2@50", "MaxBoxAccV2@70", "MaxBoxAccV2")
+"""The keys :meth:`WSOLScores.summary` adds after :data:`COLUMNS` when MaxBoxAcc is on (percent)."""
 LOWER_IS_BETTER = ("LE", "OM", "SM")
-HIGHER_IS_BETTER = ("F1", "F1a", "SM2", "sm_acc", "top1", "PxAP")
+HIGHER_IS_BETTER = ("F1", "F1a", "SM2", "sm_acc", "top1", "PxAP", *BOX_COLUMNS)
 BASELINES = (*wsol.BASELINES, "ground_truth")
 
 
@@ -46,13 +50,17 @@ class WSOLScores:
     """Per-image WSOL scores of one method (or baseline) over a dataset.
 
     values[name]: one (B,) float tensor per batch; batch_std: (std_mask, batch size) per batch;
-    seconds spent in ``explain`` (0 for baselines); images scored.
+    seconds spent in ``explain`` (0 for baselines); images scored. box_v1 / box_v2: None, or the
+    MaxBoxAcc accumulators of the largest component's box / of every component's box (their ``ious``
+    are the per-image (N,T) IoU curves; accumulators of shards ``merge``).
     """
 
     values: dict[str, list[Tensor]] = field(default_factory=dict)
     batch_std: list[tuple[float, int]] = field(default_factory=list)
     seconds: float = 0.0
     images: int = 0
+    box_v1: wsol.MaxBoxAcc | None = None
+    box_v2: wsol.MaxBoxAcc | None = None
 
     def add(self, **values: Tensor) -> None:
         for name, value in values.items():
@@ -66,7 +74,8 @@ class WSOLScores:
     def summary(self) -> dict[str, float]:
         """The table row: the keys of :data:`COLUMNS`. Means over images; sm_acc and top1 in percent;
         std_mask averaged over batches with batch-size weights, skipping batches of one image
-        (their std is undefined); NaN when no batch had two images."""
+        (their std is undefined); NaN when no batch had two images. With the box accumulators, then
+        :data:`BOX_COLUMNS`: MaxBoxAcc (IoU ≥ 0.5), MaxBoxAccV2 at δ = 30, 50, 70 % and their mean."""
         if not self.images:
             raise ValueError("no images were scored: the batches were empty")
         means = {name: float(value.mean()) for name, value in self.per_image().items()}
@@ -75,7 +84,11 @@ class WSOLScores:
         means["sm_acc"], means["top1"] = 100 * means.pop("sm_correct"), 100 * means.pop("correct")
         means["std_mask"] = sum(std * size for std, size in defined) / weight if weight else math.nan
         means["images"], means["seconds"] = self.images, self.seconds
-        return {name: means[name] for name in COLUMNS}
+        row = {name: means[name] for name in COLUMNS}
+        if self.box_v1 is not None and self.box_v2 is not None:
+            v2 = [self.box_v2.compute(delta) for delta in wsol.IOU_THRESHOLDS_V2]
+            row.update(zip(BOX_COLUMNS, [self.box_v1.compute(0.5), *v2, sum(v2) / len(v2)]))
+        return row
 
 
 def method_explain(method: Method, normalize: bool = True) -> Explain:
@@ -139,13 +152,27 @@ def _masks(masks: Tensor, batch: Batch) -> Tensor:
     return masks.detach()
 
 
-def _add(scores: WSOLScores, masks: Tensor, correct: Tensor, sm: dict[str, Tensor], **localization: Tensor) -> None:
-    """Add one batch: localisation scores (B,), SM results, clean top-1 correctness and mask statistics."""
+def _new_scores(max_box_acc: bool, cam_curve_interval: float, multi_contour: bool, unclipped_area: bool) -> WSOLScores:
+    """Empty scores, with MaxBoxAcc (largest component) and MaxBoxAccV2 accumulators if ``max_box_acc``."""
+    if not max_box_acc:
+        return WSOLScores()
+    thresholds = wsol.cam_thresholds(cam_curve_interval)
+    return WSOLScores(box_v1=wsol.MaxBoxAcc(thresholds, False, unclipped_area),
+                      box_v2=wsol.MaxBoxAcc(thresholds, multi_contour, unclipped_area))
+
+
+def _add(scores: WSOLScores, masks: Tensor, gt: list[Tensor], correct: Tensor, sm: dict[str, Tensor],
+         **localization: Tensor) -> None:
+    """Add one batch: localisation scores (B,), SM results, clean top-1 correctness, mask statistics and
+    the box sweeps' IoU curves."""
     scores.add(**localization, SM=sm["sm"], SM1=sm["sm1"], SM2=sm["sm2"], sm_correct=sm["sm_correct"],
                correct=correct, binarized=wsol.binarized_fraction(masks), avg_mask=wsol.avg_mask(masks),
                entropy=wsol.mask_entropy(masks), tv=wsol.mask_tv(masks))
     scores.batch_std.append((float(wsol.std_mask(masks)), len(masks)))
     scores.images += len(masks)
+    for accumulator in (scores.box_v1, scores.box_v2):
+        if accumulator is not None:
+            accumulator.update(masks, gt)
 
 
 def _score_boxes(scores: WSOLScores, reference: Classifier, batch: Batch, labels: Tensor, gt: list[Tensor],
@@ -154,7 +181,7 @@ def _score_boxes(scores: WSOLScores, reference: Classifier, batch: Batch, labels
     size = tuple(masks.shape[-2:])
     with scoped_eval(reference):
         sm = wsol.saliency_metric_wsol(reference, batch.images, boxes, labels)
-    _add(scores, masks, correct, sm,
+    _add(scores, masks, gt, correct, sm,
          LE=wsol.localization_error(boxes, gt, size, unclipped_area),
          OM=wsol.official_localization_error(boxes, gt, om_correct, size, unclipped_area),
          F1=wsol.soft_f1(masks, gt, unclipped_area), F1a=wsol.soft_f1_average(masks, gt, unclipped_area))
@@ -174,14 +201,14 @@ def _score_ground_truth(scores: WSOLScores, reference: Classifier, batch: Batch,
     sm = {k: torch.zeros_like(count).index_add_(0, owner, v) / count for k, v in sm.items()}
     rectangles = wsol.box_to_mask(clipped, (height, width)).float()
     masks = torch.zeros(len(gt), height, width, device=clipped.device).index_add_(0, owner, rectangles).clamp(max=1)
-    le = result["localization_error"]
-    _add(scores, masks, correct, sm, LE=le, OM=1 - (1 - le) * correct.float(),
+    _add(scores, masks, gt, correct, sm, LE=result["localization_error"], OM=result["localization_error"],
          F1=result["soft_f1"], F1a=result["soft_f1_average"])
 
 
 def evaluate_wsol(explain: Explain, classifier: Classifier, batches: Iterable[Batch], *,
                   reference_classifier: Classifier | None = None, one_pixel_smaller: bool = False,
-                  unclipped_area: bool = False, boxes_inclusive: bool = True,
+                  unclipped_area: bool = False, boxes_inclusive: bool = True, max_box_acc: bool = False,
+                  cam_curve_interval: float = 0.01, multi_contour: bool = True,
                   device: torch.device | str = "cpu") -> WSOLScores:
     """Score ``explain``'s masks (one per image, in [0,1]) on batches of single-label Samples with boxes.
 
@@ -191,9 +218,12 @@ def evaluate_wsol(explain: Explain, classifier: Classifier, batches: Iterable[Ba
     ``one_pixel_smaller`` and ``unclipped_area`` reproduce the original's arithmetic (see
     metrics.wsol); ``boxes_inclusive``: see the module docstring. Classifiers must be on ``device``.
     For a registered method pass ``method_explain(method)``.
+    ``max_box_acc``: also sweep thresholds 0, ``cam_curve_interval``, ... < 1 for MaxBoxAcc and
+    MaxBoxAccV2 (``metrics.wsol.box_iou_curve``; V2 takes every component's box unless
+    ``multi_contour=False``); ``unclipped_area`` applies to them too, ``one_pixel_smaller`` does not.
     """
     reference = classifier if reference_classifier is None else reference_classifier
-    scores = WSOLScores()
+    scores = _new_scores(max_box_acc, cam_curve_interval, multi_contour, unclipped_area)
     for batch, labels, gt, correct in _prepared(classifier, batches, boxes_inclusive, device):
         start = time.perf_counter()
         masks = explain(batch)
@@ -208,24 +238,28 @@ def evaluate_wsol(explain: Explain, classifier: Classifier, batches: Iterable[Ba
 
 def evaluate_wsol_baseline(name: str, classifier: Classifier, batches: Iterable[Batch], *,
                            reference_classifier: Classifier | None = None, unclipped_area: bool = False,
-                           boxes_inclusive: bool = True, device: torch.device | str = "cpu") -> WSOLScores:
+                           boxes_inclusive: bool = True, max_box_acc: bool = False, cam_curve_interval: float = 0.01,
+                           multi_contour: bool = True, device: torch.device | str = "cpu") -> WSOLScores:
     """The special rows of the original (spec §4.4), scored like :func:`evaluate_wsol`.
 
-    ``max``: the whole image (OM counts every image as correctly classified, as the original);
-    ``min``: the empty mask and box; ``center``: the centre square (``metrics.wsol.baseline``);
-    ``ground_truth``: each gt box as its own prediction (``metrics.wsol.ground_truth_localization``).
+    ``max``: the whole image; ``min``: the empty mask and box; ``center``: the centre square
+    (``metrics.wsol.baseline``); ``ground_truth``: each gt box as its own prediction
+    (``metrics.wsol.ground_truth_localization``). OM counts every image as correctly classified for
+    every special row, as the original, so OM = LE; top1 is still ``classifier``'s accuracy.
+    ``max_box_acc`` and its options as :func:`evaluate_wsol` (``ground_truth`` sweeps the union of its
+    clipped boxes).
     """
     if name not in BASELINES:
         raise ValueError(f"unknown WSOL baseline {name!r}; expected one of {BASELINES}")
     reference = classifier if reference_classifier is None else reference_classifier
-    scores = WSOLScores()
+    scores = _new_scores(max_box_acc, cam_curve_interval, multi_contour, unclipped_area)
     for batch, labels, gt, correct in _prepared(classifier, batches, boxes_inclusive, device):
         if name == "ground_truth":
             _score_ground_truth(scores, reference, batch, labels, gt, correct, unclipped_area)
             continue
         masks, boxes = wsol.baseline(name, len(batch), batch.images.shape[-2:], batch.images.device)
-        om_correct = torch.ones_like(correct) if name == "max" else correct
-        _score_boxes(scores, reference, batch, labels, gt, masks, boxes, correct, om_correct, unclipped_area)
+        _score_boxes(scores, reference, batch, labels, gt, masks, boxes, correct, torch.ones_like(correct),
+                     unclipped_area)
     return scores
 
 

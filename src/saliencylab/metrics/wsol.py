@@ -227,6 +227,14 @@ def _average(values: Tensor, valid: Tensor) -> Tensor:
     return (values.masked_fill(~valid, 0.0).sum(1) / valid.sum(1)).float()
 
 
+def _pairwise_iou(pred: Tensor, gt: Tensor, gt_area: Tensor) -> Tensor:
+    """IoU of boxes pred (M,4) with gt (M,N,4) clipped to the image, gt_area (M,N) -> (M,N) float64."""
+    low = torch.maximum(pred[:, None, :2], gt[..., :2])
+    high = torch.minimum(pred[:, None, 2:], gt[..., 2:])
+    inter = (high - low).clamp(min=0).prod(-1)
+    return _iou(inter, _area(pred)[:, None], gt_area)
+
+
 def box_iou(boxes: Tensor, gt_boxes: Sequence[Tensor], size: Sequence[int], unclipped_area: bool = False) -> Tensor:
     """IoU_b = |R ∩ G_b| / (|R| + area(b) − |R ∩ G_b|) of each predicted box with each gt box.
 
@@ -238,10 +246,7 @@ def box_iou(boxes: Tensor, gt_boxes: Sequence[Tensor], size: Sequence[int], uncl
     size = _check_size(size)
     pred = _as_boxes(boxes, size)
     gt, area, valid = _gt_geometry(gt_boxes, len(pred), size, unclipped_area, pred.device)
-    low = torch.maximum(pred[:, None, :2], gt[..., :2])
-    high = torch.minimum(pred[:, None, 2:], gt[..., 2:])
-    inter = (high - low).clamp(min=0).prod(-1)
-    return _iou(inter, _area(pred)[:, None], area).masked_fill(~valid, math.nan).float()
+    return _pairwise_iou(pred, gt, area).masked_fill(~valid, math.nan).float()
 
 
 def _localization_error(iou: Tensor, correct: Tensor | None) -> Tensor:
@@ -265,7 +270,7 @@ def official_localization_error(boxes: Tensor, gt_boxes: Sequence[Tensor], corre
     """OM (official ILSVRC top-1 localisation error) = 1 − max_b 1[IoU_b > 0.5]·c.
 
     correct (B,) bool: c, the classifier's top-1 prediction equals the label on the clean image
-    (the ``max`` baseline uses c = 1). Other inputs as :func:`box_iou`.
+    (the special baselines use c = 1). Other inputs as :func:`box_iou`.
     Returns (B,) float32 in {0,1}; NaN for an image without gt boxes.
     """
     iou = box_iou(boxes, gt_boxes, size, unclipped_area)
@@ -421,7 +426,7 @@ def baseline(name: str, batch_size: int, size: Sequence[int],
              device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
     """Masks (B,H,W) float32 in {0,1} and half-open boxes (B,4) float32 of a special baseline.
 
-    ``max``: the whole image, box (0,0,W,H) (score OM with c = 1, as the original).
+    ``max``: the whole image, box (0,0,W,H).
     ``min``: the empty mask and the zero box.
     ``center``: the square 33:191 of a 224 image; other sizes scale both ends proportionally,
     round(33·H/224):round(191·H/224) (halves rounded up), likewise with W.
@@ -444,6 +449,27 @@ def baseline(name: str, batch_size: int, size: Sequence[int],
     return box_to_mask(boxes, (height, width)).float(), boxes
 
 
+# ---------------------------------------------------------------- threshold sweeps (Choe et al. CVPR 2020)
+
+def cam_thresholds(interval: float = 0.01) -> Tensor:
+    """The sweep of wsolevaluation's ``cam_curve_interval``: 0, interval, ... below 1, (T,) float64.
+
+    The default 0.01 gives the 100 thresholds 0, 0.01, ..., 0.99 (spec 001 §4.5; wsolevaluation's own
+    default is 0.001).
+    """
+    if not 0 < interval < 1:
+        raise ValueError(f"cam_curve_interval must lie in (0, 1), got {interval}")
+    return torch.arange(0, 1, interval, dtype=torch.float64)
+
+
+def _as_thresholds(thresholds: Sequence[float] | Tensor | None) -> Tensor:
+    """Validate a threshold sweep (default :func:`cam_thresholds`) -> (T,) float64 on the CPU."""
+    t = cam_thresholds() if thresholds is None else torch.as_tensor(thresholds, dtype=torch.float64).flatten().cpu()
+    if not len(t) or t[0] != 0 or float(t[-1]) >= 1 or (t.diff() <= 0).any():
+        raise ValueError(f"thresholds must increase strictly from 0 and stay below 1, got {t.tolist()}")
+    return t
+
+
 # ---------------------------------------------------------------- PxAP
 
 class PxAP:
@@ -457,11 +483,7 @@ class PxAP:
     """
 
     def __init__(self, thresholds: Sequence[float] | Tensor | None = None) -> None:
-        if thresholds is None:
-            thresholds = torch.arange(0, 1, 0.01, dtype=torch.float64)
-        t = torch.as_tensor(thresholds, dtype=torch.float64).flatten().cpu()
-        if not len(t) or t[0] != 0 or float(t[-1]) >= 1 or (t.diff() <= 0).any():
-            raise ValueError(f"thresholds must increase strictly from 0 and stay below 1, got {t.tolist()}")
+        t = _as_thresholds(thresholds)
         self.edges = torch.cat([t, t.new_ones(1)])
         self.positives = torch.zeros(len(self.edges), dtype=torch.long)
         self.negatives = torch.zeros(len(self.edges), dtype=torch.long)
@@ -531,3 +553,121 @@ def pixel_average_precision(masks: Tensor, gt: Tensor, ignore: Tensor | None = N
     metric = PxAP(thresholds)
     metric.update(masks, gt, ignore)
     return metric.compute()
+
+
+# ---------------------------------------------------------------- MaxBoxAcc
+
+IOU_THRESHOLDS_V2 = (0.3, 0.5, 0.7)
+"""MaxBoxAccV2's IoU thresholds δ (Choe et al. CVPR 2020, §4.1); MaxBoxAcc uses δ = 0.5 alone."""
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+"""Components of the box sweep are 8-connected, like the outer contours of OpenCV's findContours."""
+
+
+def _component_boxes(binary: np.ndarray, multi_contour: bool) -> np.ndarray:
+    """Half-open boxes (K,4) float64 of the 8-connected components of a (H,W) bool array: all of them
+    (``multi_contour``) or the largest only (most pixels; ties: the first met in row-major order)."""
+    labels, count = ndimage.label(binary, structure=EIGHT_CONNECTED)
+    if not count:
+        return np.zeros((0, 4))
+    rows_cols = ndimage.find_objects(labels)  # label k+1 -> (row slice, col slice), half-open
+    boxes = np.array([[cols.start, rows.start, cols.stop, rows.stop] for rows, cols in rows_cols], dtype=np.float64)
+    if multi_contour:
+        return boxes
+    sizes = np.bincount(labels.ravel())[1:]  # label 0 is the background
+    return boxes[[int(sizes.argmax())]]
+
+
+def box_iou_curve(masks: Tensor, gt_boxes: Sequence[Tensor], thresholds: Sequence[float] | Tensor | None = None,
+                  multi_contour: bool = False, unclipped_area: bool = False) -> Tensor:
+    """Best box IoU of each image at each threshold of a sweep (Choe et al. CVPR 2020, §4.1; the
+    per-image data of MaxBoxAcc and MaxBoxAccV2).
+
+    masks (B,H,W) or (B,1,H,W) in [0,1]: min-max normalise raw maps first (the reference normalises in
+    its inference code; ``bench.wsol.method_explain`` does it here). At threshold τ the mask is binarised
+    as m > τ·max(m), strict and relative to the image's maximum like the reference's
+    ``cv2.threshold(THRESH_BINARY)`` at ``τ·max`` (which works on the map quantised to 8 bits; this uses
+    the float values). Each 8-connected component gives its tight half-open box; the candidates are the
+    largest component's box (MaxBoxAcc), or every component's box with ``multi_contour=True``
+    (MaxBoxAccV2). IoU with every gt box as :func:`box_iou` (``unclipped_area`` likewise); the best over
+    candidates and gt boxes is kept. An empty binarisation (an all-zero mask, or τ·max above every
+    pixel) has no box and scores 0.
+    thresholds: increasing from 0, below 1 (default :func:`cam_thresholds` (), 0..0.99 by 0.01).
+    Returns (B,T) float64 in [0,1] on the masks' device; a NaN row for an image without gt boxes.
+    Rows of different batches concatenate: :func:`box_accuracy` reads the stacked (N,T) rows.
+    """
+    m = _as_masks(masks).double().cpu()
+    t = _as_thresholds(thresholds)
+    batch_size, steps = len(m), len(t)
+    gt, area, valid = _gt_geometry(gt_boxes, batch_size, tuple(m.shape[1:]), unclipped_area, m.device)
+    levels = t[None, :] * m.flatten(1).amax(1, keepdim=True)  # (B,T): τ·max(m)
+    boxes, owner = [np.zeros((0, 4))], []
+    for i, (image, cuts) in enumerate(zip(m.numpy(), levels.numpy())):
+        for j, cut in enumerate(cuts):
+            found = _component_boxes(image > cut, multi_contour)
+            boxes.append(found)
+            owner += [i * steps + j] * len(found)
+    pred = torch.from_numpy(np.concatenate(boxes))
+    owner = torch.tensor(owner, dtype=torch.long)
+    image = owner // steps
+    best = _pairwise_iou(pred, gt[image], area[image]).masked_fill(~valid[image], 0.0).amax(1)  # N >= 1 (padded)
+    curve = torch.zeros(batch_size * steps, dtype=torch.float64).scatter_reduce(0, owner, best, "amax")
+    curve = curve.view(batch_size, steps).masked_fill(~valid.any(1, keepdim=True), math.nan)
+    return curve.to(masks.device)
+
+
+def box_accuracy(ious: Tensor, iou_threshold: float = 0.5) -> Tensor:
+    """BoxAcc(τ) = 100 · mean over images of 1[IoU(τ) ≥ δ] (Choe et al. CVPR 2020, §4.1; ≥ as wsolevaluation).
+
+    ious (N,T) from :func:`box_iou_curve` (batches concatenated); rows of images without gt boxes (NaN)
+    are left out. δ = ``iou_threshold`` in (0,1]. Returns (T,) float64 in percent; its max over τ is
+    MaxBoxAcc(δ). All NaN when no row is defined.
+    """
+    if not isinstance(ious, Tensor) or ious.dim() != 2:
+        got = tuple(ious.shape) if isinstance(ious, Tensor) else type(ious).__name__
+        raise ValueError(f"ious must be a tensor (N,T), one IoU curve per image, got {got}")
+    if not 0 < iou_threshold <= 1:
+        raise ValueError(f"iou_threshold must lie in (0, 1], got {iou_threshold}")
+    defined = ious[~ious.isnan().any(1)].double()
+    if not len(defined):
+        return torch.full((ious.shape[1],), math.nan, dtype=torch.float64)
+    return 100.0 * (defined >= iou_threshold).double().mean(0)
+
+
+class MaxBoxAcc:
+    """MaxBoxAcc / MaxBoxAccV2 (Choe et al. "Evaluating WSOL methods right", CVPR 2020, §4.1;
+    wsolevaluation ``BoxEvaluator``), accumulated over a dataset.
+
+    Keeps each image's IoU curve (:func:`box_iou_curve`), so accumulators of dataset shards
+    :meth:`merge` into the one-pass result. MaxBoxAcc = ``MaxBoxAcc().compute(0.5)``; MaxBoxAccV2 =
+    the mean over δ in :data:`IOU_THRESHOLDS_V2` of ``MaxBoxAcc(multi_contour=True).compute(δ)``, each δ
+    with its own best threshold.
+    """
+
+    def __init__(self, thresholds: Sequence[float] | Tensor | None = None, multi_contour: bool = False,
+                 unclipped_area: bool = False) -> None:
+        self.thresholds = _as_thresholds(thresholds)
+        self.multi_contour = multi_contour
+        self.unclipped_area = unclipped_area
+        self.curves: list[Tensor] = []
+
+    def update(self, masks: Tensor, gt_boxes: Sequence[Tensor]) -> None:
+        """Add a batch: masks (B,H,W) or (B,1,H,W) in [0,1], gt_boxes list of B half-open (N_b,4)."""
+        self.curves.append(box_iou_curve(masks, gt_boxes, self.thresholds, self.multi_contour,
+                                         self.unclipped_area).cpu())
+
+    def merge(self, other: MaxBoxAcc) -> None:
+        """Append the images of ``other`` (same thresholds and options), e.g. another shard."""
+        same = (torch.equal(self.thresholds, other.thresholds) and self.multi_contour == other.multi_contour
+                and self.unclipped_area == other.unclipped_area)
+        if not same:
+            raise ValueError("MaxBoxAcc.merge needs the same thresholds, multi_contour and unclipped_area")
+        self.curves += other.curves
+
+    @property
+    def ious(self) -> Tensor:
+        """Every image's IoU curve so far, (N,T) float64 (NaN rows: images without gt boxes)."""
+        return torch.cat([self.thresholds.new_zeros(0, len(self.thresholds)), *self.curves])
+
+    def compute(self, iou_threshold: float = 0.5) -> float:
+        """MaxBoxAcc(δ) = max over τ of :func:`box_accuracy`, in percent 0-100; NaN without images."""
+        return float(box_accuracy(self.ious, iou_threshold).max())
