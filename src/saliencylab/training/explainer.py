@@ -20,7 +20,6 @@ from torch import Tensor, nn
 
 from saliencylab.models.explainer import LightExplainer, build_explainer
 from saliencylab.models.io import load_described_network, save_state_dict
-from saliencylab.training import presets
 from saliencylab.training.classifier import load_trained_classifier, multilabel_counts, multilabel_scores
 from saliencylab.training.losses import (ALTERNATIVES, LossWeights, aggregate_masks, alternative_image,
                                          explainer_loss, fcnn_loss, rt_saliency_loss)
@@ -217,18 +216,3 @@ def load_trained_explainer(out_dir: str | Path) -> tuple[nn.Module, dict]:
     return load_described_network(
         out_dir, "explainer", lambda d: build_explainer(d["arch"], int(d["num_classes"]), width=int(d["width"])),
         "fit_explainer")
-
-
-def preset_names() -> list[str]:
-    """Names of the presets in configs/explainer/."""
-    return presets.preset_names("explainer")
-
-
-def load_preset(name_or_path: str | Path) -> dict:
-    """A preset as a dict with sections ``data``, ``classifier`` and ``explainer``.
-
-    ``name_or_path``: a YAML file, or a preset name in configs/explainer/ (vgg16_voc, resnet50_voc,
-    vgg16_coco, resnet50_coco, synthetic). ``preset["explainer"]`` holds keyword arguments of
-    :func:`fit_explainer` (arch, variant, lr, loss weights, patience, ...).
-    """
-    return presets.read_preset(name_or_path, "explainer", ("data", "classifier", "explainer"))
