@@ -198,13 +198,30 @@ def test_train_explainer_command_fits_from_a_preset_on_a_voc_tree(splits, classi
               {"train": [s.image_id for s in splits["train"]], "val": [s.image_id for s in splits["val"]]})
     out = tmp_path / "explainer"
     command = ["train-explainer", "--classifier", str(classifier_dir), "--out", str(out), "--voc", str(root),
-               "--epochs", "1", "--image-size", "32", "--set", "width=4", "--set", "lr=0.002", "--no-progress",
+               "--epochs", "1", "--image-size", "32", "--set", "lr=0.002", "--no-progress",
                "--device", "cpu"]
     assert main(command) == 0
     description = json.loads((out / "explainer.json").read_text())
-    assert description["epochs"] == 1 and description["width"] == 4 and description["variant"] == "explainer"
+    assert description["epochs"] == 1 and description["variant"] == "explainer"
+    assert description["width"] == 4  # the classifier's: the synthetic preset starts from its weights
     assert description["hyper_parameters"]["lr"] == 0.002  # --set overrides the preset's 1e-2
     assert description["hyper_parameters"]["backbone_from_classifier"] is True  # the synthetic preset's setting
     assert "methods.build('explainer'" in capsys.readouterr().out
     assert main(["train-explainer", "--classifier", str(classifier_dir), "--out", str(out)]) == 2
     assert "exactly one data source" in capsys.readouterr().err
+    assert main([*command, "--set", "widht=4"]) == 2
+    assert "--set widht: not explainer settings; known: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("width", [16, 32])  # 32: fit_classifier's default
+def test_synthetic_preset_takes_the_width_of_the_classifier_it_starts_from(width, voc_datamodule, tmp_path):
+    torch.manual_seed(0)
+    classifier = build_classifier("small_cnn", len(CLASSES), class_names=CLASSES, width=width)
+    classifier_dir = save_classifier(classifier, tmp_path / "classifier", arch="small_cnn", width=width)
+    settings = {**presets.load("explainer", "synthetic")["explainer"], "max_epochs": 1}
+    module = fit_explainer(voc_datamodule, tmp_path / "explainer", classifier_dir=classifier_dir, progress=False,
+                           accelerator="cpu", **settings)
+    assert json.loads((tmp_path / "explainer" / "explainer.json").read_text())["width"] == width
+    assert module.explainer.features[0].out_channels == width
+    with pytest.raises(ValueError, match=f"width=8 but .* small_cnn of width {width}.* set width={width}"):
+        ExplainerModule(classifier_dir=str(classifier_dir), width=8, backbone_from_classifier=True)
