@@ -23,7 +23,7 @@ def _write(tmp_path: Path, preset: object) -> Path:
     return file
 
 
-def test_every_shipped_preset_loads():
+def test_every_shipped_preset_loads(tmp_path):
     for scheme in presets.FIT:
         assert presets.names(scheme)
         for name in presets.names(scheme):
@@ -31,6 +31,8 @@ def test_every_shipped_preset_loads():
             assert {"data", scheme} <= set(preset) <= {"data", "classifier", scheme}
     with pytest.raises(ValueError, match="unknown preset scheme 'classifer'; known schemes: explainer, masker"):
         presets.names("classifer")
+    with pytest.raises(ValueError, match="unknown preset scheme"):
+        presets.load("classifer", _write(tmp_path, GOOD))
 
 
 @pytest.mark.parametrize("preset,message", [

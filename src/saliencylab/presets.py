@@ -9,10 +9,13 @@ from __future__ import annotations
 import importlib
 import inspect
 from importlib.resources import files
-from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable  # Python >= 3.11; annotations only
 
 FIT = {"explainer": ("saliencylab.training.explainer", "fit_explainer", "ExplainerModule"),
        "masker": ("saliencylab.training.masker", "fit_masker", "MaskerModule")}
@@ -25,9 +28,15 @@ SECTIONS = {"data": ({"image_size", "batch_size"}, {"dataset"}), "classifier": (
 """Sections other than the training one: name -> (required keys, optional keys)."""
 
 
-def _scheme_dir(scheme: str) -> Traversable:
+def _fit(scheme: str) -> tuple[str, str, str]:
+    """FIT[scheme], or a ValueError naming the known schemes."""
     if scheme not in FIT:
         raise ValueError(f"unknown preset scheme {scheme!r}; known schemes: {', '.join(FIT)}")
+    return FIT[scheme]
+
+
+def _scheme_dir(scheme: str) -> Traversable:
+    _fit(scheme)
     return files("saliencylab") / "configs" / scheme
 
 
@@ -49,10 +58,10 @@ def path(scheme: str, name_or_path: str | Path) -> Traversable | Path:
 def keywords(scheme: str) -> set[str]:
     """Keys the training section of a ``scheme`` preset may hold: keyword parameters of its fit function
     and of the module it passes the others to, less RUNTIME (imports the training module, so Lightning)."""
-    module_name, fit_name, module_class = FIT[scheme]
+    module_name, fit_name, module_class = _fit(scheme)
     module = importlib.import_module(module_name)
     fit = inspect.signature(getattr(module, fit_name)).parameters.values()
-    init = list(inspect.signature(getattr(module, module_class)).parameters.values())
+    init = inspect.signature(getattr(module, module_class)).parameters.values()
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return ({p.name for p in fit if p.kind == inspect.Parameter.KEYWORD_ONLY}
             | {p.name for p in init if p.kind in named}) - RUNTIME
