@@ -6,7 +6,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from saliencylab import methods
+from saliencylab import methods, presets
 from saliencylab.data.coco import COCODataset, write_coco
 from saliencylab.data.module import InMemory, SaliencyDataModule
 from saliencylab.data.synthetic import CLASSES, SyntheticConfig, generate
@@ -14,8 +14,7 @@ from saliencylab.data.voc import VOCDataset, write_voc
 from saliencylab.models.explainer import build_explainer
 from saliencylab.models.zoo import build_classifier
 from saliencylab.training.classifier import load_trained_classifier, save_classifier
-from saliencylab.training.explainer import (ExplainerModule, fit_explainer, load_preset, load_trained_explainer,
-                                            preset_names)
+from saliencylab.training.explainer import ExplainerModule, fit_explainer, load_trained_explainer
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +79,7 @@ def test_explainer_networks_give_all_class_logits_at_input_resolution(tmp_path):
 
 @pytest.mark.parametrize("name", ["vgg16_voc", "resnet50_voc", "vgg16_coco", "resnet50_coco", "synthetic"])
 def test_presets_load_and_build_their_architectures(name):
-    preset = load_preset(name)
+    preset = presets.load("explainer", name)
     data, clf, exp = preset["data"], preset["classifier"], preset["explainer"]
     size = 64
     if name != "synthetic":
@@ -93,20 +92,18 @@ def test_presets_load_and_build_their_architectures(name):
         images = torch.empty(2, 3, size, size)
         assert explainer(images).shape == (2, clf["num_classes"], size, size)
         assert classifier.model(images).shape == (2, clf["num_classes"])
-    allowed = set(ExplainerModule.__init__.__code__.co_varnames) | {"patience", "min_delta", "seed", "max_epochs"}
-    assert set(exp) <= allowed
 
 
 def test_preset_values_follow_the_spec_table():
     table = {"vgg16_voc": (1e-5, 1.0, 1.0, 1.0, 0.1, 0.3), "resnet50_voc": (1e-4, 3.0, 1.0, 0.8, 0.01, 0.3),
              "vgg16_coco": (1e-5, 1.0, 0.3, 0.3, 0.03, 0.1), "resnet50_coco": (1e-5, 3.0, 0.05, 0.1, 0.01, 0.03)}
     for name, values in table.items():
-        exp = load_preset(name)["explainer"]
+        exp = presets.load("explainer", name)["explainer"]
         assert (exp["lr"], exp["entropy_weight"], exp["tv_weight"], exp["class_area_weight"],
                 exp["mask_area_weight"], exp["non_target_area_weight"]) == values
-    assert set(table) | {"synthetic"} <= set(preset_names())
+    assert set(table) | {"synthetic"} <= set(presets.names("explainer"))
     with pytest.raises(FileNotFoundError, match="known presets"):
-        load_preset("nowhere")
+        presets.load("explainer", "nowhere")
 
 
 def test_classifier_stays_frozen_in_eval_unless_asked(classifier_dir):
@@ -201,13 +198,30 @@ def test_train_explainer_command_fits_from_a_preset_on_a_voc_tree(splits, classi
               {"train": [s.image_id for s in splits["train"]], "val": [s.image_id for s in splits["val"]]})
     out = tmp_path / "explainer"
     command = ["train-explainer", "--classifier", str(classifier_dir), "--out", str(out), "--voc", str(root),
-               "--epochs", "1", "--image-size", "32", "--set", "width=4", "--set", "lr=0.002", "--no-progress",
+               "--epochs", "1", "--image-size", "32", "--set", "lr=0.002", "--no-progress",
                "--device", "cpu"]
     assert main(command) == 0
     description = json.loads((out / "explainer.json").read_text())
-    assert description["epochs"] == 1 and description["width"] == 4 and description["variant"] == "explainer"
+    assert description["epochs"] == 1 and description["variant"] == "explainer"
+    assert description["width"] == 4  # the classifier's: the synthetic preset starts from its weights
     assert description["hyper_parameters"]["lr"] == 0.002  # --set overrides the preset's 1e-2
     assert description["hyper_parameters"]["backbone_from_classifier"] is True  # the synthetic preset's setting
     assert "methods.build('explainer'" in capsys.readouterr().out
     assert main(["train-explainer", "--classifier", str(classifier_dir), "--out", str(out)]) == 2
     assert "exactly one data source" in capsys.readouterr().err
+    assert main([*command, "--set", "widht=4"]) == 2
+    assert "--set widht: not explainer settings; known: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("width", [16, 32])  # 32: fit_classifier's default
+def test_synthetic_preset_takes_the_width_of_the_classifier_it_starts_from(width, voc_datamodule, tmp_path):
+    torch.manual_seed(0)
+    classifier = build_classifier("small_cnn", len(CLASSES), class_names=CLASSES, width=width)
+    classifier_dir = save_classifier(classifier, tmp_path / "classifier", arch="small_cnn", width=width)
+    settings = {**presets.load("explainer", "synthetic")["explainer"], "max_epochs": 1}
+    module = fit_explainer(voc_datamodule, tmp_path / "explainer", classifier_dir=classifier_dir, progress=False,
+                           accelerator="cpu", **settings)
+    assert json.loads((tmp_path / "explainer" / "explainer.json").read_text())["width"] == width
+    assert module.explainer.features[0].out_channels == width
+    with pytest.raises(ValueError, match=f"width=8 but .* small_cnn of width {width}.* set width={width}"):
+        ExplainerModule(classifier_dir=str(classifier_dir), width=8, backbone_from_classifier=True)

@@ -92,11 +92,18 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _training_settings(preset: dict, section: str, args: argparse.Namespace,
-                       **choices: object) -> tuple[dict, int, int]:
-    """(settings, image size, batch size) of a preset: its ``section`` with --set, the ``choices`` that
-    are given (not None) and --epochs applied; --image-size / --batch-size over the preset's ``data``."""
-    settings = {**preset[section], **dict(args.set), **{k: v for k, v in choices.items() if v is not None}}
+def _training_settings(scheme: str, args: argparse.Namespace, **choices: object) -> tuple[dict, int, int]:
+    """(settings, image size, batch size) of the ``scheme`` preset --preset: its training section with
+    --set, the ``choices`` that are given (not None) and --epochs applied; --image-size / --batch-size
+    over the preset's ``data``."""
+    from saliencylab import presets
+
+    preset = presets.load(scheme, args.preset)
+    unknown = sorted(set(dict(args.set)) - presets.keywords(scheme))
+    if unknown:
+        raise ValueError(f"--set {', '.join(unknown)}: not {scheme} settings; known: "
+                         f"{', '.join(sorted(presets.keywords(scheme)))}")
+    settings = {**preset[scheme], **dict(args.set), **{k: v for k, v in choices.items() if v is not None}}
     if args.epochs is not None:
         settings["max_epochs"] = args.epochs
     return settings, args.image_size or preset["data"]["image_size"], args.batch_size or preset["data"]["batch_size"]
@@ -105,10 +112,10 @@ def _training_settings(preset: dict, section: str, args: argparse.Namespace,
 def _train_explainer(args: argparse.Namespace) -> int:
     from saliencylab.data.module import SaliencyDataModule
     from saliencylab.training.classifier import load_trained_classifier
-    from saliencylab.training.explainer import fit_explainer, load_preset
+    from saliencylab.training.explainer import fit_explainer
 
     _quiet_lightning()
-    settings, size, batch_size = _training_settings(load_preset(args.preset), "explainer", args, variant=args.variant)
+    settings, size, batch_size = _training_settings("explainer", args, variant=args.variant)
     classifier, _ = load_trained_classifier(args.classifier)
     if (args.voc is None) == (args.coco_train_json is None):
         raise ValueError("give exactly one data source: --voc ROOT, or --coco-train-json/--coco-train-images "
@@ -152,10 +159,10 @@ def _train_masker(args: argparse.Namespace) -> int:
     from saliencylab.data.imagenet import ImageNetDataset, examples_per_class, read_metadata, write_metadata
     from saliencylab.data.module import SaliencyDataModule
     from saliencylab.training.classifier import load_trained_classifier
-    from saliencylab.training.masker import fit_masker, load_masker_preset
+    from saliencylab.training.masker import fit_masker
 
     _quiet_lightning()
-    settings, size, batch_size = _training_settings(load_masker_preset(args.preset), "masker", args, mode=args.mode)
+    settings, size, batch_size = _training_settings("masker", args, mode=args.mode)
     _, description = load_trained_classifier(args.classifier)
     out = Path(args.out)
     train_json = Path(args.train_json)
@@ -403,6 +410,17 @@ def _methods(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _presets(args: argparse.Namespace) -> int:
+    from saliencylab import presets
+
+    if args.name is not None:
+        print(presets.path(args.scheme, args.name).read_text(), end="")
+        return 0
+    for scheme in [args.scheme] if args.scheme else presets.FIT:
+        print(f"{scheme}: {', '.join(presets.names(scheme))}")
+    return 0
+
+
 def _metrics(_args: argparse.Namespace) -> int:
     from saliencylab import metrics
 
@@ -629,6 +647,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("methods", help="list the attribution methods").set_defaults(run=_methods)
     commands.add_parser("metrics", help="list the metrics").set_defaults(run=_metrics)
+    shipped = commands.add_parser("presets", help="list the training presets, or print one (a YAML file to copy)")
+    shipped.add_argument("scheme", nargs="?", help="explainer or masker: list only this scheme's presets")
+    shipped.add_argument("name", nargs="?", help="print this preset")
+    shipped.set_defaults(run=_presets)
     return parser
 
 

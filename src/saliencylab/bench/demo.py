@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import saliencylab
-from saliencylab import methods, viz
+from saliencylab import methods, presets, viz
 from saliencylab.bench import report
 from saliencylab.bench.class_specific import class_specific_matrix
 from saliencylab.bench.masking import masking_section, wsol_data_config
@@ -27,7 +27,7 @@ from saliencylab.metrics import get as get_metric
 from saliencylab.models.classifier import Classifier
 from saliencylab.targets import from_multi_hot
 from saliencylab.training.classifier import fit_classifier, load_trained_classifier
-from saliencylab.training.explainer import fit_explainer, load_preset
+from saliencylab.training.explainer import fit_explainer
 from saliencylab.types import Batch, collate
 
 MIN_MICRO_F1 = 0.9
@@ -94,7 +94,7 @@ def prepare_classifier(out_dir: Path, config: SyntheticConfig, datamodule: Salie
 def prepare_explainers(out_dir: Path, config: SyntheticConfig, datamodule: SaliencyDataModule,
                        epochs: int | None, progress: bool) -> dict[str, str]:
     """Fit each TRAINED explainer against the demo classifier (preset ``synthetic``), or reuse it; name -> folder."""
-    preset = load_preset("synthetic")["explainer"]
+    preset = presets.load("explainer", "synthetic")["explainer"]
     folders = {}
     for variant in TRAINED:
         folder = out_dir / variant

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from saliencylab import methods, viz
+from saliencylab import methods, presets, viz
 from saliencylab.bench import report, sanity, wsol
 from saliencylab.data.imagenet import ImageNetDataset, write_synthetic_imagenet
 from saliencylab.data.module import InMemory, SaliencyDataModule
@@ -36,7 +36,7 @@ from saliencylab.maps import normalize_minmax
 from saliencylab.metrics.wsol import baseline, inclusive_to_half_open, predicted_boxes
 from saliencylab.models.classifier import Classifier
 from saliencylab.training.classifier import load_trained_classifier
-from saliencylab.training.masker import fit_masker, load_masker_preset, load_trained_masker
+from saliencylab.training.masker import fit_masker, load_trained_masker
 from saliencylab.types import Batch, collate
 
 MASKERS = {
@@ -69,7 +69,7 @@ def prepare_masker(name: str, folder: Path, metadata: Path, classifier_dir: Path
                    progress: bool) -> dict:
     """Train masker ``name`` of :data:`MASKERS` (or reuse it when trained with the same stamp); its description."""
     preset_name, labels, seed_offset = MASKERS[name]
-    preset = load_masker_preset(preset_name)
+    preset = presets.load("masker", preset_name)
     settings = {**preset["masker"], "max_epochs": epochs}
     settings["seed"] += seed_offset
     stamp = {"data": data, "labels": labels, "preset": preset_name, "settings": settings}

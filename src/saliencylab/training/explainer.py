@@ -20,7 +20,6 @@ from torch import Tensor, nn
 
 from saliencylab.models.explainer import LightExplainer, build_explainer
 from saliencylab.models.io import load_described_network, save_state_dict
-from saliencylab.training import presets
 from saliencylab.training.classifier import load_trained_classifier, multilabel_counts, multilabel_scores
 from saliencylab.training.losses import (ALTERNATIVES, LossWeights, aggregate_masks, alternative_image,
                                          explainer_loss, fcnn_loss, rt_saliency_loss)
@@ -41,7 +40,8 @@ class ExplainerModule(StagedModule):
     classifier's. ``mean``/``std``: normalisation for "fcnn" (default ImageNet's); the other
     variants always use the classifier's. ``backbone_from_classifier``: the light explainer's encoder
     starts from the explained small_cnn's feature weights (as the paper's starts from ImageNet
-    weights; ``backbone_weights`` names any other file). Loss weights: see :class:`LossWeights` (spec defaults);
+    weights; ``backbone_weights`` names any other file) and ``width`` defaults to the classifier's
+    (else to 16). Loss weights: see :class:`LossWeights` (spec defaults);
     RT-saliency: ``rt_area_weight`` (λ_area, 1.0), ``rt_alternative`` ("random" per batch, "blur",
     "color") and ``color_noise_mean_bug``. Metrics: micro F1 of the masked-in ("explainer"),
     preserved ("rt_saliency") or student ("fcnn") logits at logit >= -1 (spec §2).
@@ -50,10 +50,11 @@ class ExplainerModule(StagedModule):
     def __init__(self, arch: str = "light", num_classes: int | None = None, classifier_dir: str | None = None,
                  variant: str = "explainer", lr: float = 1e-5, entropy_weight: float = 1.0, tv_weight: float = 1.0,
                  class_area_weight: float = 1.0, mask_area_weight: float = 0.1, non_target_area_weight: float = 0.3,
-                 min_area: float = 0.05, max_area: float = 0.3, classifier_train_mode: bool = False, width: int = 16,
-                 backbone_weights: str | None = None, rt_area_weight: float = 1.0, rt_alternative: str = "random",
-                 color_noise_mean_bug: bool = False, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, backbone_from_classifier: bool = False, seed: int = 42) -> None:
+                 min_area: float = 0.05, max_area: float = 0.3, classifier_train_mode: bool = False,
+                 width: int | None = None, backbone_weights: str | None = None, rt_area_weight: float = 1.0,
+                 rt_alternative: str = "random", color_noise_mean_bug: bool = False,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 backbone_from_classifier: bool = False, seed: int = 42) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -63,6 +64,7 @@ class ExplainerModule(StagedModule):
             classifier_dir = str(classifier_dir)
         self.save_hyperparameters()
         self.classifier: nn.Module | None = None
+        classifier_width = None
         if variant == "fcnn":
             mean, std = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)
             if num_classes is None:
@@ -76,6 +78,7 @@ class ExplainerModule(StagedModule):
             classifier.requires_grad_(False)
             self.classifier = classifier
             self.class_names = description.get("class_names") or None
+            classifier_width = description.get("width")
             mean, std = tuple(classifier.mean.tolist()), tuple(classifier.std.tolist())
             if num_classes is None:
                 num_classes = int(description["num_classes"])
@@ -89,6 +92,14 @@ class ExplainerModule(StagedModule):
         if backbone_from_classifier and (self.classifier is None or backbone_weights is not None):
             raise ValueError("backbone_from_classifier=True starts the explainer's encoder from the explained "
                              "classifier's weights: it needs classifier_dir and no backbone_weights")
+        if backbone_from_classifier and width is None:
+            width = classifier_width
+        elif backbone_from_classifier and width != classifier_width:
+            raise ValueError(f"width={width} but the classifier in {classifier_dir} is a small_cnn of width "
+                             f"{classifier_width}, whose weights backbone_from_classifier copies: leave width "
+                             f"unset (or set width={classifier_width})")
+        width = 16 if width is None else int(width)
+        self.hparams["width"] = width
         self.explainer = build_explainer(arch, self.num_classes, backbone_weights=backbone_weights, width=width)
         if backbone_from_classifier:
             if not isinstance(self.explainer, LightExplainer):
@@ -217,18 +228,3 @@ def load_trained_explainer(out_dir: str | Path) -> tuple[nn.Module, dict]:
     return load_described_network(
         out_dir, "explainer", lambda d: build_explainer(d["arch"], int(d["num_classes"]), width=int(d["width"])),
         "fit_explainer")
-
-
-def preset_names() -> list[str]:
-    """Names of the presets in configs/explainer/."""
-    return presets.preset_names("explainer")
-
-
-def load_preset(name_or_path: str | Path) -> dict:
-    """A preset as a dict with sections ``data``, ``classifier`` and ``explainer``.
-
-    ``name_or_path``: a YAML file, or a preset name in configs/explainer/ (vgg16_voc, resnet50_voc,
-    vgg16_coco, resnet50_coco, synthetic). ``preset["explainer"]`` holds keyword arguments of
-    :func:`fit_explainer` (arch, variant, lr, loss weights, patience, ...).
-    """
-    return presets.read_preset(name_or_path, "explainer", ("data", "classifier", "explainer"))

@@ -37,7 +37,6 @@ from torch import Tensor, nn
 
 from saliencylab.models.io import load_described_network, save_state_dict
 from saliencylab.models.masker import Masker, classifier_features, default_layers, layer_channels
-from saliencylab.training import presets
 from saliencylab.training.classifier import load_trained_classifier, save_classifier
 from saliencylab.training.infill import SIDES, build_infiller
 from saliencylab.types import Batch
@@ -386,16 +385,3 @@ def load_trained_masker(out_dir: str | Path) -> tuple[Masker, dict]:
     ``description["classifier_dir"]`` (the co-trained one for CA: ``out_dir`` itself).
     """
     return load_described_network(out_dir, "masker", lambda d: Masker(**d["masker"]), "fit_masker")
-
-
-def masker_preset_names() -> list[str]:
-    """Names of the presets in configs/masker/."""
-    return presets.preset_names("masker")
-
-
-def load_masker_preset(name_or_path: str | Path) -> dict:
-    """A preset as a dict with sections ``data``, ``classifier`` and ``masker`` (keyword arguments of fit_masker).
-
-    ``name_or_path``: a YAML file, or a name in configs/masker/ (fix, ca, synthetic_fix, synthetic_ca).
-    """
-    return presets.read_preset(name_or_path, "masker", ("data", "classifier", "masker"))
