@@ -143,3 +143,19 @@ def test_stochastic_pointing_game_is_seeded_by_the_inputs():
     torch.testing.assert_close(run[0], run[1])
     expected = F.stochastic_pointing_game(maps, torch.ones(2, 1, 16, 16, dtype=torch.bool), tolerance=1, seed=3)
     torch.testing.assert_close(run[0], expected)
+
+
+def test_max_box_acc_rows_reduce_to_the_dataset_value():
+    batch = Batch(images=torch.zeros(2, 3, 10, 10), labels=torch.tensor([[1.0, 0.0], [1.0, 0.0]]),
+                  boxes=[torch.tensor([[2.0, 2.0, 5.0, 5.0]])] * 2, box_labels=[torch.tensor([0])] * 2,
+                  difficult=[torch.tensor([False])] * 2, segmentation=None, image_ids=["hit", "miss"])
+    maps = torch.zeros(2, 1, 10, 10)
+    maps[0, 0, 2:6, 2:6] = 1.0  # the box itself: IoU 1 at every threshold
+    maps[1, 0, 7:9, 7:9] = 1.0  # a blob elsewhere: IoU 0
+    maps[1, 0, 2:6, 2:4] = 0.5  # plus half the box at half strength: IoU 0.5 below τ = 0.5
+    inputs = MetricInputs(maps, torch.tensor([[0], [0]]), batch, maps_are_masks=True)
+    v1, v2 = (metrics.get(name) for name in ("max_box_acc", "max_box_acc_v2"))
+    # v1 takes the largest component: image 2's half box (8 px) beats the blob (4 px) while τ < 0.5
+    assert v1.reduce(v1.fn(inputs), inputs.targets) == pytest.approx(100.0)
+    # v2: every component is a candidate; IoU 0.5 passes δ 0.3 and 0.5, not 0.7 -> (100 + 100 + 50) / 3
+    assert v2.reduce(v2.fn(inputs), inputs.targets) == pytest.approx(250 / 3)

@@ -230,7 +230,7 @@ def _score_batch(path: Path, row: Row, built: dict, name: str, classifier: Class
     seconds = time.perf_counter() - start
     inputs = MetricInputs(maps, targets, batch, classifier, maps_are_masks=masks, seed=seed + first,
                           options={**options, "reference": reference})
-    scores = {m: metrics.get(m).fn(inputs).detach().float().cpu().tolist() for m in metric_names}
+    scores = {m: metrics.get(m).fn(inputs).detach().double().cpu().tolist() for m in metric_names}
     write_atomic(path, json.dumps({"images": batch.image_ids, "first": first, "targets": targets.cpu().tolist(),
                                    "seconds": seconds, "scores": scores}))
 

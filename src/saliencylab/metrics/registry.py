@@ -348,3 +348,28 @@ for _name, _fn, _description in [
     ("mask_tv", wsol.mask_tv, "WSOL: mean squared neighbour differences of the mask"),
 ]:
     _mask_statistic(_name, _fn, _description)
+
+
+def reduce_max_box_acc(scores: Tensor, _targets: Tensor) -> float:
+    """MaxBoxAcc in percent: the best threshold's share of images whose box has IoU >= 0.5."""
+    return float(wsol.box_accuracy(scores, 0.5).max())
+
+
+def reduce_max_box_acc_v2(scores: Tensor, _targets: Tensor) -> float:
+    """MaxBoxAccV2 in percent: MaxBoxAcc at IoU 0.3, 0.5 and 0.7 (each its own best threshold), averaged."""
+    return sum(float(wsol.box_accuracy(scores, delta).max()) for delta in wsol.IOU_THRESHOLDS_V2) / 3
+
+
+@register("max_box_acc", higher_is_better=True, needs={"boxes", "single_label"}, per="dataset",
+          reduce=reduce_max_box_acc,
+          description="MaxBoxAcc (Choe et al. 2020): best box accuracy at IoU 0.5 over mask thresholds, largest component")
+def _max_box_acc(inputs: MetricInputs) -> Tensor:
+    return wsol.box_iou_curve(inputs.wsol_mask, inputs.gt_boxes, unclipped_area=inputs.unclipped_area)
+
+
+@register("max_box_acc_v2", higher_is_better=True, needs={"boxes", "single_label"}, per="dataset",
+          reduce=reduce_max_box_acc_v2,
+          description="MaxBoxAccV2 (Choe et al. 2020): MaxBoxAcc at IoU 0.3/0.5/0.7 averaged, every component a candidate")
+def _max_box_acc_v2(inputs: MetricInputs) -> Tensor:
+    return wsol.box_iou_curve(inputs.wsol_mask, inputs.gt_boxes, multi_contour=True,
+                              unclipped_area=inputs.unclipped_area)
