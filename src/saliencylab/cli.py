@@ -69,7 +69,7 @@ def _setting(text: str) -> tuple[str, object]:
 def _explain(args: argparse.Namespace) -> int:
     from saliencylab.bench.export import explain_to_disk
     from saliencylab.data import COCODataset, ImageFolder, Resize, VOCDataset
-    from saliencylab.training.classifier import load_trained_classifier
+    from saliencylab.models.load import load_trained_classifier
 
     _check_methods([args.method])
     classifier, description = load_trained_classifier(args.classifier)
@@ -104,7 +104,7 @@ def _training_settings(preset: dict, section: str, args: argparse.Namespace,
 
 def _train_explainer(args: argparse.Namespace) -> int:
     from saliencylab.data.module import SaliencyDataModule
-    from saliencylab.training.classifier import load_trained_classifier
+    from saliencylab.models.load import load_trained_classifier
     from saliencylab.training.explainer import fit_explainer, load_preset
 
     _quiet_lightning()
@@ -151,7 +151,7 @@ def _train_masker(args: argparse.Namespace) -> int:
 
     from saliencylab.data.imagenet import ImageNetDataset, examples_per_class, read_metadata, write_metadata
     from saliencylab.data.module import SaliencyDataModule
-    from saliencylab.training.classifier import load_trained_classifier
+    from saliencylab.models.load import load_trained_classifier
     from saliencylab.training.masker import fit_masker, load_masker_preset
 
     _quiet_lightning()
@@ -186,7 +186,7 @@ def _randomisable_masker(settings: dict[str, object], classifier_dir: str) -> di
     ``--classifier`` the checkpoint folder itself, the loaded masker is passed as ``masker=`` so it
     reads the classifier being randomised. FIX checkpoints and other settings are returned as given.
     """
-    from saliencylab.training.masker import load_trained_masker
+    from saliencylab.models.masker import load_trained_masker
 
     checkpoint = settings.get("checkpoint")
     if checkpoint is None:
@@ -212,7 +212,7 @@ def _sanity(args: argparse.Namespace) -> int:
     from saliencylab.data.imagenet import ImageNetDataset
     from saliencylab.maps import normalize_minmax
     from saliencylab.models.classifier import Classifier
-    from saliencylab.training.classifier import load_trained_classifier
+    from saliencylab.models.load import load_trained_classifier
 
     _check_methods([args.method])
     if args.images < 1:
@@ -284,7 +284,7 @@ def _wsol(args: argparse.Namespace) -> int:
     from saliencylab.bench.wsol import evaluate_wsol, evaluate_wsol_baseline, method_explain, pxap, wsol_table
     from saliencylab.data.imagenet import ImageNetDataset
     from saliencylab.data.openimages import OpenImagesDataset
-    from saliencylab.training.classifier import load_trained_classifier
+    from saliencylab.models.load import load_trained_classifier
     from saliencylab.types import collate
 
     _check_methods(args.methods)

@@ -1,7 +1,6 @@
 """Train the classifier to be explained (multi-label, BCE; spec 000 §3)."""
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch import Tensor, nn
 
 from saliencylab.models.classifier import Classifier
-from saliencylab.models.io import save_state_dict
+from saliencylab.models.load import save_classifier
 from saliencylab.models.zoo import build_classifier
 from saliencylab.training.staged import StagedModule
 from saliencylab.types import Batch
@@ -115,28 +114,3 @@ def fit_classifier(datamodule: L.LightningDataModule, out_dir: str | Path, *, ar
     scores = {k.removeprefix("test_"): float(v) for k, v in result.items() if k != "test_loss"}
     save_classifier(best.classifier, out_dir, arch=arch, width=width, test=scores, epochs=trainer.current_epoch)
     return best.classifier.eval(), scores
-
-
-def save_classifier(classifier: Classifier, out_dir: str | Path, *, arch: str, width: int = 32,
-                    **extra: object) -> Path:
-    """Write ``classifier.safetensors`` and ``classifier.json`` (arch, classes, ``extra``) for load_trained_classifier."""
-    out_dir = Path(out_dir)
-    save_state_dict(classifier.model.state_dict(), out_dir / "classifier.safetensors")
-    class_names = list(classifier.class_names or [])
-    num_classes = len(class_names) if class_names else int(extra.pop("num_classes"))
-    description = {"arch": arch, "num_classes": num_classes, "class_names": class_names, "width": width, **extra}
-    (out_dir / "classifier.json").write_text(json.dumps(description, indent=2))
-    return out_dir
-
-
-def load_trained_classifier(out_dir: str | Path) -> tuple[Classifier, dict]:
-    """Rebuild the classifier written by :func:`fit_classifier` from ``out_dir``; returns it and its description."""
-    out_dir = Path(out_dir)
-    description_file = out_dir / "classifier.json"
-    if not description_file.is_file():
-        raise FileNotFoundError(f"{description_file} not found: train a classifier with fit_classifier first")
-    description = json.loads(description_file.read_text())
-    classifier = build_classifier(description["arch"], description["num_classes"],
-                                  class_names=description["class_names"] or None, width=description["width"],
-                                  weights=out_dir / "classifier.safetensors")
-    return classifier.eval(), description
