@@ -115,23 +115,20 @@ def _training_datamodule(args: argparse.Namespace, size: int, batch_size: int,
     from saliencylab.data.imagenet import ImageNetDataset
     from saliencylab.data.module import SaliencyDataModule
 
-    train_json = getattr(args, "train_json", None)
-    if sum(source is not None for source in (args.voc, args.coco_train_json, train_json)) != 1:
-        imagenet = ", or --train-json/--val-json (ImageNet format)" if hasattr(args, "train_json") else ""
-        raise ValueError("give exactly one data source: --voc ROOT, or --coco-train-json/--coco-train-images "
-                         f"with --coco-val-json/--coco-val-images{imagenet}")
-    test_split = getattr(args, "test_split", "none")
+    if sum(source is not None for source in (args.voc, args.coco_train_json, args.train_json)) != 1:
+        raise ValueError("give exactly one data source: --voc ROOT, or --coco-train-json/--coco-train-images with "
+                         "--coco-val-json/--coco-val-images (train-classifier: or --train-json with --val-json)")
     if args.voc is not None:
+        test_split = None if args.test_split in (None, "none") else args.test_split
         return SaliencyDataModule.from_voc(args.voc, size, batch_size, class_names, train_split=args.train_split,
-                                           val_split=args.val_split, test_split=None if test_split == "none" else test_split)
+                                           val_split=args.val_split, test_split=test_split)
     if args.coco_train_json is not None:
         return SaliencyDataModule.from_coco(args.coco_train_images, args.coco_train_json, args.coco_val_images,
-                                            args.coco_val_json, getattr(args, "coco_test_images", None),
-                                            getattr(args, "coco_test_json", None), image_size=size,
-                                            batch_size=batch_size)
+                                            args.coco_val_json, args.coco_test_images, args.coco_test_json,
+                                            image_size=size, batch_size=batch_size)
     if args.val_json is None:
         raise ValueError("--train-json needs --val-json: early stopping watches the validation loss")
-    return SaliencyDataModule(ImageNetDataset(train_json, size=size), ImageNetDataset(args.val_json, size=size),
+    return SaliencyDataModule(ImageNetDataset(args.train_json, size=size), ImageNetDataset(args.val_json, size=size),
                               batch_size=batch_size)
 
 
@@ -147,7 +144,8 @@ def _train_classifier(args: argparse.Namespace) -> int:
     names = read_class_names(args.class_names) if args.class_names else preset["data"].get("class_names", VOC_CLASSES)
     datamodule = _training_datamodule(args, size, batch_size, names)
     class_names = list(datamodule.train.class_names)
-    data = {"source": args.voc or args.coco_train_json or args.train_json, "image_size": size, "batch_size": batch_size}
+    data = {"source": args.voc or args.coco_train_json or args.train_json, "image_size": size,
+            "batch_size": batch_size}
     _, scores = fit_classifier(datamodule, args.out, num_classes=len(class_names), class_names=class_names,
                                accelerator=args.device, progress=not args.no_progress, data=data, **settings)
     shown = "  ".join(f"{k} {v:.4f}" for k, v in scores.items()) or "no test set"
@@ -249,8 +247,8 @@ def _train_masker(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.train_json} has {train.num_classes} classes but the classifier "
                          f"{description['source']} has {description['num_classes']}")
     datamodule = SaliencyDataModule(train, val, batch_size=batch_size, num_workers=args.workers)
-    module = fit_masker(datamodule, out, classifier_dir=_classifier_dir(args, classifier, description), accelerator=args.device,
-                        progress=not args.no_progress, **settings)
+    module = fit_masker(datamodule, out, classifier_dir=_classifier_dir(args, classifier, description),
+                        accelerator=args.device, progress=not args.no_progress, **settings)
     print(f"trained a {module.hparams.mode} masker on {len(train)} images; wrote {out / 'masker.safetensors'} "
           f"and masker.json{' (and its co-trained classifier)' if module.hparams.mode == 'ca' else ''}; use it as "
           f"methods.build('masker', classifier, checkpoint={str(out)!r})")
@@ -427,17 +425,23 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _add_training_data_options(parser: argparse.ArgumentParser, test: bool = False) -> None:
-    """--voc ROOT with its splits, or --coco-<stage>-json/-images pairs (train, val and, with ``test``, test)."""
+def _add_training_data_options(parser: argparse.ArgumentParser, classifier: bool = False) -> None:
+    """--voc ROOT with its splits, or --coco-<stage>-json/-images pairs of train and val; with ``classifier``
+    also a test split / test pair and ImageNet-format --train-json/--val-json (absent ones default to None)."""
     parser.add_argument("--voc", help="VOC root (folder with VOCdevkit, VOCdevkit, or VOC2007)")
     parser.add_argument("--train-split", default="train", help="VOC training split (default train)")
     parser.add_argument("--val-split", default="val", help="VOC validation split for early stopping (default val)")
-    if test:
-        parser.add_argument("--test-split", default="test", help="VOC split scored after training (default test; "
-                                                                 "none: no test)")
-    for stage, words in (("train", "training"), ("val", "validation"), ("test", "test"))[:3 if test else 2]:
+    stages = (("train", "training"), ("val", "validation"), ("test", "test"))
+    for stage, words in stages if classifier else stages[:2]:
         parser.add_argument(f"--coco-{stage}-json", help=f"COCO instances JSON of the {words} images")
         parser.add_argument(f"--coco-{stage}-images", help=f"folder of the {words} images")
+    if not classifier:
+        parser.set_defaults(test_split=None, coco_test_json=None, coco_test_images=None, train_json=None, val_json=None)
+        return
+    parser.add_argument("--test-split", default="test", help="VOC split scored after training (default test; "
+                                                             "none: no test)")
+    parser.add_argument("--train-json", metavar="FILE", help="ImageNet-format metadata JSON of the training images")
+    parser.add_argument("--val-json", metavar="FILE", help="ImageNet-format metadata JSON of the validation images")
 
 
 def _add_classifier_options(parser: argparse.ArgumentParser) -> None:
@@ -465,7 +469,8 @@ def _add_classifier_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_evaluation_options(parser: argparse.ArgumentParser, size_note: str = "") -> None:
-    """The classifier options, --val-json, --image-size and --device of the commands that explain ImageNet-format images."""
+    """The classifier options, --val-json, --image-size and --device of the commands that explain
+    ImageNet-format images."""
     _add_classifier_options(parser)
     parser.add_argument("--val-json", required=True, metavar="FILE", help="metadata JSON of the images (e.g. META/val.json)")
     parser.add_argument("--image-size", type=int, metavar="S",
@@ -538,9 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output folder: classifier.safetensors, classifier.json, checkpoints/")
     fit.add_argument("--preset", default="synthetic", metavar="NAME",
                      help="synthetic (default), vgg16_voc, resnet50_voc, or a YAML file")
-    _add_training_data_options(fit, test=True)
-    fit.add_argument("--train-json", metavar="FILE", help="ImageNet-format metadata JSON of the training images")
-    fit.add_argument("--val-json", metavar="FILE", help="ImageNet-format metadata JSON of the validation images")
+    _add_training_data_options(fit, classifier=True)
     fit.add_argument("--class-names", metavar="FILE",
                      help="VOC class names, one a line or a JSON list (default: the preset's, else VOC's 20)")
     fit.add_argument("--backbone-weights", metavar="FILE",

@@ -1,4 +1,4 @@
-"""Any classifier as a :class:`Classifier`: a classifier folder, or ``torchvision:NAME`` / ``timm:NAME`` + a weights file.
+"""Any classifier as a :class:`Classifier`: a classifier folder, or ``torchvision:NAME`` / ``timm:NAME`` + weights.
 
 A classifier folder holds ``classifier.json`` (how to rebuild the model) and ``classifier.safetensors``
 (its weights), as :func:`save_classifier` writes them. Nothing is downloaded: torchvision and timm
@@ -44,7 +44,8 @@ def save_classifier(classifier: Classifier, out_dir: str | Path, *, arch: str, w
 
 
 def load_trained_classifier(out_dir: str | Path) -> tuple[Classifier, dict]:
-    """Rebuild the classifier written by :func:`save_classifier` from ``out_dir``; returns it (eval mode) and its description."""
+    """Rebuild the classifier that :func:`save_classifier` wrote to ``out_dir``; returns it (eval mode) and its
+    description."""
     out_dir = Path(out_dir)
     description_file = out_dir / "classifier.json"
     if not description_file.is_file():
