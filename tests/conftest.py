@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from saliencylab.data.synthetic import CLASSES
+from saliencylab.models.load import save_classifier
 from saliencylab.models.zoo import build_classifier
-from saliencylab.training.classifier import save_classifier
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from saliencylab import build_classifier
 from saliencylab.bench.export import explain_to_disk, load_maps
 from saliencylab.data import ImageFolder, VOCDataset
 from saliencylab.data.synthetic import CLASSES, SyntheticConfig, write_synthetic
-from saliencylab.training.classifier import save_classifier
+from saliencylab.models.load import save_classifier
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_explain_survives_a_hard_kill_and_completes_on_rerun(project):
 
 
 def test_explain_refuses_to_mix_settings_and_needs_labels_or_predictions(project, tmp_path):
-    from saliencylab.training.classifier import load_trained_classifier
+    from saliencylab.models.load import load_trained_classifier
 
     classifier, _ = load_trained_classifier(project / "classifier")
     dataset = VOCDataset(project / "data" / "voc", "test", CLASSES)

@@ -11,10 +11,10 @@ from saliencylab.data.coco import COCODataset, write_coco
 from saliencylab.data.module import InMemory, SaliencyDataModule
 from saliencylab.data.synthetic import CLASSES, SyntheticConfig, generate
 from saliencylab.data.voc import VOCDataset, write_voc
-from saliencylab.models.explainer import build_explainer
+from saliencylab.models.explainer import build_explainer, load_trained_explainer
+from saliencylab.models.load import load_trained_classifier, save_classifier
 from saliencylab.models.zoo import build_classifier
-from saliencylab.training.classifier import load_trained_classifier, save_classifier
-from saliencylab.training.explainer import ExplainerModule, fit_explainer, load_trained_explainer
+from saliencylab.training.explainer import ExplainerModule, fit_explainer
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,14 @@ from saliencylab import methods, presets
 from saliencylab.data.imagenet import ImageNetDataset, write_synthetic_imagenet
 from saliencylab.data.module import InMemory, SaliencyDataModule
 from saliencylab.data.synthetic import CLASSES, SyntheticConfig, generate
-from saliencylab.models.masker import Masker, classifier_features, default_layers, layer_channels
+from saliencylab.models.load import load_trained_classifier, save_classifier
+from saliencylab.models.masker import (Masker, classifier_features, default_layers, layer_channels,
+                                      load_trained_masker)
 from saliencylab.models.zoo import build_classifier
-from saliencylab.training.classifier import load_trained_classifier, save_classifier
 from saliencylab.training.infill import build_infiller
 from saliencylab.training.losses import gaussian_blur
-from saliencylab.training.masker import (MaskerModule, SnapshotPool, epoch_batches, fit_masker, load_trained_masker,
-                                         lr_factor, masker_loss, masker_tv, single_labels)
+from saliencylab.training.masker import (MaskerModule, SnapshotPool, epoch_batches, fit_masker, lr_factor, masker_loss,
+                                         masker_tv, single_labels)
 
 LAYERS = ["features.13", "features"]  # the small CNN's stride-4 and stride-8 stages
 

@@ -29,7 +29,7 @@ def test_every_shipped_preset_loads(tmp_path):
         for name in presets.names(scheme):
             preset = presets.load(scheme, name)
             assert {"data", scheme} <= set(preset) <= {"data", "classifier", scheme}
-    with pytest.raises(ValueError, match="unknown preset scheme 'classifer'; known schemes: explainer, masker"):
+    with pytest.raises(ValueError, match="unknown preset scheme 'classifer'; known schemes: classifier, explainer, masker"):
         presets.names("classifer")
     with pytest.raises(ValueError, match="unknown preset scheme"):
         presets.load("classifer", _write(tmp_path, GOOD))
@@ -39,7 +39,7 @@ def test_every_shipped_preset_loads(tmp_path):
     ({**GOOD, "notes": {"a": 1}}, r"unknown section\(s\) notes; known sections: classifier, data, explainer"),
     ({"explainer": GOOD["explainer"]}, r"missing section\(s\) data"),
     ({**GOOD, "data": {"image_size": 32, "batch_size": 4, "augment": True}},
-     r"section 'data': unknown key\(s\) augment; known keys: batch_size, dataset, image_size"),
+     r"section 'data': unknown key\(s\) augment; known keys: batch_size, class_names, dataset, image_size"),
     ({**GOOD, "data": {"image_size": 32}}, r"section 'data': missing key\(s\) batch_size"),
     ({**GOOD, "explainer": {"entropy_wieght": 1.0}}, r"section 'explainer': unknown key\(s\) entropy_wieght; .*tv_weight"),
     ({**GOOD, "explainer": {"accelerator": "cpu"}}, r"unknown key\(s\) accelerator"),  # the caller's, not a setting

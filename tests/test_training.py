@@ -6,8 +6,8 @@ import torch
 
 from saliencylab.data.module import SaliencyDataModule
 from saliencylab.data.synthetic import CLASSES, SyntheticConfig, generate
-from saliencylab.training.classifier import (fit_classifier, load_trained_classifier, multilabel_counts,
-                                             multilabel_scores)
+from saliencylab.models.load import load_trained_classifier
+from saliencylab.training.classifier import fit_classifier, multilabel_counts, multilabel_scores
 
 
 def test_micro_metrics_by_hand():

@@ -5,7 +5,13 @@ import argparse
 import logging
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from saliencylab.data.module import SaliencyDataModule
+    from saliencylab.models.classifier import Classifier
 
 
 def _quiet_lightning() -> None:
@@ -69,10 +75,9 @@ def _setting(text: str) -> tuple[str, object]:
 def _explain(args: argparse.Namespace) -> int:
     from saliencylab.bench.export import explain_to_disk
     from saliencylab.data import COCODataset, ImageFolder, Resize, VOCDataset
-    from saliencylab.training.classifier import load_trained_classifier
 
     _check_methods([args.method])
-    classifier, description = load_trained_classifier(args.classifier)
+    classifier, description = _load_classifier(args)
     resize = Resize(_classifier_size(args, description))
     sources = [args.voc, args.coco_json, args.images]
     if sum(source is not None for source in sources) != 1:
@@ -85,8 +90,9 @@ def _explain(args: argparse.Namespace) -> int:
         dataset = COCODataset(args.coco_images, args.coco_json, transform=resize)
     else:
         dataset = ImageFolder(args.images, classifier.class_names, transform=resize)
+    targets = args.targets or ("top1" if args.images is not None else "labels")
     manifest = explain_to_disk(args.method, classifier, dataset, args.out, hyperparameters=dict(args.set),
-                               targets=args.targets, batch_size=args.batch_size, device=args.device,
+                               targets=targets, batch_size=args.batch_size, device=args.device,
                                progress=not args.no_progress)
     print(f"{len(manifest['images'])} images explained in {args.out} (manifest.json, maps/*.npz)")
     return 0
@@ -109,25 +115,61 @@ def _training_settings(scheme: str, args: argparse.Namespace, **choices: object)
     return settings, args.image_size or preset["data"]["image_size"], args.batch_size or preset["data"]["batch_size"]
 
 
-def _train_explainer(args: argparse.Namespace) -> int:
+def _training_datamodule(args: argparse.Namespace, size: int, batch_size: int,
+                         class_names: Sequence[str]) -> SaliencyDataModule:
+    """The data of a training command: --voc ROOT (classes ``class_names``) with its splits, the --coco-*
+    JSON/folder pairs, or (train-classifier) ImageNet-format --train-json/--val-json; images resized to ``size``."""
+    from saliencylab.data.imagenet import ImageNetDataset
     from saliencylab.data.module import SaliencyDataModule
-    from saliencylab.training.classifier import load_trained_classifier
+
+    if sum(source is not None for source in (args.voc, args.coco_train_json, args.train_json)) != 1:
+        raise ValueError("give exactly one data source: --voc ROOT, or --coco-train-json/--coco-train-images with "
+                         "--coco-val-json/--coco-val-images (train-classifier: or --train-json with --val-json)")
+    if args.voc is not None:
+        test_split = None if args.test_split in (None, "none") else args.test_split
+        return SaliencyDataModule.from_voc(args.voc, size, batch_size, class_names, train_split=args.train_split,
+                                           val_split=args.val_split, test_split=test_split)
+    if args.coco_train_json is not None:
+        return SaliencyDataModule.from_coco(args.coco_train_images, args.coco_train_json, args.coco_val_images,
+                                            args.coco_val_json, args.coco_test_images, args.coco_test_json,
+                                            image_size=size, batch_size=batch_size)
+    if args.val_json is None:
+        raise ValueError("--train-json needs --val-json: early stopping watches the validation loss")
+    return SaliencyDataModule(ImageNetDataset(args.train_json, size=size), ImageNetDataset(args.val_json, size=size),
+                              batch_size=batch_size)
+
+
+def _train_classifier(args: argparse.Namespace) -> int:
+    from saliencylab.data.voc import VOC_CLASSES
+    from saliencylab.models.load import read_class_names
+    from saliencylab import presets
+    from saliencylab.training.classifier import fit_classifier
+
+    _quiet_lightning()
+    settings, size, batch_size = _training_settings("classifier", args, backbone_weights=args.backbone_weights)
+    preset = presets.load("classifier", args.preset)
+    names = read_class_names(args.class_names) if args.class_names else preset["data"].get("class_names", VOC_CLASSES)
+    datamodule = _training_datamodule(args, size, batch_size, names)
+    class_names = list(datamodule.train.class_names)
+    data = {"source": args.voc or args.coco_train_json or args.train_json, "image_size": size,
+            "batch_size": batch_size}
+    _, scores = fit_classifier(datamodule, args.out, num_classes=len(class_names), class_names=class_names,
+                               accelerator=args.device, progress=not args.no_progress, data=data, **settings)
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in scores.items()) or "no test set"
+    print(f"test: {shown}")
+    print(f"wrote {Path(args.out) / 'classifier.safetensors'} and classifier.json; use it with --classifier {args.out}")
+    return 0
+
+
+def _train_explainer(args: argparse.Namespace) -> int:
     from saliencylab.training.explainer import fit_explainer
 
     _quiet_lightning()
     settings, size, batch_size = _training_settings("explainer", args, variant=args.variant)
-    classifier, _ = load_trained_classifier(args.classifier)
-    if (args.voc is None) == (args.coco_train_json is None):
-        raise ValueError("give exactly one data source: --voc ROOT, or --coco-train-json/--coco-train-images "
-                         "with --coco-val-json/--coco-val-images")
-    if args.voc is not None:
-        datamodule = SaliencyDataModule.from_voc(args.voc, size, batch_size, classifier.class_names,
-                                                 train_split=args.train_split, val_split=args.val_split, test_split=None)
-    else:
-        datamodule = SaliencyDataModule.from_coco(args.coco_train_images, args.coco_train_json, args.coco_val_images,
-                                                  args.coco_val_json, image_size=size, batch_size=batch_size)
+    classifier, description = _load_classifier(args)
+    datamodule = _training_datamodule(args, size, batch_size, classifier.class_names)
     target = ({"num_classes": classifier.num_classes} if settings.get("variant") == "fcnn"
-              else {"classifier_dir": args.classifier})
+              else {"classifier_dir": _classifier_dir(args, classifier, description)})
     fit_explainer(datamodule, args.out, accelerator=args.device, progress=not args.no_progress, **target, **settings)
     print(f"wrote {Path(args.out) / 'explainer.safetensors'} and explainer.json; use it as "
           f"methods.build({settings.get('variant', 'explainer')!r}, classifier, checkpoint={str(args.out)!r})")
@@ -135,8 +177,44 @@ def _train_explainer(args: argparse.Namespace) -> int:
 
 
 def _classifier_size(args: argparse.Namespace, description: dict) -> int:
-    """--image-size, else the classifier's training size, else 224."""
-    return args.image_size or description.get("data", {}).get("image_size", 224)
+    """--image-size, else the classifier's own size (its training data's, timm's input size), else 224."""
+    from saliencylab.models.load import classifier_image_size
+
+    return args.image_size or classifier_image_size(description)
+
+
+MODEL_OPTIONS = ("weights", "num_classes", "class_names", "mean", "std", "layer")
+"""The options of --model (dest names), see _add_classifier_options."""
+
+
+def _load_classifier(args: argparse.Namespace) -> tuple[Classifier, dict]:
+    """The Classifier and its description named by --classifier DIR, or by --model with its options."""
+    from saliencylab.models.load import load_classifier
+
+    options = {name: getattr(args, name) for name in MODEL_OPTIONS}
+    if args.classifier is not None:
+        given = [f"--{name.replace('_', '-')}" for name, value in options.items() if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} belong to --model; the folder {args.classifier} holds its own "
+                             "classifier settings")
+        return load_classifier(args.classifier)
+    if args.weights is None:
+        print(f"note: --model {args.model} without --weights has random weights", file=sys.stderr)
+    return load_classifier(args.model, **options)
+
+
+def _classifier_dir(args: argparse.Namespace, classifier: Classifier, description: dict) -> str:
+    """--classifier DIR, or the --model classifier saved to OUT/classifier (a trained network records the
+    folder of the classifier it explains, to rebuild it)."""
+    if args.classifier is not None:
+        return args.classifier
+    from saliencylab.models.load import save_classifier
+
+    folder = Path(args.out) / "classifier"
+    extra = {"image_size": description["image_size"]} if "image_size" in description else {}
+    save_classifier(classifier, folder, arch=description["arch"], weights_file=description["weights"], **extra)
+    print(f"saved the --model classifier to {folder} (pass --classifier {folder} to later commands)")
+    return str(folder)
 
 
 def _check_methods(names: list[str]) -> None:
@@ -158,12 +236,11 @@ def _train_masker(args: argparse.Namespace) -> int:
 
     from saliencylab.data.imagenet import ImageNetDataset, examples_per_class, read_metadata, write_metadata
     from saliencylab.data.module import SaliencyDataModule
-    from saliencylab.training.classifier import load_trained_classifier
     from saliencylab.training.masker import fit_masker
 
     _quiet_lightning()
     settings, size, batch_size = _training_settings("masker", args, mode=args.mode)
-    _, description = load_trained_classifier(args.classifier)
+    classifier, description = _load_classifier(args)
     out = Path(args.out)
     train_json = Path(args.train_json)
     if args.examples_per_class is not None:
@@ -174,11 +251,11 @@ def _train_masker(args: argparse.Namespace) -> int:
     train = ImageNetDataset(train_json, size=size)
     val = ImageNetDataset(args.val_json, size=size) if args.val_json else None
     if train.num_classes != description["num_classes"]:
-        raise ValueError(f"{args.train_json} has {train.num_classes} classes but the classifier in "
-                         f"{args.classifier} has {description['num_classes']}")
+        raise ValueError(f"{args.train_json} has {train.num_classes} classes but the classifier "
+                         f"{description['source']} has {description['num_classes']}")
     datamodule = SaliencyDataModule(train, val, batch_size=batch_size, num_workers=args.workers)
-    module = fit_masker(datamodule, out, classifier_dir=args.classifier, accelerator=args.device,
-                        progress=not args.no_progress, **settings)
+    module = fit_masker(datamodule, out, classifier_dir=_classifier_dir(args, classifier, description),
+                        accelerator=args.device, progress=not args.no_progress, **settings)
     print(f"trained a {module.hparams.mode} masker on {len(train)} images; wrote {out / 'masker.safetensors'} "
           f"and masker.json{' (and its co-trained classifier)' if module.hparams.mode == 'ca' else ''}; use it as "
           f"methods.build('masker', classifier, checkpoint={str(out)!r})")
@@ -193,7 +270,7 @@ def _randomisable_masker(settings: dict[str, object], classifier_dir: str) -> di
     ``--classifier`` the checkpoint folder itself, the loaded masker is passed as ``masker=`` so it
     reads the classifier being randomised. FIX checkpoints and other settings are returned as given.
     """
-    from saliencylab.training.masker import load_trained_masker
+    from saliencylab.models.masker import load_trained_masker
 
     checkpoint = settings.get("checkpoint")
     if checkpoint is None:
@@ -219,7 +296,7 @@ def _sanity(args: argparse.Namespace) -> int:
     from saliencylab.data.imagenet import ImageNetDataset
     from saliencylab.maps import normalize_minmax
     from saliencylab.models.classifier import Classifier
-    from saliencylab.training.classifier import load_trained_classifier
+    from saliencylab.models.load import load_trained_classifier
 
     _check_methods([args.method])
     if args.images < 1:
@@ -232,14 +309,14 @@ def _sanity(args: argparse.Namespace) -> int:
         raise ValueError("--other-set and --other-classifier belong to --mode data")
     if data_test and args.layers:
         raise ValueError("--layers belongs to --mode cascading or independent")
-    classifier, description = load_trained_classifier(args.classifier)
+    classifier, description = _load_classifier(args)
     classifier.to(args.device)
     batch = evenly_spaced(ImageNetDataset(args.val_json, size=_classifier_size(args, description)), args.images)
     images = batch.images.to(args.device)
     targets = batch.labels.argmax(dim=1).to(args.device)
     settings = dict(args.set)
     if args.method == "masker" and not data_test:
-        settings = _randomisable_masker(settings, args.classifier)
+        settings = _randomisable_masker(settings, description["source"])
 
     def explain(model: Classifier, images: torch.Tensor, targets: torch.Tensor,
                 settings: dict[str, object] = settings) -> torch.Tensor:
@@ -257,8 +334,8 @@ def _sanity(args: argparse.Namespace) -> int:
                               explain(other.to(args.device), images, targets, other_settings))
         mean = {m: float(values[m].nanmean()) for m in MEASURES}
         Path(f"{stem}.json").write_text(json.dumps({
-            "mode": "data", "method": args.method, "classifier": args.classifier, "settings": settings,
-            "other_classifier": args.other_classifier or args.classifier, "other_settings": other_settings,
+            "mode": "data", "method": args.method, "classifier": description["source"], "settings": settings,
+            "other_classifier": args.other_classifier or description["source"], "other_settings": other_settings,
             "mean": mean, "per_image": {m: values[m].tolist() for m in MEASURES}}, indent=2))
         print("  ".join(f"{m} {v:.4f}" for m, v in mean.items()))
         print(f"wrote {stem}.json")
@@ -291,7 +368,6 @@ def _wsol(args: argparse.Namespace) -> int:
     from saliencylab.bench.wsol import evaluate_wsol, evaluate_wsol_baseline, method_explain, pxap, wsol_table
     from saliencylab.data.imagenet import ImageNetDataset
     from saliencylab.data.openimages import OpenImagesDataset
-    from saliencylab.training.classifier import load_trained_classifier
     from saliencylab.types import collate
 
     _check_methods(args.methods)
@@ -301,7 +377,7 @@ def _wsol(args: argparse.Namespace) -> int:
             raise ValueError(f"--set {method}:{key}=... names a method that is not benchmarked "
                              f"({', '.join(args.methods)})")
         settings[method][key] = value
-    classifier, description = load_trained_classifier(args.classifier)
+    classifier, description = _load_classifier(args)
     classifier.to(args.device)
     size = _classifier_size(args, description)
     loader = DataLoader(ImageNetDataset(args.val_json, args.boxes, size=size), batch_size=args.batch_size,
@@ -370,15 +446,15 @@ def _bench_run(args: argparse.Namespace) -> int:
 
     from saliencylab.bench.run import run_benchmark, table
     from saliencylab.data.formats import load_dataset
-    from saliencylab.training.classifier import load_trained_classifier
 
     rows = _bench_rows(args.rows, args.set, args.subset)
-    classifier, description = load_trained_classifier(args.classifier)
+    classifier, description = _load_classifier(args)
     dataset = load_dataset(args.data, class_names=classifier.class_names, image_size=_classifier_size(args, description),
                            options=dict(args.data_set))
+    identity = {"classifier": args.classifier, "model": args.model,
+                **{name: getattr(args, name) for name in MODEL_OPTIONS if getattr(args, name) is not None}}
     results = run_benchmark(classifier, dataset, rows, args.out, metric_names=args.metrics,
-                            description={"classifier": args.classifier, "dataset": {"data": args.data,
-                                                                                    **dict(args.data_set)}},
+                            description={"classifier": identity, "dataset": {"data": args.data, **dict(args.data_set)}},
                             targets=args.targets, batch_size=args.batch_size, shard=args.shard, seed=args.seed,
                             options=dict(args.option), device=args.device, progress=not args.no_progress,
                             bootstrap=args.bootstrap)
@@ -442,9 +518,53 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_training_data_options(parser: argparse.ArgumentParser, classifier: bool = False) -> None:
+    """--voc ROOT with its splits, or --coco-<stage>-json/-images pairs of train and val; with ``classifier``
+    also a test split / test pair and ImageNet-format --train-json/--val-json (absent ones default to None)."""
+    parser.add_argument("--voc", help="VOC root (folder with VOCdevkit, VOCdevkit, or VOC2007)")
+    parser.add_argument("--train-split", default="train", help="VOC training split (default train)")
+    parser.add_argument("--val-split", default="val", help="VOC validation split for early stopping (default val)")
+    stages = (("train", "training"), ("val", "validation"), ("test", "test"))
+    for stage, words in stages if classifier else stages[:2]:
+        parser.add_argument(f"--coco-{stage}-json", help=f"COCO instances JSON of the {words} images")
+        parser.add_argument(f"--coco-{stage}-images", help=f"folder of the {words} images")
+    if not classifier:
+        parser.set_defaults(test_split=None, coco_test_json=None, coco_test_images=None, train_json=None, val_json=None)
+        return
+    parser.add_argument("--test-split", default="test", help="VOC split scored after training (default test; "
+                                                             "none: no test)")
+    parser.add_argument("--train-json", metavar="FILE", help="ImageNet-format metadata JSON of the training images")
+    parser.add_argument("--val-json", metavar="FILE", help="ImageNet-format metadata JSON of the validation images")
+
+
+def _add_classifier_options(parser: argparse.ArgumentParser) -> None:
+    """--classifier DIR or --model torchvision:NAME|timm:NAME with its options; read by _load_classifier."""
+    group = parser.add_argument_group("classifier", "the classifier to explain: --classifier DIR or --model SPEC")
+    source = group.add_mutually_exclusive_group(required=True)
+    source.add_argument("--classifier", metavar="DIR",
+                        help="folder written by train-classifier or save_classifier (e.g. runs/demo/classifier)")
+    source.add_argument("--model", metavar="SPEC",
+                        help="torchvision:NAME (e.g. torchvision:resnet50) or timm:NAME, built with random weights "
+                             "and then --weights loaded; nothing is downloaded")
+    group.add_argument("--weights", metavar="FILE",
+                       help="--model's weights: safetensors, a torch.save state dict or a Lightning .ckpt")
+    group.add_argument("--num-classes", type=int, metavar="N",
+                       help="--model's outputs (default: the count of --class-names, else 1000)")
+    group.add_argument("--class-names", metavar="FILE",
+                       help="one name a line, a JSON list, or torchvision:WEIGHTS (e.g. "
+                            "torchvision:ResNet18_Weights.IMAGENET1K_V1; default class_0 ...)")
+    group.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+                       help="--model's normalisation mean (default ImageNet's; timm: the model's)")
+    group.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
+                       help="--model's normalisation std (default ImageNet's; timm: the model's)")
+    group.add_argument("--layer", metavar="NAME",
+                       help="module path CAM methods use by default (layer=auto), e.g. layer4")
+
+
 def _add_evaluation_options(parser: argparse.ArgumentParser, size_note: str = "") -> None:
-    """--classifier, --val-json, --image-size and --device of the commands that explain ImageNet-format images."""
-    parser.add_argument("--classifier", required=True, metavar="DIR", help="folder written by classifier training")
+    """The classifier options, --val-json, --image-size and --device of the commands that explain
+    ImageNet-format images."""
+    _add_classifier_options(parser)
     parser.add_argument("--val-json", required=True, metavar="FILE", help="metadata JSON of the images (e.g. META/val.json)")
     parser.add_argument("--image-size", type=int, metavar="S",
                         help=f"resize side (default: the classifier's training size, else 224){size_note}")
@@ -475,15 +595,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = commands.add_parser("explain", help="write a method's maps for a dataset or image folder (resumable)")
     explain.add_argument("method", help="a registered method (see: saliencylab methods)")
-    explain.add_argument("--classifier", required=True, help="folder written by classifier training (e.g. runs/demo/classifier)")
+    _add_classifier_options(explain)
     explain.add_argument("--out", required=True, help="output folder: manifest.json and maps/<image id>.npz")
     explain.add_argument("--voc", help="VOC root (folder with VOCdevkit, VOCdevkit, or VOC2007)")
     explain.add_argument("--split", default="test", help="VOC split (default test)")
     explain.add_argument("--coco-json", help="COCO instances JSON")
     explain.add_argument("--coco-images", help="folder of the COCO JSON's images")
     explain.add_argument("--images", help="a folder of plain images")
-    explain.add_argument("--targets", default="labels", choices=["labels", "top1", "top3", "top5"],
-                         help="explain the ground-truth labels (default) or the top-k predicted classes")
+    explain.add_argument("--targets", choices=["labels", "top1", "top3", "top5"],
+                         help="explain the ground-truth labels (default; --images: top1) or the top-k predicted "
+                              "classes")
     explain.add_argument("--image-size", type=int, help="resize side (default: the classifier's training size)")
     explain.add_argument("--batch-size", type=int, default=16)
     explain.add_argument("--device", default="cpu")
@@ -494,18 +615,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train-explainer",
                                 help="train an NN-Explainer / RT-Saliency / FCNN explainer from a preset (spec 000)")
-    train.add_argument("--classifier", required=True, help="folder written by classifier training: the classifier to explain")
+    _add_classifier_options(train)
     train.add_argument("--out", required=True, help="output folder: explainer.safetensors, explainer.json, checkpoints/")
     train.add_argument("--preset", default="synthetic",
                        help="synthetic (default), vgg16_voc, resnet50_voc, vgg16_coco, resnet50_coco, or a YAML file")
     train.add_argument("--variant", choices=["explainer", "rt_saliency", "fcnn"], help="override the preset's variant")
-    train.add_argument("--voc", help="VOC root (folder with VOCdevkit, VOCdevkit, or VOC2007)")
-    train.add_argument("--train-split", default="train", help="VOC training split (default train)")
-    train.add_argument("--val-split", default="val", help="VOC validation split for early stopping (default val)")
-    train.add_argument("--coco-train-json", help="COCO instances JSON of the training images")
-    train.add_argument("--coco-train-images", help="folder of the training images")
-    train.add_argument("--coco-val-json", help="COCO instances JSON of the validation images")
-    train.add_argument("--coco-val-images", help="folder of the validation images")
+    _add_training_data_options(train)
     train.add_argument("--epochs", type=int, help="most epochs (default: the preset's; early stopping ends sooner)")
     train.add_argument("--image-size", type=int, help="resize side (default: the preset's)")
     train.add_argument("--batch-size", type=int, help="default: the preset's")
@@ -515,10 +630,31 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(run=_train_explainer)
 
+    fit = commands.add_parser("train-classifier", help="train a zoo classifier (small_cnn, vgg16, resnet18, resnet50, "
+                                                      "alexnet) with BCE, Adam and early stopping (spec 000 §3)")
+    fit.add_argument("--out", required=True, metavar="DIR",
+                     help="output folder: classifier.safetensors, classifier.json, checkpoints/")
+    fit.add_argument("--preset", default="synthetic", metavar="NAME",
+                     help="synthetic (default), vgg16_voc, resnet50_voc, or a YAML file")
+    _add_training_data_options(fit, classifier=True)
+    fit.add_argument("--class-names", metavar="FILE",
+                     help="VOC class names, one a line or a JSON list (default: the preset's, else VOC's 20)")
+    fit.add_argument("--backbone-weights", metavar="FILE",
+                     help="torchvision ImageNet state dict of the backbone (vgg16, resnet18/50, alexnet)")
+    fit.add_argument("--epochs", type=int, metavar="N", help="most epochs (default: the preset's; early stopping "
+                                                              "ends sooner)")
+    fit.add_argument("--image-size", type=int, metavar="S", help="resize side (default: the preset's)")
+    fit.add_argument("--batch-size", type=int, metavar="B", help="default: the preset's")
+    fit.add_argument("--device", default="auto", help="Lightning accelerator: auto (default), cpu, gpu")
+    fit.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                     help="override a preset classifier setting, e.g. --set lr=1e-4 or --set arch=resnet18 "
+                          "(repeatable)")
+    fit.add_argument("--no-progress", action="store_true")
+    fit.set_defaults(run=_train_classifier)
+
     masker = commands.add_parser("train-masker", help="train a CASME masker (FIX or CA) on ImageNet-format data "
                                                        "(paper 001)")
-    masker.add_argument("--classifier", required=True, metavar="DIR",
-                        help="folder written by classifier training: the classifier to explain")
+    _add_classifier_options(masker)
     masker.add_argument("--out", required=True, metavar="DIR",
                         help="output folder: masker.safetensors, masker.json, checkpoints/ (CA: also the co-trained "
                              "classifier)")
@@ -607,7 +743,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("rows", nargs="+", metavar="ROW",
                      help="a registered method or reference (zeros, half, ones, ground_truth), or NAME=METHOD to "
                           "name a row, e.g. fix=masker")
-    run.add_argument("--classifier", required=True, metavar="DIR", help="folder written by classifier training")
+    _add_classifier_options(run)
     run.add_argument("--data", required=True, metavar="FORMAT:PATH",
                      help="the dataset: voc:ROOT, coco:JSON (--data-set images=DIR), imagenet:META/val.json "
                           "(--data-set boxes=META/val_bboxes.json), openimages:ROOT, folder:DIR (--data-set masks=DIR)")

@@ -1,6 +1,7 @@
 """YAML presets of the training schemes, shipped as package data: saliencylab/configs/<scheme>/<name>.yaml.
 
-A preset of scheme S has the sections ``data`` (``image_size``, ``batch_size``; optional ``dataset``),
+A preset of scheme S has the sections ``data`` (``image_size``, ``batch_size``; optional ``dataset`` and
+``class_names``),
 ``S`` (keyword arguments of S's fit function) and optionally ``classifier`` (``arch``, ``num_classes``:
 the classifier the settings were made for). Anything else is rejected with the file's name.
 """
@@ -17,14 +18,15 @@ import yaml
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable  # Python >= 3.11; annotations only
 
-FIT = {"explainer": ("saliencylab.training.explainer", "fit_explainer", "ExplainerModule"),
+FIT = {"classifier": ("saliencylab.training.classifier", "fit_classifier", "ClassifierModule"),
+       "explainer": ("saliencylab.training.explainer", "fit_explainer", "ExplainerModule"),
        "masker": ("saliencylab.training.masker", "fit_masker", "MaskerModule")}
 """scheme -> (module, fit function, LightningModule its extra keyword arguments go to)."""
 
 RUNTIME = {"classifier_dir", "progress", "accelerator", "callbacks", "ckpt_path", "generator"}
 """Keyword parameters of the fit functions that the caller passes, not a preset."""
 
-SECTIONS = {"data": ({"image_size", "batch_size"}, {"dataset"}), "classifier": (set(), {"arch", "num_classes"})}
+SECTIONS = {"data": ({"image_size", "batch_size"}, {"dataset", "class_names"}), "classifier": (set(), {"arch", "num_classes"})}
 """Sections other than the training one: name -> (required keys, optional keys)."""
 
 

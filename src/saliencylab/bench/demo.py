@@ -25,8 +25,9 @@ from saliencylab.data.synthetic import CLASSES, SyntheticConfig, write_synthetic
 from saliencylab.maps import merge_max, normalize_minmax
 from saliencylab.metrics import get as get_metric
 from saliencylab.models.classifier import Classifier
+from saliencylab.models.load import load_trained_classifier
 from saliencylab.targets import from_multi_hot
-from saliencylab.training.classifier import fit_classifier, load_trained_classifier
+from saliencylab.training.classifier import fit_classifier
 from saliencylab.training.explainer import fit_explainer
 from saliencylab.types import Batch, collate
 

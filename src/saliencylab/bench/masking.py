@@ -35,8 +35,9 @@ from saliencylab.data.synthetic import SyntheticConfig
 from saliencylab.maps import normalize_minmax
 from saliencylab.metrics.wsol import baseline, inclusive_to_half_open, predicted_boxes
 from saliencylab.models.classifier import Classifier
-from saliencylab.training.classifier import load_trained_classifier
-from saliencylab.training.masker import fit_masker, load_trained_masker
+from saliencylab.models.load import load_trained_classifier
+from saliencylab.models.masker import load_trained_masker
+from saliencylab.training.masker import fit_masker
 from saliencylab.types import Batch, collate
 
 MASKERS = {

@@ -36,7 +36,7 @@ import saliencylab
 from saliencylab import methods, metrics
 from saliencylab.bench.export import batch_targets
 from saliencylab.bench.report import STYLE, write_atomic
-from saliencylab.metrics import ground_truth
+from saliencylab.metrics import ground_truth, wsol
 from saliencylab.metrics.registry import MetricInputs
 from saliencylab.models.classifier import Classifier
 from saliencylab.targets import PAD
@@ -59,11 +59,17 @@ def _constant(value: float) -> Callable[[Batch, Tensor], Tensor]:
     return fill
 
 
+def _center_box(batch: Batch, targets: Tensor) -> Tensor:
+    masks, _ = wsol.baseline("center", len(batch), batch.images.shape[-2:], batch.images.device)
+    return masks[:, None].expand(-1, targets.shape[1], -1, -1)
+
+
 REFERENCES: dict[str, tuple[Callable[[Batch, Tensor], Tensor], str]] = {
     "zeros": (_constant(0.0), "the empty mask (NN-Explainer's reference '0'; WSOL's 'min')"),
     "half": (_constant(0.5), "the constant mask 0.5 (NN-Explainer's reference '0.5')"),
     "ones": (_constant(1.0), "the full mask (NN-Explainer's reference '1'; WSOL's 'max')"),
     "ground_truth": (_reference_ground_truth, "each target class's ground-truth pixels (segmentation, else boxes)"),
+    "center_box": (_center_box, "WSOL's center baseline: the square 33:191 of a 224 image, scaled to the image"),
 }
 """Reference rows: masks in [0,1] made from the batch itself, scored like a method's masks.
 Their ``official_localization_error`` counts every image as correctly classified (WSOL special rows)."""
@@ -228,11 +234,22 @@ def _score_batch(path: Path, row: Row, built: dict, name: str, classifier: Class
     if maps.is_cuda:
         torch.cuda.synchronize(maps.device)
     seconds = time.perf_counter() - start
-    inputs = MetricInputs(maps, targets, batch, classifier, maps_are_masks=masks, seed=seed + first,
-                          options={**options, "reference": reference})
-    scores = {m: metrics.get(m).fn(inputs).detach().double().cpu().tolist() for m in metric_names}
+    scores = score_maps(maps, targets, batch, classifier, metric_names, maps_are_masks=masks, seed=seed + first,
+                        options={**options, "reference": reference})
     write_atomic(path, json.dumps({"images": batch.image_ids, "first": first, "targets": targets.cpu().tolist(),
-                                   "seconds": seconds, "scores": scores}))
+                                   "seconds": seconds, "scores": {m: v.tolist() for m, v in scores.items()}}))
+
+
+def score_maps(maps: Tensor, targets: Tensor, batch: Batch, classifier: Classifier | None, metric_names: Sequence[str],
+               *, maps_are_masks: bool = False, seed: int = 0, options: dict[str, object] | None = None
+               ) -> dict[str, Tensor]:
+    """Every metric's scores of maps (B,K,H,W) for targets (B,K) on ``batch``: name -> (B,K|1|T) float64 on the CPU.
+
+    What the engine runs on each batch; call it directly to score maps from elsewhere (see :class:`MetricInputs`).
+    """
+    inputs = MetricInputs(maps, targets, batch, classifier, maps_are_masks=maps_are_masks, seed=seed,
+                          options=dict(options or {}))
+    return {m: metrics.get(m).fn(inputs).detach().double().cpu() for m in metric_names}
 
 
 def _bootstrap(reduce: Callable[[Tensor, Tensor], float], scores: Tensor, targets: Tensor, resamples: int) -> list[float]:

@@ -15,7 +15,8 @@ from torch import Tensor
 
 from saliencylab.methods.base import Method, Passes, register, scoped_eval
 from saliencylab.models.classifier import Classifier
-from saliencylab.models.masker import Masker, classifier_features
+from saliencylab.models.load import load_trained_classifier
+from saliencylab.models.masker import Masker, classifier_features, load_trained_masker
 
 
 @register("masker")
@@ -34,8 +35,6 @@ class MaskerMethod(Method):
         self.checkpoint, self.masker, self.area, self.logits = checkpoint, masker, area, logits
         self._features_from = classifier
         if checkpoint is not None:
-            from saliencylab.training.classifier import load_trained_classifier
-            from saliencylab.training.masker import load_trained_masker
             network, description = load_trained_masker(checkpoint)
             known = classifier.num_classes
             if known is not None and known != int(description["num_classes"]):

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from saliencylab.methods.base import Method, Passes, register, scoped_eval
 from saliencylab.models.classifier import Classifier
+from saliencylab.models.explainer import load_trained_explainer
 
 
 class TrainedExplainer(Method):
@@ -34,7 +35,6 @@ class TrainedExplainer(Method):
         self._mean: Tensor | None = None
         self._std: Tensor | None = None
         if checkpoint is not None:
-            from saliencylab.training.explainer import load_trained_explainer
             network, description = load_trained_explainer(checkpoint)
             if description.get("variant") != self.variant:
                 raise ValueError(f"checkpoint {checkpoint} holds a {description.get('variant')!r} explainer, "

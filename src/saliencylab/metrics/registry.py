@@ -123,12 +123,17 @@ class MetricInputs:
 
     @cached_property
     def correct(self) -> Tensor:
-        """(B,) bool: the classifier's top-1 on the clean image is the label; every image counts as correct
-        for a reference row (``options["reference"]``: WSOL's special rows, as the original scores them)."""
-        if self.options.get("reference"):
-            return torch.ones(len(self.batch), dtype=torch.bool, device=self.batch.images.device)
+        """(B,) bool: the classifier's top-1 on the clean image is the label."""
         with torch.no_grad(), scoped_eval(self.classifier):
             return self.classifier(self.batch.images).argmax(1) == self.label.to(self.batch.images.device)
+
+    @cached_property
+    def counted_correct(self) -> Tensor:
+        """(B,) bool: :attr:`correct`, or every image for a reference row (``options["reference"]``): the
+        original scores WSOL's special rows (center, max, min, ground truth) as if classified correctly, so OM = LE."""
+        if self.options.get("reference"):
+            return torch.ones(len(self.batch), dtype=torch.bool, device=self.batch.images.device)
+        return self.correct
 
     @cached_property
     def wsol_mask(self) -> Tensor:
@@ -154,6 +159,12 @@ class MetricInputs:
     @cached_property
     def unclipped_area(self) -> bool:
         return bool(self.options.get("unclipped_area", False))
+
+    @cached_property
+    def box_saliency(self) -> dict[str, Tensor]:
+        """WSOL's saliency metric of the predicted boxes: ``metrics.wsol.saliency_metric_wsol``'s (B,) results."""
+        with scoped_eval(self.classifier):
+            return wsol.saliency_metric_wsol(self.classifier, self.batch.images, self.predicted_boxes, self.label)
 
 
 Reduce = Callable[[Tensor, Tensor], float]
@@ -298,8 +309,8 @@ def _localization_error(inputs: MetricInputs) -> Tensor:
 @register("official_localization_error", higher_is_better=False, needs={"boxes", "single_label", "model"},
           per="image", description="WSOL OM: LE, or the classifier's top-1 is wrong")
 def _official_localization_error(inputs: MetricInputs) -> Tensor:
-    return wsol.official_localization_error(inputs.predicted_boxes, inputs.gt_boxes, inputs.correct, inputs.size,
-                                            inputs.unclipped_area).unsqueeze(1)
+    return wsol.official_localization_error(inputs.predicted_boxes, inputs.gt_boxes, inputs.counted_correct,
+                                            inputs.size, inputs.unclipped_area).unsqueeze(1)
 
 
 @register("box_f1", higher_is_better=True, needs={"boxes", "single_label"}, per="image",
@@ -317,9 +328,19 @@ def _box_f1_average(inputs: MetricInputs) -> Tensor:
 @register("saliency_metric_wsol", higher_is_better=False, needs={"boxes", "single_label", "model"}, per="image",
           description="WSOL SM: log area of the mask's box − log p(label) on the box crop resized to the image")
 def _saliency_metric_wsol(inputs: MetricInputs) -> Tensor:
-    with scoped_eval(inputs.classifier):
-        return wsol.saliency_metric_wsol(inputs.classifier, inputs.batch.images, inputs.predicted_boxes,
-                                         inputs.label)["sm"].unsqueeze(1)
+    return inputs.box_saliency["sm"].unsqueeze(1)
+
+
+@register("box_crop_accuracy", higher_is_better=True, needs={"boxes", "single_label", "model"}, per="image",
+          description="WSOL sm_acc: the classifier's top-1 on the mask's box crop is the label")
+def _box_crop_accuracy(inputs: MetricInputs) -> Tensor:
+    return inputs.box_saliency["sm_correct"].float().unsqueeze(1)
+
+
+@register("classifier_top1", higher_is_better=True, needs={"single_label", "model"}, per="image",
+          description="the classifier's top-1 on the clean image is the label (WSOL top1; the same for every row)")
+def _classifier_top1(inputs: MetricInputs) -> Tensor:
+    return inputs.correct.float().unsqueeze(1)
 
 
 def reduce_pxap(scores: Tensor, _targets: Tensor) -> float:

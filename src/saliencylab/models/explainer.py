@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.segmentation import deeplabv3_resnet50
 
-from saliencylab.models.io import load_state_dict
+from saliencylab.models.io import load_described_network, load_state_dict
 from saliencylab.models.zoo import SmallCNN
 
 EXPLAINER_ARCHITECTURES = ("deeplabv3_resnet50", "light")
@@ -140,3 +140,13 @@ def build_explainer(arch: str, num_classes: int, *, backbone_weights: str | Path
     if arch == "light":
         return light_explainer(num_classes, width, backbone_weights)
     raise ValueError(f"unknown explainer architecture {arch!r}; choose one of {', '.join(EXPLAINER_ARCHITECTURES)}")
+
+
+def load_trained_explainer(out_dir: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild the explainer network written by :func:`saliencylab.training.explainer.fit_explainer`; returns it (eval mode) and its description.
+
+    The network takes images normalised with ``description["mean"]``/``["std"]`` and returns (B,C,H,W) logits.
+    """
+    return load_described_network(
+        out_dir, "explainer", lambda d: build_explainer(d["arch"], int(d["num_classes"]), width=int(d["width"])),
+        "fit_explainer")

@@ -50,6 +50,32 @@ def save_state_dict(state: dict[str, Tensor], path: str | Path) -> Path:
     return path
 
 
+def load_weights(model: nn.Module, path: str | Path, what: str) -> None:
+    """Load the state dict in ``path`` (see :func:`load_state_dict`) into ``model``, strictly.
+
+    A Lightning checkpoint's keys (``model.fc.weight``, ``classifier.model.fc.weight``) fit once the
+    prefix before the model's own first key is dropped. ``what`` names the model in the ValueError
+    that lists missing and unexpected keys and mismatched shapes.
+    """
+    state = load_state_dict(path)
+    own = model.state_dict()
+    first = next(iter(own), None)
+    if first is not None and first not in state:
+        prefix = next((k[:-len(first)] for k in state if k.endswith("." + first)), "")
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    problems = {
+        "missing keys": [k for k in own if k not in state],
+        "unexpected keys": [k for k in state if k not in own],
+        "shapes (file vs model)": [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+                                   if k in state and state[k].shape != v.shape],
+    }
+    found = [f"{label}: {', '.join(items[:4])}{f' and {len(items) - 4} more' if len(items) > 4 else ''}"
+             for label, items in problems.items() if items]
+    if found:
+        raise ValueError(f"weights file {path} does not fit {what}: {'; '.join(found)}")
+    model.load_state_dict(state)
+
+
 def load_described_network(out_dir: str | Path, stem: str, build: Callable[[dict], nn.Module],
                            trained_by: str) -> tuple[nn.Module, dict]:
     """Rebuild a network saved as ``out_dir/{stem}.json`` (its description) + ``{stem}.safetensors``.
@@ -63,10 +89,5 @@ def load_described_network(out_dir: str | Path, stem: str, build: Callable[[dict
         raise FileNotFoundError(f"{description_file} not found: train a {stem} with {trained_by} first")
     description = json.loads(description_file.read_text())
     network = build(description)
-    weights = out_dir / f"{stem}.safetensors"
-    try:
-        network.load_state_dict(load_state_dict(weights))
-    except RuntimeError as err:
-        raise ValueError(f"{weights} does not fit the {stem} described in {description_file}: "
-                         f"{str(err).splitlines()[-1].strip()}") from err
+    load_weights(network, out_dir / f"{stem}.safetensors", f"the {stem} described in {description_file}")
     return network.eval(), description

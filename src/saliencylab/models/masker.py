@@ -18,12 +18,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from contextlib import ExitStack
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saliencylab.models.classifier import Classifier, captured_output, scoped_eval
+from saliencylab.models.io import load_described_network
 
 DEFAULT_LAYERS = ("layer3", "layer4")
 GUMBEL_MODES = ("soft", "hard")
@@ -176,3 +178,12 @@ class Masker(nn.Module):
             else:
                 out = (out > 0).to(out.dtype)
         return F.interpolate(out, size=tuple(size), mode="nearest")
+
+
+def load_trained_masker(out_dir: str | Path) -> tuple[Masker, dict]:
+    """Rebuild the masker written by :func:`saliencylab.training.masker.fit_masker`; returns it (eval mode) and its description.
+
+    It reads the layers ``description["masker"]["layers"]`` of the classifier in
+    ``description["classifier_dir"]`` (the co-trained one for CA: ``out_dir`` itself).
+    """
+    return load_described_network(out_dir, "masker", lambda d: Masker(**d["masker"]), "fit_masker")

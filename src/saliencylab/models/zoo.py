@@ -12,7 +12,7 @@ from torch import nn
 from torchvision import models as tv
 
 from saliencylab.models.classifier import Classifier
-from saliencylab.models.io import load_state_dict
+from saliencylab.models.io import load_state_dict, load_weights
 from saliencylab.types import IMAGENET_MEAN, IMAGENET_STD
 
 SYNTHETIC_MEAN = (0.5, 0.5, 0.5)
@@ -93,7 +93,7 @@ def build_classifier(
 
     ``backbone_weights``: a torchvision ImageNet state-dict file loaded before the head is
     replaced (torchvision archs only). ``weights``: a state dict of the *whole* model (as saved
-    by :func:`save_classifier_weights` or training) loaded last. torchvision backbones are
+    by :func:`saliencylab.models.load.save_classifier` or training) loaded last. torchvision backbones are
     frozen unless ``freeze_backbone=False``; the new head always trains. The small CNN
     (``width`` channels in its first stage) uses mean/std 0.5/0.25, the others ImageNet's.
     """
@@ -118,9 +118,5 @@ def build_classifier(
         setattr(model, head_name, head)
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     if weights is not None:
-        try:
-            model.load_state_dict(load_state_dict(weights))
-        except RuntimeError as err:
-            raise ValueError(f"weights file {weights} does not fit a {arch} with {num_classes} classes: "
-                             f"{str(err).splitlines()[-1].strip()}") from err
+        load_weights(model, weights, f"a {arch} with {num_classes} classes")
     return Classifier(model, mean, std, score=score, layers=layers, class_names=class_names)

@@ -1,7 +1,6 @@
 """Train the classifier to be explained (multi-label, BCE; spec 000 §3)."""
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch import Tensor, nn
 
 from saliencylab.models.classifier import Classifier
-from saliencylab.models.io import save_state_dict
+from saliencylab.models.load import save_classifier
 from saliencylab.models.zoo import build_classifier
 from saliencylab.training.staged import StagedModule
 from saliencylab.types import Batch
@@ -94,49 +93,30 @@ class ClassifierModule(StagedModule):
 def fit_classifier(datamodule: L.LightningDataModule, out_dir: str | Path, *, arch: str = "small_cnn",
                    num_classes: int, class_names: Sequence[str] | None = None, lr: float = 1e-3,
                    max_epochs: int = 30, patience: int = 5, seed: int = 42, width: int = 32,
-                   progress: bool = True, **module_kwargs: object) -> tuple[Classifier, dict[str, float]]:
+                   progress: bool = True, accelerator: str = "auto", data: dict | None = None,
+                   **module_kwargs: object) -> tuple[Classifier, dict[str, float]]:
     """Train with early stopping on ``val_loss`` (min_delta 1e-3), keep the best checkpoint, test it.
 
     Writes ``out_dir/classifier.safetensors`` (the model's weights) and ``out_dir/classifier.json``
-    (how to rebuild it, plus its test scores). Returns the trained Classifier in eval mode and
-    the test scores (micro accuracy / precision / recall / F1).
+    (how to rebuild it, its test scores, and ``data``, e.g. ``{"image_size": 224}``, the size
+    ``saliencylab explain`` then resizes to); see :func:`saliencylab.models.load.save_classifier`.
+    ``module_kwargs``: the other :class:`ClassifierModule` hyper-parameters (weight_decay,
+    freeze_backbone, backbone_weights). Returns the trained Classifier in eval mode and the test
+    scores (micro accuracy / precision / recall / F1; empty when the datamodule has no test set).
     """
     out_dir = Path(out_dir)
     L.seed_everything(seed, workers=True, verbose=False)
     module = ClassifierModule(arch=arch, num_classes=num_classes, class_names=class_names, lr=lr, width=width,
                               **module_kwargs)
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor="val_loss", mode="min", save_top_k=1)
-    trainer = L.Trainer(max_epochs=max_epochs, accelerator="auto", devices=1, logger=False, deterministic=True,
+    trainer = L.Trainer(max_epochs=max_epochs, accelerator=accelerator, devices=1, logger=False, deterministic=True,
                         callbacks=[EarlyStopping("val_loss", min_delta=1e-3, patience=patience), checkpoint],
                         enable_progress_bar=progress, enable_model_summary=False, default_root_dir=out_dir)
     trainer.fit(module, datamodule=datamodule)
     best = ClassifierModule.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu", weights_only=True)
-    result = trainer.test(best, datamodule=datamodule, verbose=False)[0]
-    scores = {k.removeprefix("test_"): float(v) for k, v in result.items() if k != "test_loss"}
-    save_classifier(best.classifier, out_dir, arch=arch, width=width, test=scores, epochs=trainer.current_epoch)
+    results = trainer.test(best, datamodule=datamodule, verbose=False)
+    scores = {k.removeprefix("test_"): float(v) for k, v in (results or [{}])[0].items() if k != "test_loss"}
+    extra = {"data": data} if data is not None else {}
+    save_classifier(best.classifier, out_dir, arch=arch, width=width, test=scores, epochs=trainer.current_epoch,
+                    **extra)
     return best.classifier.eval(), scores
-
-
-def save_classifier(classifier: Classifier, out_dir: str | Path, *, arch: str, width: int = 32,
-                    **extra: object) -> Path:
-    """Write ``classifier.safetensors`` and ``classifier.json`` (arch, classes, ``extra``) for load_trained_classifier."""
-    out_dir = Path(out_dir)
-    save_state_dict(classifier.model.state_dict(), out_dir / "classifier.safetensors")
-    class_names = list(classifier.class_names or [])
-    num_classes = len(class_names) if class_names else int(extra.pop("num_classes"))
-    description = {"arch": arch, "num_classes": num_classes, "class_names": class_names, "width": width, **extra}
-    (out_dir / "classifier.json").write_text(json.dumps(description, indent=2))
-    return out_dir
-
-
-def load_trained_classifier(out_dir: str | Path) -> tuple[Classifier, dict]:
-    """Rebuild the classifier written by :func:`fit_classifier` from ``out_dir``; returns it and its description."""
-    out_dir = Path(out_dir)
-    description_file = out_dir / "classifier.json"
-    if not description_file.is_file():
-        raise FileNotFoundError(f"{description_file} not found: train a classifier with fit_classifier first")
-    description = json.loads(description_file.read_text())
-    classifier = build_classifier(description["arch"], description["num_classes"],
-                                  class_names=description["class_names"] or None, width=description["width"],
-                                  weights=out_dir / "classifier.safetensors")
-    return classifier.eval(), description

@@ -19,8 +19,9 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch import Tensor, nn
 
 from saliencylab.models.explainer import LightExplainer, build_explainer
-from saliencylab.models.io import load_described_network, save_state_dict
-from saliencylab.training.classifier import load_trained_classifier, multilabel_counts, multilabel_scores
+from saliencylab.models.io import save_state_dict
+from saliencylab.models.load import load_trained_classifier
+from saliencylab.training.classifier import multilabel_counts, multilabel_scores
 from saliencylab.training.losses import (ALTERNATIVES, LossWeights, aggregate_masks, alternative_image,
                                          explainer_loss, fcnn_loss, rt_saliency_loss)
 from saliencylab.training.staged import StagedModule
@@ -220,11 +221,3 @@ def fit_explainer(datamodule: L.LightningDataModule, out_dir: str | Path, *, cla
     return best
 
 
-def load_trained_explainer(out_dir: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild the explainer network written by :func:`fit_explainer`; returns it (eval mode) and its description.
-
-    The network takes images normalised with ``description["mean"]``/``["std"]`` and returns (B,C,H,W) logits.
-    """
-    return load_described_network(
-        out_dir, "explainer", lambda d: build_explainer(d["arch"], int(d["num_classes"]), width=int(d["width"])),
-        "fit_explainer")

@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
 
-from saliencylab.models.io import load_described_network, save_state_dict
+from saliencylab.models.io import save_state_dict
+from saliencylab.models.load import load_trained_classifier, save_classifier
 from saliencylab.models.masker import Masker, classifier_features, default_layers, layer_channels
-from saliencylab.training.classifier import load_trained_classifier, save_classifier
 from saliencylab.training.infill import SIDES, build_infiller
 from saliencylab.types import Batch
 
@@ -378,10 +378,3 @@ def fit_masker(datamodule: L.LightningDataModule, out_dir: str | Path, *, classi
     return module
 
 
-def load_trained_masker(out_dir: str | Path) -> tuple[Masker, dict]:
-    """Rebuild the masker written by :func:`fit_masker`; returns it (eval mode) and its description.
-
-    It reads the layers ``description["masker"]["layers"]`` of the classifier in
-    ``description["classifier_dir"]`` (the co-trained one for CA: ``out_dir`` itself).
-    """
-    return load_described_network(out_dir, "masker", lambda d: Masker(**d["masker"]), "fit_masker")
