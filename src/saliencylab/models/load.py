@@ -57,7 +57,7 @@ def load_trained_classifier(out_dir: str | Path) -> tuple[Classifier, dict]:
     if description["arch"].partition(":")[0] in LIBRARIES:
         classifier, _ = load_classifier(description["arch"], weights=weights, num_classes=description["num_classes"],
                                         class_names=names, mean=description["mean"], std=description["std"],
-                                        layer=next(iter(description.get("layers") or {}), None))
+                                        layer=next(iter((description.get("layers") or {}).values()), None))
     else:
         classifier = build_classifier(description["arch"], description["num_classes"], class_names=names,
                                       width=description["width"], weights=weights)
