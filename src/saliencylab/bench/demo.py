@@ -67,9 +67,10 @@ def figure_rows(batch: Batch, maps: Tensor, class_names: list[str], max_targets:
     return rows
 
 
-TRAINED = ("explainer", "rt_saliency")
+FITTED = ("explainer", "rt_saliency")
 """Trained explainers the demo fits against its classifier. ``fcnn`` explains itself, not this
-classifier, so it has no place in a comparison of explanations of one classifier."""
+classifier, so it has no place in a comparison of explanations of one classifier; the masker has
+its own section (:mod:`saliencylab.bench.masking`)."""
 SLOW = ("extremal_perturbation", "igos_pp", "meaningful_perturbation", "rise", "scorecam")
 """Methods the demo scores on the first ``slow_images`` test images only: seconds per image on a CPU."""
 CLASS_SPECIFIC = ("explainer", "gradcam", "rise", "rt_saliency")
@@ -94,10 +95,10 @@ def prepare_classifier(out_dir: Path, config: SyntheticConfig, datamodule: Salie
 
 def prepare_explainers(out_dir: Path, config: SyntheticConfig, datamodule: SaliencyDataModule,
                        epochs: int | None, progress: bool) -> dict[str, str]:
-    """Fit each TRAINED explainer against the demo classifier (preset ``synthetic``), or reuse it; name -> folder."""
+    """Fit each FITTED explainer against the demo classifier (preset ``synthetic``), or reuse it; name -> folder."""
     preset = load_preset("synthetic")["explainer"]
     folders = {}
-    for variant in TRAINED:
+    for variant in FITTED:
         folder = out_dir / variant
         description_file = folder / "explainer.json"
         stamp = {"data": dataclasses.asdict(config), "preset": preset, "epochs": epochs}
@@ -129,7 +130,7 @@ def evaluate_methods(classifier: Classifier, test: Dataset, out_dir: Path, train
     figure_batch = collate([test[i] for i in range(min(figure_images, len(test)))])
     comparison = [[viz.to_uint8_image(figure_batch.images[i]), viz.segmentation_to_rgb(figure_batch.segmentation[i])]
                   for i in range(len(figure_batch))]
-    names = [name for name in methods.names() if "checkpoint" not in methods.hyperparameters(name) or name in trained]
+    names = [name for name in methods.names() if not methods.get(name).trained or name in trained]
     rows: dict[str, dict] = {}
     for name in names:
         settings = {**settings_for(name, "reduced"), **({"checkpoint": trained[name]} if name in trained else {})}
@@ -171,7 +172,7 @@ def class_specific_section(classifier: Classifier, test: Dataset, out_dir: Path,
         loader = DataLoader(Subset(test, range(count)), batch_size=batch_size, collate_fn=collate)
         settings = {k: v for k, v in rows[name]["hyperparameters"].items() if k != "max_batch"}
         method = methods.build(name, classifier, **settings)
-        matrix = class_specific_matrix(method, loader, classes, normalize=name not in TRAINED, device=device)
+        matrix = class_specific_matrix(method, loader, classes, normalize=method.output_range != "unit", device=device)
         square = matrix[:, 1:]
         off_diagonal = square[~torch.eye(len(classes), dtype=torch.bool)]
         margin = float(square.diagonal().nanmean() - off_diagonal.nanmean())
@@ -202,7 +203,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, fresh: bool = False, device: 
     started = time.perf_counter()
     out_dir = Path(out_dir)
     if fresh:
-        for sub in ("data", "classifier", "masking", *TRAINED):
+        for sub in ("data", "classifier", "masking", *FITTED):
             shutil.rmtree(out_dir / sub, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch_device = pick_device(device)
@@ -224,7 +225,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, fresh: bool = False, device: 
     print(f"  held-out micro-F1 {f1:.3f}" + ("" if f1 >= MIN_MICRO_F1 else
           f"  (WARNING: below {MIN_MICRO_F1}; explanations of a weak classifier mean little)"))
 
-    print(f"[3/6] trained explainers -> {', '.join(str(out_dir / v) for v in TRAINED)}")
+    print(f"[3/6] trained explainers -> {', '.join(str(out_dir / v) for v in FITTED)}")
     trained = prepare_explainers(out_dir, config, datamodule, explainer_epochs, progress)
     classifier = classifier.to(torch_device)
 

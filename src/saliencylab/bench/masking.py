@@ -95,11 +95,10 @@ def prepare_masker(name: str, folder: Path, metadata: Path, classifier_dir: Path
 
 def _explainers(classifier: Classifier, folders: dict[str, Path]) -> dict[str, wsol.Explain]:
     """explain(batch) -> masks in [0,1] for Grad-CAM (min-max normalised) and each trained masker (as they are)."""
-    explainers = {"gradcam": wsol.method_explain(methods.build("gradcam", classifier))}
+    built = {"gradcam": methods.build("gradcam", classifier)}
     for name, folder in folders.items():
-        explainers[name] = wsol.method_explain(methods.build("masker", classifier, checkpoint=str(folder)),
-                                               normalize=False)
-    return explainers
+        built[name] = methods.build("masker", classifier, checkpoint=str(folder))
+    return {name: wsol.method_explain(method, normalize=method.output_range != "unit") for name, method in built.items()}
 
 
 def _center(batch: Batch) -> Tensor:
@@ -144,17 +143,16 @@ def cascading_checks(classifier: Classifier, folders: dict[str, Path], batch: Ba
     """
     targets = wsol.single_labels(batch)[:, None]
     co_trained = load_trained_classifier(folders["ca"])[0].to(batch.images.device)
-    built = {"gradient": (methods.build("gradient", classifier), classifier, True),
-             "fix": (methods.build("masker", classifier, checkpoint=str(folders["fix"])), classifier, False),
-             "ca": (methods.build("masker", co_trained, masker=load_trained_masker(folders["ca"])[0]), co_trained,
-                    False)}
+    built = {"gradient": (methods.build("gradient", classifier), classifier),
+             "fix": (methods.build("masker", classifier, checkpoint=str(folders["fix"])), classifier),
+             "ca": (methods.build("masker", co_trained, masker=load_trained_masker(folders["ca"])[0]), co_trained)}
     section = {}
     for name in SANITY_METHODS:
-        method, model, normalize = built[name]
+        method, model = built[name]
 
-        def explain(_model: Classifier, images: Tensor, wanted: Tensor, method=method, normalize=normalize) -> Tensor:
+        def explain(_model: Classifier, images: Tensor, wanted: Tensor, method=method) -> Tensor:
             maps = method.attribute(images, wanted)
-            return normalize_minmax(maps) if normalize else maps
+            return maps if method.output_range == "unit" else normalize_minmax(maps)
 
         result = sanity.cascading_randomization(explain, model, batch.images, targets)
         figure = sanity.plot_randomization(result, figures / f"masking_sanity_{name}.png",

@@ -33,6 +33,11 @@ def reduce_channels(values: Tensor, reduce: str) -> Tensor:
     return values.sum(dim=1)
 
 
+def reduced_range(reduce: str) -> str:
+    """The output range of maps reduced over RGB with ``reduce``: signed sums are raw, the others >= 0."""
+    return "raw" if reduce == "signed" else "nonnegative"
+
+
 @register("gradient")
 class Gradient(Method):
     """Vanilla gradient saliency (Simonyan et al., 2014): d score / d input.
@@ -41,11 +46,14 @@ class Gradient(Method):
     ``"abs"`` (sum of |grad| over RGB) or ``"signed"`` (sum over RGB).
     """
 
+    output_range = "nonnegative"
+
     def __init__(self, classifier: Classifier, *, reduce: str = "max_abs", max_batch: int = 64) -> None:
         super().__init__(classifier, max_batch=max_batch)
         if reduce not in REDUCTIONS:
             raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
         self.reduce = reduce
+        self.output_range = reduced_range(reduce)
 
     def attribute_pairs(self, images: Tensor, classes: Tensor) -> Tensor:
         return reduce_channels(input_gradient(self.classifier, images, classes), self.reduce)
@@ -59,6 +67,8 @@ class InputXGradient(Gradient):
     part of the model), as Captum's ``InputXGradient`` on a model that takes [0,1] images.
     ``reduce`` as for ``gradient``, default ``"signed"`` (sum over RGB, so the map sums to Σ x·∇S).
     """
+
+    output_range = "raw"
 
     def __init__(self, classifier: Classifier, *, reduce: str = "signed", max_batch: int = 64) -> None:
         super().__init__(classifier, reduce=reduce, max_batch=max_batch)
@@ -125,6 +135,7 @@ class IntegratedGradients(Method):
         if reduce not in REDUCTIONS:
             raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
         self.steps, self.method, self.baseline, self.blur_sigma, self.reduce = steps, method, baseline, blur_sigma, reduce
+        self.output_range = reduced_range(reduce)
 
     def baselines(self, images: Tensor) -> Tensor:
         """The baseline b (N,3,H,W) of each image (N,3,H,W)."""

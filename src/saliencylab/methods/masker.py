@@ -23,7 +23,12 @@ class MaskerMethod(Method):
     """CASME masks; see the module docstring. ``area``: the target area fed to maskers trained with an
     area-prior channel (unused otherwise); ``logits=True``: the pre-sigmoid head logits (nearest-upsampled),
     the values the original's sanity checks compared (spec §4.6); ``bench.sanity`` compares maps in
-    [0,1], so use the default sigmoid masks there (Spearman ranks are the same either way)."""
+    [0,1], so use the default sigmoid masks there (Spearman ranks are the same either way).
+    Class-agnostic unless the masker has class-embedding channels."""
+
+    output_range = "unit"  # "raw" with logits=True
+    per_class = False
+    trained = True
 
     def __init__(self, classifier: Classifier, *, checkpoint: str | None = None, masker: Masker | None = None,
                  area: float = 0.5, logits: bool = False, max_batch: int = 64) -> None:
@@ -32,6 +37,7 @@ class MaskerMethod(Method):
             raise ValueError("method 'masker' needs a trained masker: pass checkpoint=<directory written by "
                              "saliencylab.training.masker.fit_masker> (or masker=<Masker>), exactly one of them")
         self.checkpoint, self.masker, self.area, self.logits = checkpoint, masker, area, logits
+        self.output_range = "raw" if logits else "unit"
         self._features_from = classifier
         if checkpoint is not None:
             from saliencylab.training.classifier import load_trained_classifier
@@ -48,6 +54,7 @@ class MaskerMethod(Method):
             if not isinstance(masker, Masker):
                 raise TypeError(f"masker must be a saliencylab.models.masker.Masker, got {type(masker).__name__}")
             self._network = masker
+        self.per_class = bool(self._network.class_embedding)
 
     def attribute_targets(self, images: Tensor, targets: Tensor) -> Tensor:
         network, source = self._network, self._features_from

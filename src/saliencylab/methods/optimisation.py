@@ -144,6 +144,8 @@ class ExtremalPerturbation(Method):
     ``max_batch`` for large images.
     """
 
+    output_range = "unit"  # "nonnegative" with select="sum"
+
     def __init__(self, classifier: Classifier, *, areas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3),
                  variant: str = "preserve", max_iter: int = 800, num_levels: int = 8, step: int = 7,
                  sigma: float = 21.0, jitter: bool = True, smooth: float = 0.09, reward: str = "contrastive",
@@ -164,6 +166,7 @@ class ExtremalPerturbation(Method):
         self.areas, self.variant, self.max_iter, self.num_levels = areas, variant, max_iter, num_levels
         self.step, self.sigma, self.jitter, self.smooth, self.reward, self.select = (
             step, sigma, jitter, smooth, reward, select)
+        self.output_range = "nonnegative" if select == "sum" else "unit"
 
     def area_masks(self, images: Tensor, classes: Tensor) -> Tensor:
         """The optimised masks (N,A,H,W) in [0,1], one per area, before smoothing and selection."""
@@ -263,6 +266,8 @@ class MeaningfulPerturbation(Method):
     iteration (re-implementation), one (3,H,W) draw per iteration from ``seed``, shared by all pairs.
     """
 
+    output_range = "unit"
+
     def __init__(self, classifier: Classifier, *, max_iter: int = 300, lr: float = 0.1, l1: float = 0.01,
                  tv: float = 0.2, tv_beta: float = 3.0, mask_size: int = 28, blur_sigma: float = 10.0,
                  noise: float = 0.2, seed: int = 0, max_batch: int = 64) -> None:
@@ -335,6 +340,7 @@ class IGOSPlusPlus(Method):
     Map in [0,1], 1 = salient, upsampled bilinearly with aligned corners (as the official code).
     """
 
+    output_range = "unit"
     terms = 4  # deletion on m_d·m_i, insertion on m_d·m_i, deletion on m_d, insertion on m_i
 
     def __init__(self, classifier: Classifier, *, iterations: int = 20, steps: int = 15, mask_size: int = 28,

@@ -175,8 +175,10 @@ class RISE(Method):
     as TorchRay). The masks come from ``seed`` and are shared by all images; for a CPU run they are
     TorchRay's masks for the same seed, so the maps equal ``torchray.attribution.rise``'s.
     One set of N forwards per image serves all of its targets. Maps lie in [0, 1] (for
-    sigmoid/softmax scores), mean ≈ p·E[score].
+    sigmoid/softmax scores), mean ≈ p·E[score]: non-negative scores, not masks.
     """
+
+    output_range = "nonnegative"
 
     def __init__(self, classifier: Classifier, *, num_masks: int = 8000, cells: int = 7, p: float = 0.5,
                  score: str = "sigmoid", seed: int = 0, max_batch: int = 64) -> None:
@@ -190,6 +192,7 @@ class RISE(Method):
         if score not in RISE_SCORES:
             raise ValueError(f"score must be one of {RISE_SCORES}, got {score!r}")
         self.num_masks, self.cells, self.p, self.score, self.seed = num_masks, cells, p, score, seed
+        self.output_range = "raw" if score == "classifier" else "nonnegative"
 
     def attribute_targets(self, images: Tensor, targets: Tensor) -> Tensor:
         batch, _, height, width = images.shape

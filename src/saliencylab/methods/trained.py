@@ -21,6 +21,8 @@ class TrainedExplainer(Method):
     """Per-class masks sigmoid(S_c) of a trained explainer network; see the module docstring."""
 
     variant = "explainer"
+    output_range = "unit"
+    trained = True
 
     def __init__(self, classifier: Classifier, *, checkpoint: str | None = None, explainer: nn.Module | None = None,
                  max_batch: int = 64) -> None:
