@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from saliencylab.perturb import blur_zero_padded
 from saliencylab.training.losses import (LossWeights, aggregate_masks, alternative_image, class_area_loss,
-                                         entropy_loss, explainer_loss, fcnn_loss, gaussian_blur, rt_saliency_loss,
-                                         total_variation)
+                                         entropy_loss, explainer_loss, fcnn_loss, rt_saliency_loss, total_variation)
 
 
 def logit(p: float) -> float:
@@ -143,7 +143,7 @@ def test_blur_is_a_normalised_separable_gaussian_with_zero_padding():
     assert blurred[0, 0, 0, 0].item() < 0.3  # zero padding darkens the corners
     impulse = torch.zeros(1, 1, 97, 97)
     impulse[0, 0, 48, 48] = 1.0
-    response = gaussian_blur(impulse, 10.0)[0, 0]
+    response = blur_zero_padded(impulse, 10.0)[0, 0]
     assert (response[48, 58] / response[48, 48]).item() == pytest.approx(math.exp(-0.5), rel=1e-4)
     assert (response[38, 58] / response[48, 48]).item() == pytest.approx(math.exp(-1.0), rel=1e-4)
     assert response[48, 48 + 41].item() == 0.0  # half-width ceil(4σ) = 40

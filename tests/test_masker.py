@@ -16,7 +16,7 @@ from saliencylab.models.masker import Masker, classifier_features, default_layer
 from saliencylab.models.zoo import build_classifier
 from saliencylab.training.classifier import load_trained_classifier, save_classifier
 from saliencylab.training.infill import build_infiller
-from saliencylab.training.losses import gaussian_blur
+from saliencylab.perturb import blur_zero_padded
 from saliencylab.training.masker import (MaskerModule, SnapshotPool, epoch_batches, fit_masker, load_masker_preset,
                                          load_trained_masker, lr_factor, masker_loss, masker_preset_names, masker_tv,
                                          single_labels)
@@ -180,7 +180,7 @@ def test_infillers_compose_without_remasking():
     m = torch.rand(2, 1, 8, 8, requires_grad=True)
     x_in, x_out = build_infiller("none", mean=mean, std=std)(x, m)
     assert torch.equal(x_in, x * m) and torch.equal(x_out, x * (1 - m))  # zero = mean colour in normalised space
-    blur = gaussian_blur(x, 1.0)
+    blur = blur_zero_padded(x, 1.0)
     x_in, x_out = build_infiller("blur", mean=mean, std=std, sigma=1.0)(x, m)
     torch.testing.assert_close(x_in, x * m + blur * (1 - m))
     torch.testing.assert_close(x_out, x * (1 - m) + blur * m)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from saliencylab.models.classifier import Classifier, captured_output, check_images, scoped_eval
-from saliencylab.targets import PAD, as_targets, valid_pairs
+from saliencylab.targets import PAD, as_targets, check_class_range, valid_pairs
 
 _REGISTRY: dict[str, type["Method"]] = {}
 OUTPUT_RANGES = ("raw", "nonnegative", "unit")
@@ -64,9 +64,7 @@ def build(name: str, classifier: Classifier, **kwargs: object) -> "Method":
 
 def selected_scores(classifier: Classifier, logits: Tensor, classes: Tensor) -> Tensor:
     """Scores (N,) of class ``classes[i]`` for row i, after the classifier's score function."""
-    if int(classes.max()) >= logits.shape[1]:
-        raise ValueError(f"target class {int(classes.max())} is out of range for a classifier with "
-                         f"{logits.shape[1]} classes (expected 0..{logits.shape[1] - 1})")
+    check_class_range(classes, logits.shape[1])
     return classifier.apply_score(logits).gather(1, classes.view(-1, 1)).squeeze(1)
 
 

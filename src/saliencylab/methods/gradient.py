@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import Tensor
-from torchvision.transforms.functional import gaussian_blur
 
 from saliencylab.methods.base import Method, Passes, register, scoped_eval, selected_scores
 from saliencylab.models.classifier import Classifier
+from saliencylab.perturb import FILLS, fill_images
 from saliencylab.targets import as_targets
 
 REDUCTIONS = ("max_abs", "abs", "signed")
@@ -78,7 +77,6 @@ class InputXGradient(Gradient):
 
 
 QUADRATURES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
-BASELINES = ("black", "blur", "mean")
 
 
 def quadrature(method: str, steps: int) -> tuple[Tensor, Tensor]:
@@ -128,8 +126,8 @@ class IntegratedGradients(Method):
             if not baseline.dtype.is_floating_point or baseline.min() < 0 or baseline.max() > 1:
                 raise ValueError("a baseline tensor must be a float image with values in [0,1], like the images")
             baseline = baseline.detach()
-        elif baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {BASELINES} or a (3,H,W) tensor in [0,1], got {baseline!r}")
+        elif baseline not in FILLS:
+            raise ValueError(f"baseline must be one of {FILLS} or a (3,H,W) tensor in [0,1], got {baseline!r}")
         if blur_sigma <= 0:
             raise ValueError(f"blur_sigma must be > 0, got {blur_sigma}")
         if reduce not in REDUCTIONS:
@@ -144,12 +142,7 @@ class IntegratedGradients(Method):
                 raise ValueError(f"the baseline is {tuple(self.baseline.shape[-2:])} but the images are "
                                  f"{tuple(images.shape[-2:])}")
             return self.baseline.to(images).view(1, 3, *images.shape[-2:]).expand_as(images)
-        if self.baseline == "black":
-            return torch.zeros_like(images)
-        if self.baseline == "mean":
-            return self.classifier.mean.to(images).view(1, 3, 1, 1).expand_as(images)
-        radius = min(math.ceil(3 * self.blur_sigma), min(images.shape[-2:]) - 1)  # reflect padding < image size
-        return gaussian_blur(images, [2 * radius + 1] * 2, [self.blur_sigma] * 2)
+        return fill_images(images, self.baseline, self.classifier.mean, self.blur_sigma)
 
     def integrated(self, images: Tensor, classes: Tensor) -> Tensor:
         """Unreduced attributions (N,3,H,W): rows of step-major (step, pair) points, ``max_batch`` at a time."""

@@ -16,6 +16,7 @@ from torch import Tensor
 from saliencylab.methods.base import Method, Passes, register, scoped_eval
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.masker import Masker, classifier_features
+from saliencylab.targets import check_class_range
 
 
 @register("masker")
@@ -69,9 +70,7 @@ class MaskerMethod(Method):
                 rows = slice(start, start + self.max_batch)
                 scores, features = classifier_features(source, source.normalize(images[rows]), network.layers)
                 wanted = targets[rows]
-                if int(wanted.max()) >= scores.shape[1]:
-                    raise ValueError(f"target class {int(wanted.max())} is out of range for a classifier with "
-                                     f"{scores.shape[1]} classes (expected 0..{scores.shape[1] - 1})")
+                check_class_range(wanted, scores.shape[1])
                 area = torch.full((scores.shape[0],), self.area, device=images.device)
                 if network.class_embedding:
                     for slot in range(wanted.shape[1]):

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from saliencylab.methods.base import Method, Passes, register, scoped_eval
 from saliencylab.models.classifier import Classifier
+from saliencylab.targets import check_class_range
 
 
 class TrainedExplainer(Method):
@@ -68,11 +69,8 @@ class TrainedExplainer(Method):
             for start in range(0, images.shape[0], self.max_batch):
                 rows = slice(start, start + self.max_batch)
                 logits = network(self._normalize(images[rows]))
-                classes = logits.shape[1]
                 wanted = targets[rows]
-                if int(wanted.max()) >= classes:
-                    raise ValueError(f"target class {int(wanted.max())} is out of range for an explainer with "
-                                     f"{classes} classes (expected 0..{classes - 1})")
+                check_class_range(wanted, logits.shape[1], "an explainer")
                 index = wanted.clamp(min=0)[..., None, None].expand(-1, -1, *logits.shape[-2:])
                 maps[rows] = logits.gather(1, index).float().sigmoid()
         return maps

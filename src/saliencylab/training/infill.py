@@ -12,7 +12,7 @@ flows only through these formulas. ``sides`` says which images are infilled (the
 - :class:`Infiller` (``"none"``, the default): no fill, G = 0, i.e. removed pixels become 0 in normalised
   space, the dataset's mean colour.
 - :class:`BlurInfiller` (``"blur"``): G = Gaussian blur of the original x (σ=20 in the original, half-width
-  ⌈4σ⌉, zero padding; :func:`saliencylab.training.losses.gaussian_blur`).
+  ⌈4σ⌉, zero padding; :func:`saliencylab.perturb.blur_zero_padded`).
 - :class:`NoiseInfiller` (``"noise"``): the release has none (its uniform-noise function returns None);
   here G = normalise(u), u ~ U(0,1) i.i.d. per pixel and channel, fresh for every image and side:
   uniform noise in image space, drawn from a seeded generator.
@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from saliencylab.training.losses import gaussian_blur
+from saliencylab.perturb import blur_zero_padded
 
 INFILLERS = ("none", "blur", "noise", "generator")
 SIDES = ("in", "out")
@@ -66,7 +66,7 @@ class BlurInfiller(Infiller):
         self.sigma = sigma
 
     def fill(self, x: Tensor, hole: Tensor) -> Tensor:
-        return gaussian_blur(x, self.sigma)
+        return blur_zero_padded(x, self.sigma)
 
 
 class _Normalised(Infiller):

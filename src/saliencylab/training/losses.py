@@ -5,13 +5,14 @@ masks m, n (B,1,H,W) in [0,1]; classifier logits (B,C).
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from saliencylab.perturb import blur_zero_padded
 
 ALTERNATIVES = ("blur", "color", "random")
 
@@ -181,27 +182,12 @@ def rt_saliency_loss(classifier_logits_preserved: Tensor, classifier_logits_dest
     return total, terms
 
 
-def gaussian_blur(images: Tensor, sigma: float = 10.0) -> Tensor:
-    """TorchRay ``imsmooth``-like blur: separable normalised Gaussian of half-width ⌈4σ⌉, zero padding, per channel."""
-    if sigma <= 0:
-        return images
-    half = math.ceil(4 * sigma)
-    x = torch.arange(-half, half + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    channels = images.shape[1]
-    horizontal = kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
-    vertical = kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
-    out = F.conv2d(images, horizontal, padding=(0, half), groups=channels)
-    return F.conv2d(out, vertical, padding=(half, 0), groups=channels)
-
-
 def alternative_image(images_normalised: Tensor, generator: torch.Generator | None = None, mode: str = "random", *,
                       sigma: float = 10.0, noise_std: float = 0.11, offset: float = 0.33,
                       color_noise_mean_bug: bool = False) -> Tensor:
     """The RT-saliency alternative image A of spec 000 §4, in normalised space.
 
-    "blur": Gaussian blur, σ=10 (:func:`gaussian_blur`). "color": per-pixel N(0, noise_std) plus a
+    "blur": Gaussian blur, σ=10 (:func:`saliencylab.perturb.blur_zero_padded`). "color": per-pixel N(0, noise_std) plus a
     per-image, per-channel U(−offset, offset). ``color_noise_mean_bug=True`` reproduces the
     original's ``normal_(0.11)`` (mean 0.11, std 1). "random": one of the two for the whole
     batch, drawn with ``generator`` (the original's ``random.choice``).
@@ -213,7 +199,7 @@ def alternative_image(images_normalised: Tensor, generator: torch.Generator | No
     if mode == "random":
         mode = ALTERNATIVES[int(torch.randint(2, (1,), generator=generator, device=draw_on))]
     if mode == "blur":
-        return gaussian_blur(images_normalised, sigma)
+        return blur_zero_padded(images_normalised, sigma)
     batch, channels = images_normalised.shape[:2]
     mean, std = (noise_std, 1.0) if color_noise_mean_bug else (0.0, noise_std)
     dtype = images_normalised.dtype
