@@ -25,9 +25,9 @@ A, B, C = "n01000001", "n01000002", "n01000003"
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
 
-def jpeg(path: Path, width: int, height: int, colour=GREEN) -> None:
+def jpeg(path: Path, width: int, height: int, color=GREEN) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (width, height), colour).save(path, quality=95)
+    Image.new("RGB", (width, height), color).save(path, quality=95)
 
 
 def xml(path: Path, width: int, height: int, objects: list[tuple[str, list[int]]]) -> None:

@@ -116,7 +116,7 @@ def test_fcnn_loss_terms():
     assert terms["coherency"].item() == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item() - 0.5)
 
 
-def test_rt_saliency_terms_and_positive_normalisation():
+def test_rt_saliency_terms_and_positive_normalization():
     labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # N_pos = 2
     preserved = torch.tensor([[0.0, 5.0], [3.0, 0.0]])  # positives at logit 0: -log σ(0) = log 2 each
     destroyed = torch.tensor([[0.0, 9.0], [9.0, 0.0]])  # positives at σ = 0.5
@@ -136,7 +136,7 @@ def test_rt_saliency_terms_and_positive_normalisation():
     assert terms["preserver"].item() == 0 and terms["destroyer"].item() == 0 and torch.isfinite(m.grad).all()
 
 
-def test_blur_is_a_normalised_separable_gaussian_with_zero_padding():
+def test_blur_is_a_normalized_separable_gaussian_with_zero_padding():
     ones = torch.ones(1, 2, 97, 97)
     blurred = alternative_image(ones, None, "blur")
     assert blurred[0, :, 48, 48].tolist() == pytest.approx([1.0, 1.0], abs=1e-5)  # > 40 px from every border
@@ -150,7 +150,7 @@ def test_blur_is_a_normalised_separable_gaussian_with_zero_padding():
     assert response.sum().item() == pytest.approx(1.0, abs=1e-5)
 
 
-def test_colour_noise_std_and_the_original_mean_bug():
+def test_color_noise_std_and_the_original_mean_bug():
     images = torch.zeros(64, 3, 32, 32)
     noise = alternative_image(images, torch.Generator().manual_seed(0), "color")
     offsets = noise.mean(dim=(2, 3))

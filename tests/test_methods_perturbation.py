@@ -198,7 +198,7 @@ def test_igos_pp_finds_the_box():
     assert top_iou(saliency, box) > 0.7
 
 
-def test_optimisation_methods_reject_bad_settings_and_count_passes():
+def test_optimization_methods_reject_bad_settings_and_count_passes():
     with pytest.raises(ValueError, match="max_iter >= 1"):
         methods.build("meaningful_perturbation", small_cnn(), max_iter=0)
     with pytest.raises(ValueError, match="l1, l2 and noise must be >= 0"):

@@ -173,7 +173,7 @@ def _train_masker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _randomisable_masker(settings: dict[str, object], classifier_dir: str) -> dict[str, object]:
+def _randomizable_masker(settings: dict[str, object], classifier_dir: str) -> dict[str, object]:
     """Settings under which a masker reads the classifier that gets randomised.
 
     A CA checkpoint reads the features of its co-trained classifier (saved in its own folder), so
@@ -227,7 +227,7 @@ def _sanity(args: argparse.Namespace) -> int:
     targets = batch.labels.argmax(dim=1).to(args.device)
     settings = dict(args.set)
     if args.method == "masker" and not data_test:
-        settings = _randomisable_masker(settings, args.classifier)
+        settings = _randomizable_masker(settings, args.classifier)
 
     def explain(model: Classifier, images: torch.Tensor, targets: torch.Tensor,
                 settings: dict[str, object] = settings) -> torch.Tensor:

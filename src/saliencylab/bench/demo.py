@@ -54,14 +54,14 @@ def check_formats_agree(voc_test: Dataset, coco_test: COCODataset) -> None:
 def figure_rows(batch: Batch, maps: Tensor, class_names: list[str], max_targets: int = 3) -> list[list]:
     """Tiles per image: image, ground truth, merged map, then each target's map (normalised)."""
     targets = from_multi_hot(batch.labels)
-    normalised = normalize_minmax(maps.cpu())
-    merged = merge_max(normalised)
+    normalized = normalize_minmax(maps.cpu())
+    merged = merge_max(normalized)
     rows = []
     for i in range(len(batch)):
         row = [viz.to_uint8_image(batch.images[i]), viz.segmentation_to_rgb(batch.segmentation[i]),
                viz.overlay(batch.images[i], merged[i, 0])]
         for k in range(min(max_targets, targets.shape[1])):
-            row.append(viz.overlay(batch.images[i], normalised[i, k]) if targets[i, k] >= 0
+            row.append(viz.overlay(batch.images[i], normalized[i, k]) if targets[i, k] >= 0
                        else viz.to_uint8_image(torch.ones_like(batch.images[i])))
         rows.append(row)
     return rows

@@ -24,11 +24,11 @@ from saliencylab.models.classifier import Classifier
 from saliencylab.targets import PAD, from_multi_hot
 from saliencylab.types import Batch
 
-LOCALISATION = ("pointing_game", "pointing_game_plain", "stochastic_pointing_game", "energy")
+LOCALIZATION = ("pointing_game", "pointing_game_plain", "stochastic_pointing_game", "energy")
 SEGMENTATION = ("mean_f1", "soft_f1", "soft_accuracy", "discrete_iou", "soft_iou", "pixel_auc", "overlap",
                 "background_coverage", "object_coverage")
 MODEL = ("saliency_metric",)
-ALL_METRICS = LOCALISATION + SEGMENTATION + MODEL
+ALL_METRICS = LOCALIZATION + SEGMENTATION + MODEL
 CLASS_MEAN = ("pointing_game",)
 TOLERANCE_FRACTION = 0.04
 """Pointing tolerance as a fraction of the shorter image side: TorchRay's 15 px on VOC images,
@@ -60,7 +60,7 @@ class Scores:
     def stacked(self) -> tuple[dict[str, Tensor], Tensor]:
         """Values and targets of all batches, padded to the largest K (NaN scores, -1 targets)."""
         width = max(t.shape[1] for t in self.targets)
-        values = {k: torch.cat([_pad(x, width if k in LOCALISATION else 1, torch.nan) for x in v])
+        values = {k: torch.cat([_pad(x, width if k in LOCALIZATION else 1, torch.nan) for x in v])
                   for k, v in self.values.items()}
         return values, torch.cat([_pad(t, width, PAD) for t in self.targets])
 

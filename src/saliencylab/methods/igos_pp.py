@@ -17,15 +17,15 @@ from saliencylab.models.classifier import Classifier
 from saliencylab.perturb import blur
 
 
-def bilateral_tv(normalised: Tensor, masks: Tensor, beta: float, sigma: float) -> Tensor:
+def bilateral_tv(normalized: Tensor, masks: Tensor, beta: float, sigma: float) -> Tensor:
     """iGOS++'s bilateral TV (N,): ½(TV_β(m) + mean w_y|Δ_y up(m)|^β + mean w_x|Δ_x up(m)|^β), m (N,1,h,w).
 
     Edge weights from the normalised image (N,3,H,W), as the official code (``bilateral_tv_norm``):
     w_y = exp(−mean_c(Δ_y I)²/σ), w_x = mean_c exp(−(Δ_x I)²/σ) (its two axes differ; kept).
     """
-    up = upsample_corners(masks, normalised.shape[-2:])
-    weight_y = (-(normalised[..., :-1, :] - normalised[..., 1:, :]).mean(1, keepdim=True) ** 2 / sigma).exp()
-    weight_x = (-(normalised[..., :, :-1] - normalised[..., :, 1:]) ** 2 / sigma).exp().mean(1, keepdim=True)
+    up = upsample_corners(masks, normalized.shape[-2:])
+    weight_y = (-(normalized[..., :-1, :] - normalized[..., 1:, :]).mean(1, keepdim=True) ** 2 / sigma).exp()
+    weight_x = (-(normalized[..., :, :-1] - normalized[..., :, 1:]) ** 2 / sigma).exp().mean(1, keepdim=True)
     edges_y = (weight_y * (up[..., :-1, :] - up[..., 1:, :]).abs().pow(beta)).flatten(1).mean(1)
     edges_x = (weight_x * (up[..., :, :-1] - up[..., :, 1:]).abs().pow(beta)).flatten(1).mean(1)
     return 0.5 * (tv_norm(masks, beta) + edges_y + edges_x)
@@ -101,14 +101,14 @@ class IGOSPlusPlus(Method):
                     grads = (grads[0] + chunk_grads[0], grads[1] + chunk_grads[1])
         return loss, grads
 
-    def regulariser(self, normalised: Tensor, del_mask: Tensor, ins_mask: Tensor) -> Tensor:
+    def regularizer(self, normalized: Tensor, del_mask: Tensor, ins_mask: Tensor) -> Tensor:
         masks = del_mask * ins_mask
-        return self.l1 * (1 - masks).abs().flatten(1).mean(1) + self.l2 * bilateral_tv(normalised, masks, 2.0, 0.01)
+        return self.l1 * (1 - masks).abs().flatten(1).mean(1) + self.l2 * bilateral_tv(normalized, masks, 2.0, 0.01)
 
     def attribute_pairs(self, images: Tensor, classes: Tensor) -> Tensor:
         size = images.shape[-2:]
         baselines = self.baselines(images)
-        normalised = self.classifier.normalize(images)
+        normalized = self.classifier.normalize(images)
         std = self.classifier.std.to(images).view(1, 3, 1, 1)
         generator = torch.Generator().manual_seed(self.seed)
         shape = (len(images), 1, self.mask_size, self.mask_size)
@@ -120,17 +120,17 @@ class IGOSPlusPlus(Method):
             ins_mask.requires_grad_(True)
             _, (grad_del, grad_ins) = self.path_loss(images, baselines, classes, noise, del_mask, ins_mask, True)
             with torch.enable_grad():
-                reg_del, reg_ins = torch.autograd.grad(self.regulariser(normalised, del_mask, ins_mask).sum(),
+                reg_del, reg_ins = torch.autograd.grad(self.regularizer(normalized, del_mask, ins_mask).sum(),
                                                        (del_mask, ins_mask))
             del_mask, ins_mask = del_mask.detach(), ins_mask.detach()
             grad_del, grad_ins = grad_del / 2 + reg_del, grad_ins / 2 + reg_ins
-            step = self.line_search(images, baselines, normalised, classes, noise, (del_mask, ins_mask),
+            step = self.line_search(images, baselines, normalized, classes, noise, (del_mask, ins_mask),
                                     (grad_del, grad_ins)).view(-1, 1, 1, 1)
             del_mask = (del_mask - step * grad_del).clamp(0, 1)
             ins_mask = (ins_mask - step * grad_ins).clamp(0, 1)
         return 1 - upsample_corners(del_mask * ins_mask, size).squeeze(1)
 
-    def line_search(self, images: Tensor, baselines: Tensor, normalised: Tensor, classes: Tensor, noise: Tensor,
+    def line_search(self, images: Tensor, baselines: Tensor, normalized: Tensor, classes: Tensor, noise: Tensor,
                     masks: tuple[Tensor, Tensor], grads: tuple[Tensor, Tensor], beta: float = 1e-4,
                     decay: float = 0.2, min_alpha: float = 1e-5) -> Tensor:
         """Per-pair backtracking (Armijo) step sizes (P,), as the official ``line_search``."""
@@ -141,7 +141,7 @@ class IGOSPlusPlus(Method):
                 del_mask = (del_mask - step.view(-1, 1, 1, 1) * grads[0][index]).clamp(0, 1)
                 ins_mask = (ins_mask - step.view(-1, 1, 1, 1) * grads[1][index]).clamp(0, 1)
             loss, _ = self.path_loss(images[index], baselines[index], classes[index], noise, del_mask, ins_mask, False)
-            return loss + self.regulariser(normalised[index], del_mask, ins_mask)
+            return loss + self.regularizer(normalized[index], del_mask, ins_mask)
 
         with torch.no_grad():
             every = torch.arange(len(images), device=images.device)

@@ -73,7 +73,7 @@ class MeaningfulPerturbation(Method):
         background = blur(images, self.blur_sigma)
         generator = torch.Generator().manual_seed(self.seed)
         mask = torch.ones(len(images), 1, self.mask_size, self.mask_size, device=images.device, requires_grad=True)
-        optimiser = torch.optim.Adam([mask], lr=self.lr)
+        optimizer = torch.optim.Adam([mask], lr=self.lr)
         for _ in range(self.max_iter):
             noise = (torch.randn(1, 3, *size, generator=generator) * self.noise).to(images)
             with torch.enable_grad():
@@ -81,9 +81,9 @@ class MeaningfulPerturbation(Method):
                 perturbed = images * up + background * (1 - up) + noise
                 loss = (self.l1 * (1 - mask).abs().flatten(1).mean(1) + self.tv * tv_norm(mask, self.tv_beta)
                         + class_probability(self.classifier, perturbed, classes))
-                optimiser.zero_grad()
+                optimizer.zero_grad()
                 loss.sum().backward()
-            optimiser.step()
+            optimizer.step()
             with torch.no_grad():
                 mask.clamp_(0, 1)
         return 1 - upsample_corners(mask.detach(), size).squeeze(1)

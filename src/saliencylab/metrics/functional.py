@@ -210,7 +210,7 @@ def _prepare(maps: Tensor, gt: Tensor, ignore: Tensor | None) -> tuple[Tensor, T
     return maps.float().nan_to_num(nan=0.0), s, w, undefined
 
 
-def _binarise(x: Tensor, threshold: float) -> Tensor:
+def _binarize(x: Tensor, threshold: float) -> Tensor:
     return (x > threshold).float()
 
 
@@ -242,7 +242,7 @@ def discrete_f1(maps: Tensor, gt: Tensor, threshold: float = 0.5, ignore: Tensor
     (deviation: the original's eps gives 0 there). Source: NN-Explainer ``discrete_f1`` (spec 000 §6).
     """
     m, s, w, undefined = _prepare(maps, gt, ignore)
-    return _undefined(_f1(_binarise(m, threshold), _binarise(s, threshold), w), undefined)
+    return _undefined(_f1(_binarize(m, threshold), _binarize(s, threshold), w), undefined)
 
 
 def mean_f1(maps: Tensor, gt: Tensor, thresholds: Sequence[float] = F1_THRESHOLDS,
@@ -253,7 +253,7 @@ def mean_f1(maps: Tensor, gt: Tensor, thresholds: Sequence[float] = F1_THRESHOLD
     mean (a soft gt may vanish at high thresholds), NaN when none is defined.
     """
     m, s, w, undefined = _prepare(maps, gt, ignore)
-    scores = torch.stack([_f1(_binarise(m, t), _binarise(s, t), w) for t in thresholds])
+    scores = torch.stack([_f1(_binarize(m, t), _binarize(s, t), w) for t in thresholds])
     return _undefined(scores.nanmean(0), undefined)
 
 
@@ -286,7 +286,7 @@ def discrete_iou(maps: Tensor, gt: Tensor, thresholds: Sequence[float] = IOU_THR
     Source: spec 000 §6 ``d_IOUs``.
     """
     m, s, w, undefined = _prepare(maps, gt, ignore)
-    scores = torch.stack([_iou(_binarise(m, t), _binarise(s, t), w) for t in thresholds])
+    scores = torch.stack([_iou(_binarize(m, t), _binarize(s, t), w) for t in thresholds])
     return _undefined(scores.nanmean(0), undefined)
 
 

@@ -69,7 +69,7 @@ class BlurInfiller(Infiller):
         return blur_zero_padded(x, self.sigma)
 
 
-class _Normalised(Infiller):
+class _Normalized(Infiller):
     """An infiller that makes G in image space [0,1] and normalises it with the classifier's mean/std."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], sides: Sequence[str] = SIDES) -> None:
@@ -78,7 +78,7 @@ class _Normalised(Infiller):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
 
-class NoiseInfiller(_Normalised):
+class NoiseInfiller(_Normalized):
     """G = normalise(u), u ~ U(0,1) per pixel and channel (our definition; the release has none)."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], sides: Sequence[str] = SIDES,
@@ -91,7 +91,7 @@ class NoiseInfiller(_Normalised):
         return (u - self.mean) / self.std
 
 
-class GeneratorInfiller(_Normalised):
+class GeneratorInfiller(_Normalized):
     """G = normalise(generator(image ⊙ (1 − hole), hole)), a frozen user inpainting network (module docstring)."""
 
     def __init__(self, generator: Callable[[Tensor, Tensor], Tensor], mean: Sequence[float], std: Sequence[float],

@@ -182,7 +182,7 @@ def rt_saliency_loss(classifier_logits_preserved: Tensor, classifier_logits_dest
     return total, terms
 
 
-def alternative_image(images_normalised: Tensor, generator: torch.Generator | None = None, mode: str = "random", *,
+def alternative_image(images_normalized: Tensor, generator: torch.Generator | None = None, mode: str = "random", *,
                       sigma: float = 10.0, noise_std: float = 0.11, offset: float = 0.33,
                       color_noise_mean_bug: bool = False) -> Tensor:
     """The RT-saliency alternative image A of spec 000 §4, in normalised space.
@@ -194,15 +194,15 @@ def alternative_image(images_normalised: Tensor, generator: torch.Generator | No
     """
     if mode not in ALTERNATIVES:
         raise ValueError(f"mode must be one of {ALTERNATIVES}, got {mode!r}")
-    device = images_normalised.device
+    device = images_normalized.device
     draw_on = generator.device if generator is not None else device  # draw where the generator lives
     if mode == "random":
         mode = ALTERNATIVES[int(torch.randint(2, (1,), generator=generator, device=draw_on))]
     if mode == "blur":
-        return blur_zero_padded(images_normalised, sigma)
-    batch, channels = images_normalised.shape[:2]
+        return blur_zero_padded(images_normalized, sigma)
+    batch, channels = images_normalized.shape[:2]
     mean, std = (noise_std, 1.0) if color_noise_mean_bug else (0.0, noise_std)
-    dtype = images_normalised.dtype
-    noise = torch.randn(images_normalised.shape, generator=generator, device=draw_on, dtype=dtype).to(device)
+    dtype = images_normalized.dtype
+    noise = torch.randn(images_normalized.shape, generator=generator, device=draw_on, dtype=dtype).to(device)
     shift = torch.rand((batch, channels, 1, 1), generator=generator, device=draw_on, dtype=dtype).to(device)
     return mean + std * noise + (2 * shift - 1) * offset
