@@ -5,7 +5,7 @@ import math
 import pytest
 
 from saliencylab.cli import main
-from saliencylab.data.imagenet import write_synthetic_imagenet
+from saliencylab.data.synthetic_imagenet import write_synthetic_imagenet
 from saliencylab.data.synthetic import SyntheticConfig
 
 

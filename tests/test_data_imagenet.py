@@ -13,12 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from saliencylab.data.imagenet import (WNIDS, ImageNetDataset, ImageNetMetadata, center_crop_boxes,
-                                       examples_per_class, prepare_metadata, read_box_xml, read_boxes,
-                                       read_metadata, scan_image_folder, shuffled_labels, single_class_scenes,
-                                       write_boxes, write_metadata, write_synthetic_imagenet)
+from saliencylab.data.imagenet import ImageNetDataset
+from saliencylab.data.imagenet_metadata import (ImageNetMetadata, center_crop_boxes, examples_per_class,
+                                                prepare_metadata, read_box_xml, read_boxes, read_metadata,
+                                                scan_image_folder, shuffled_labels, write_boxes, write_metadata)
 from saliencylab.data.openimages import OpenImagesDataset, write_openimages
 from saliencylab.data.synthetic import CLASSES, SyntheticConfig
+from saliencylab.data.synthetic_imagenet import WNIDS, single_class_scenes, write_synthetic_imagenet
 from saliencylab.types import BACKGROUND, VOID, Sample
 
 A, B, C = "n01000001", "n01000002", "n01000003"

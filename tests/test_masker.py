@@ -9,14 +9,15 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from saliencylab import methods
-from saliencylab.data.imagenet import ImageNetDataset, write_synthetic_imagenet
+from saliencylab.data.imagenet import ImageNetDataset
 from saliencylab.data.module import InMemory, SaliencyDataModule
 from saliencylab.data.synthetic import CLASSES, SyntheticConfig, generate
+from saliencylab.data.synthetic_imagenet import write_synthetic_imagenet
 from saliencylab.models.masker import Masker, classifier_features, default_layers, layer_channels
 from saliencylab.models.zoo import build_classifier
+from saliencylab.perturb import blur_zero_padded
 from saliencylab.training.classifier import load_trained_classifier, save_classifier
 from saliencylab.training.infill import build_infiller
-from saliencylab.perturb import blur_zero_padded
 from saliencylab.training.masker import (MaskerModule, SnapshotPool, epoch_batches, fit_masker, load_masker_preset,
                                          load_trained_masker, lr_factor, masker_loss, masker_preset_names, masker_tv,
                                          single_labels)

@@ -144,7 +144,8 @@ def _check_methods(names: list[str]) -> None:
 def _train_masker(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from saliencylab.data.imagenet import ImageNetDataset, examples_per_class, read_metadata, write_metadata
+    from saliencylab.data.imagenet import ImageNetDataset
+    from saliencylab.data.imagenet_metadata import examples_per_class, read_metadata, write_metadata
     from saliencylab.data.module import SaliencyDataModule
     from saliencylab.training.classifier import load_trained_classifier
     from saliencylab.training.masker import fit_masker, load_masker_preset

@@ -28,9 +28,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from saliencylab import methods, viz
 from saliencylab.bench import report, sanity, wsol
-from saliencylab.data.imagenet import ImageNetDataset, write_synthetic_imagenet
+from saliencylab.data.imagenet import ImageNetDataset
 from saliencylab.data.module import InMemory, SaliencyDataModule
 from saliencylab.data.openimages import OpenImagesDataset
+from saliencylab.data.synthetic_imagenet import write_synthetic_imagenet
 from saliencylab.data.synthetic import SyntheticConfig
 from saliencylab.maps import normalize_minmax
 from saliencylab.metrics.wsol import baseline, inclusive_to_half_open, predicted_boxes

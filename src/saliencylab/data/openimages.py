@@ -26,8 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from saliencylab.data.imagenet import load_resized_image
-from saliencylab.data.voc import AnnotatedDataset, write_image
+from saliencylab.data.base import AnnotatedDataset, load_resized_image, write_image
 from saliencylab.types import BACKGROUND, VOID, Sample
 
 _LAYOUT = """expected layout:
