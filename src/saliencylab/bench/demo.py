@@ -74,7 +74,7 @@ its own section (:mod:`saliencylab.bench.masking`)."""
 SLOW = ("extremal_perturbation", "igos_pp", "meaningful_perturbation", "rise", "scorecam")
 """Methods the demo scores on the first ``slow_images`` test images only: seconds per image on a CPU."""
 CLASS_SPECIFIC = ("explainer", "gradcam", "rise", "rt_saliency")
-"""Methods whose class-specific matrices the demo computes (spec 000 §6 compares these four)."""
+"""Methods whose class-specific matrices the demo computes (Stalder et al. 2022 compare these four)."""
 
 
 def prepare_classifier(out_dir: Path, config: SyntheticConfig, datamodule: SaliencyDataModule, epochs: int,
@@ -195,7 +195,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, fresh: bool = False, device: 
     (``out_dir/explainer``, ``out_dir/rt_saliency``) are reused when made with the same settings;
     ``fresh=True`` rebuilds them. ``explainer_epochs`` caps explainer training (default 3, so the
     demo fits in 10 CPU minutes; None: the ``synthetic`` preset's 30 with early stopping). SLOW methods are scored on the first ``slow_images`` test images, the
-    class-specific matrices on the first ``class_specific_images``. The paper-001 part
+    class-specific matrices on the first ``class_specific_images``. The masking-based saliency part (Phang et al. 2020)
     (:mod:`saliencylab.bench.masking`, in ``out_dir/masking``) trains its maskers ``masker_epochs``
     epochs on the single-label set ``wsol_config`` (default :func:`wsol_data_config` of ``config``)
     and runs the cascading sanity check on ``sanity_images`` images. Returns the results dict.
@@ -235,7 +235,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, fresh: bool = False, device: 
     class_specific = class_specific_section(classifier, test, out_dir, rows, torch_device, batch_size,
                                             class_specific_images)
 
-    print(f"[5/6] masking-based saliency (paper 001) -> {out_dir / 'masking'}")
+    print(f"[5/6] masking-based saliency (Phang et al. 2020) -> {out_dir / 'masking'}")
     masking = masking_section(out_dir, classifier, out_dir / "classifier", wsol_config or wsol_data_config(config),
                               torch_device, epochs=masker_epochs, batch_size=batch_size, sanity_images=sanity_images,
                               figure_images=figure_images, progress=progress)

@@ -3,7 +3,7 @@
 On the ImageNet-format export of the synthetic scenes (:func:`write_synthetic_imagenet`) the demo
 
 1. trains a FIX and a CA masker (presets ``synthetic_fix`` / ``synthetic_ca``) for the demo classifier;
-2. scores them with the WSOL metrics (spec 001 §4) on the val split beside Grad-CAM and the special
+2. scores them with the WSOL metrics (Phang et al. 2020) on the val split beside Grad-CAM and the special
    baselines (center, max, min, ground_truth), plus PxAP on the OpenImages-layout test split;
 3. runs the sanity checks: cascading model-parameter randomisation of the classifier for the
    gradient (Adebayo et al.'s reference case), the FIX masker and the CA masker (of its co-trained

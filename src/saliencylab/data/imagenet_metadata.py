@@ -262,7 +262,7 @@ def _train_annotations(base: Path) -> dict[tuple[str, str], Path]:
 def prepare_metadata(train_dir: str | Path, val_dir: str | Path, val_annotations: str | Path, out_dir: str | Path,
                      extended_annotations: str | Path | None = None, num_per_class_in_train_val: int = 50,
                      seed: int = 1234, size: int = 224) -> dict[str, Path]:
-    """Write the metadata JSONs of paper 001 into ``out_dir``; return {file stem: path}.
+    """Write the metadata JSONs of masking-based saliency (Phang et al. 2020) into ``out_dir``; return {file stem: path}.
 
     train.json: every train image, shuffled by RandomState(seed). With ``extended_annotations``:
     per class (in order of first appearance in train.json) the annotated images are shuffled and

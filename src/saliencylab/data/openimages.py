@@ -1,4 +1,4 @@
-"""OpenImages30k in the wsolevaluation layout (Choe et al., CVPR 2020): the PxAP set of paper 001.
+"""OpenImages30k in the wsolevaluation layout (Choe et al., CVPR 2020): the PxAP set of masking-based saliency (Phang et al. 2020).
 
 The three roots are wsolevaluation's ``--data_root``, ``--mask_root`` and ``--metadata_root``,
 each holding an ``OpenImages/`` folder::

@@ -31,7 +31,7 @@ class Center(Baseline):
     """Centre prior (TorchRay's ``center`` baseline): an isotropic Gaussian peaked at the image centre.
 
     σ = ``sigma`` × the shorter side. Its arg-max is the centre pixel, so its pointing game
-    equals TorchRay's centre point (69.6 % on VOC07 test, anchors §7.1).
+    equals TorchRay's centre point (69.6 % on VOC07 test, as TorchRay reports).
     """
 
     def __init__(self, classifier: Classifier, *, sigma: float = 0.25, max_batch: int = 64) -> None:

@@ -161,7 +161,7 @@ class GradCAM(LayerCAM):
 
 @register("gradcam_elementwise")
 class GradCAMElementwise(LayerCAM):
-    """Element-wise Grad-CAM (spec 002, HiResCAM-like): ReLU(Σ_k dS/dA_k ⊙ A_k), upsampled bilinearly.
+    """Element-wise Grad-CAM (Pillai & Pirsiavash, 'Explainable Models with Consistent Interpretations', AAAI 2021; HiResCAM-like): ReLU(Σ_k dS/dA_k ⊙ A_k), upsampled bilinearly.
 
     The map used by consistent-interpretation training; it keeps the gradient's spatial layout.
     Equal to pytorch-grad-cam's ``HiResCAM`` before its normalisation.

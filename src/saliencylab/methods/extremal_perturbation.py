@@ -114,7 +114,7 @@ class ExtremalPerturbation(Method):
     σ = ``smooth``·min(H,W) (zero padding). ``variant``: ``"preserve"`` (keep m, blur the rest),
     ``"delete"`` (blur m), ``"dual"`` (reward(preserve) − reward(delete)). ``reward`` on the raw
     logits: ``"contrastive"`` (logit_c − max other logit; NN-Explainer) or ``"simple"``
-    (logit_c; TorchRay's default). Defaults follow NN-Explainer (spec 000 §7): areas
+    (logit_c; TorchRay's default). Defaults follow NN-Explainer (Stalder et al. 2022): areas
     (0.05, 0.1, 0.2, 0.3), contrastive, smooth 0.09, and ``select="smallest_preserving"``: the
     smallest area whose preserved image (blur pyramid with the final mask) has logit_c ≥ the
     original logit_c, else the largest area; ``select="sum"`` sums the area masks (TorchRay's

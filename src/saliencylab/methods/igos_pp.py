@@ -35,7 +35,7 @@ def bilateral_tv(normalized: Tensor, masks: Tensor, beta: float, sigma: float) -
 class IGOSPlusPlus(Method):
     """iGOS++ (Khorram et al., 2021): deletion and insertion masks optimised with integrated gradients; map 1 − up(m_del·m_ins).
 
-    Defaults as NN-Explainer runs the official code (spec 000 §7): ``mask_size=28`` masks (28×28
+    Defaults as NN-Explainer (Stalder et al. 2022) runs the official code: ``mask_size=28`` masks (28×28
     whatever the image size) initialised to 1, ``iterations=20`` optimisation steps, ``steps=15``
     integration points α ∈ {1/n, …, 1}; softmax probabilities p_c. Per pair the loss is
     Σ_α [p(x·αM_d + b(1−αM_d)) − p(b·αM_i + x(1−αM_i)) + p(x·αM + b(1−αM)) − p(b·αM + x(1−αM))]/n

@@ -1,4 +1,5 @@
-"""A trained CASME masker as a Method: ``masker`` (spec 001 §1, §4).
+"""A trained CASME masker as a Method: ``masker``
+(Phang et al., 'Investigating and Simplifying Masking-based Saliency Methods for Model Interpretability', 2020).
 
 One classifier forward per image gives the features the masker reads; its mask (B,1,H,W) in [0,1]
 is the map of every target (class-agnostic), unless the masker was trained with class-embedding
@@ -23,7 +24,7 @@ from saliencylab.targets import check_class_range
 class MaskerMethod(Method):
     """CASME masks; see the module docstring. ``area``: the target area fed to maskers trained with an
     area-prior channel (unused otherwise); ``logits=True``: the pre-sigmoid head logits (nearest-upsampled),
-    the values the original's sanity checks compared (spec §4.6); ``bench.sanity`` compares maps in
+    the values the original's sanity checks compared (Phang et al. 2020); ``bench.sanity`` compares maps in
     [0,1], so use the default sigmoid masks there (Spearman ranks are the same either way).
     Class-agnostic unless the masker has class-embedding channels."""
 

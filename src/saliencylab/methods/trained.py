@@ -1,7 +1,8 @@
-"""Trained explainers as Methods: ``explainer`` (NN-Explainer), ``rt_saliency`` and ``fcnn`` (spec 000 §1, §4-§6).
+"""Trained explainers as Methods: ``explainer`` (NN-Explainer), ``rt_saliency`` and ``fcnn``
+(Stalder et al., 'What You See is What You Classify: Black Box Attributions', NeurIPS 2022).
 
 One forward of the explainer network per image gives the logits S of every class; the map of
-target c is the per-class mask sigmoid(S_c) in [0,1] (spec §6, ``mode='classes'``), at input
+target c is the per-class mask sigmoid(S_c) in [0,1] (``mode='classes'`` in the authors' released code), at input
 resolution. The network comes from ``checkpoint``, a directory written by
 :func:`saliencylab.training.explainer.fit_explainer` (whose variant must match the method), or
 from ``explainer``, an in-memory ``nn.Module`` mapping images normalised like the classifier's
@@ -82,20 +83,20 @@ class TrainedExplainer(Method):
 
 @register("explainer")
 class NNExplainer(TrainedExplainer):
-    """NN-Explainer masks (spec 000 §1-§2)."""
+    """NN-Explainer masks (Stalder et al. 2022)."""
 
     variant = "explainer"
 
 
 @register("rt_saliency")
 class RTSaliency(TrainedExplainer):
-    """The adapted Real-Time-Saliency explainer (spec 000 §4)."""
+    """The adapted Real-Time-Saliency explainer (Stalder et al. 2022)."""
 
     variant = "rt_saliency"
 
 
 @register("fcnn")
 class SelfExplainingFCNN(TrainedExplainer):
-    """The self-explaining InterpretableFCNN (spec 000 §5); the network is its own classifier."""
+    """The self-explaining InterpretableFCNN (Stalder et al. 2022); the network is its own classifier."""
 
     variant = "fcnn"

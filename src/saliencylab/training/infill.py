@@ -1,4 +1,4 @@
-"""Infillers of masking-based saliency training (spec 001 §3): what replaces the removed pixels.
+"""Infillers of masking-based saliency training (Phang et al. 2020): what replaces the removed pixels.
 
 All work on *normalised* images x (B,3,H,W) and a mask m (B,1,H,W) in [0,1] (1 = keep for the
 mask-in image). An infiller gives a fill G for the "hole" and composes without re-masking:
