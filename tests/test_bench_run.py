@@ -17,7 +17,7 @@ from saliencylab.data.formats import format_names, load_dataset
 from saliencylab.data.synthetic import CLASSES, SyntheticConfig, write_synthetic
 from saliencylab.metrics.registry import MetricInputs
 from saliencylab.targets import from_multi_hot
-from saliencylab.training.classifier import save_classifier
+from saliencylab.models.load import save_classifier
 from saliencylab.types import collate
 
 METRICS = ["pointing_game", "energy", "mean_f1", "saliency_metric", "pxap"]

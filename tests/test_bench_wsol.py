@@ -14,9 +14,11 @@ from torch.utils.data import DataLoader
 
 from saliencylab.bench.wsol import (BASELINES, BOX_COLUMNS, COLUMNS, evaluate_wsol, evaluate_wsol_baseline,
                                     method_explain, pxap, wsol_table)
-from saliencylab.data.imagenet import ImageNetDataset, write_synthetic_imagenet
+from saliencylab.data.imagenet import ImageNetDataset
+from saliencylab.data.synthetic_imagenet import write_synthetic_imagenet
 from saliencylab.data.openimages import OpenImagesDataset
 from saliencylab.data.synthetic import SyntheticConfig
+from saliencylab.data.synthetic_imagenet import write_synthetic_imagenet
 from saliencylab.methods.base import build
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.zoo import build_classifier

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from saliencylab.cli import main
-from saliencylab.data.imagenet import write_synthetic_imagenet
+from saliencylab.data.synthetic_imagenet import write_synthetic_imagenet
 from saliencylab.data.synthetic import SyntheticConfig
 
 
@@ -127,7 +127,7 @@ def test_bad_paths_unknown_methods_and_settings_exit_2(root, classifier_dir, tmp
     assert exit_info.value.code == 2 and "expected METHOD:KEY=VALUE" in capsys.readouterr().err
 
 
-def test_sanity_randomises_the_classifier_a_ca_masker_reads(root, classifier_dir, maskers, tmp_path, capsys):
+def test_sanity_randomizes_the_classifier_a_ca_masker_reads(root, classifier_dir, maskers, tmp_path, capsys):
     ca = maskers[0]
     args = ["sanity", "masker", "--val-json", str(root / "imagenet" / "metadata" / "val.json"), "--image-size", "48",
             "--images", "3", "--set", f"checkpoint={ca}", "--layers", "features.0", "--out", str(tmp_path)]

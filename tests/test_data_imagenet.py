@@ -13,21 +13,22 @@ import pytest
 import torch
 from PIL import Image
 
-from saliencylab.data.imagenet import (WNIDS, ImageNetDataset, ImageNetMetadata, center_crop_boxes,
-                                       examples_per_class, prepare_metadata, read_box_xml, read_boxes,
-                                       read_metadata, scan_image_folder, shuffled_labels, single_class_scenes,
-                                       write_boxes, write_metadata, write_synthetic_imagenet)
+from saliencylab.data.imagenet import ImageNetDataset
+from saliencylab.data.imagenet_metadata import (ImageNetMetadata, center_crop_boxes, examples_per_class,
+                                                prepare_metadata, read_box_xml, read_boxes, read_metadata,
+                                                scan_image_folder, shuffled_labels, write_boxes, write_metadata)
 from saliencylab.data.openimages import OpenImagesDataset, write_openimages
 from saliencylab.data.synthetic import CLASSES, SyntheticConfig
+from saliencylab.data.synthetic_imagenet import WNIDS, single_class_scenes, write_synthetic_imagenet
 from saliencylab.types import BACKGROUND, VOID, Sample
 
 A, B, C = "n01000001", "n01000002", "n01000003"
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
 
-def jpeg(path: Path, width: int, height: int, colour=GREEN) -> None:
+def jpeg(path: Path, width: int, height: int, color=GREEN) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (width, height), colour).save(path, quality=95)
+    Image.new("RGB", (width, height), color).save(path, quality=95)
 
 
 def xml(path: Path, width: int, height: int, objects: list[tuple[str, list[int]]]) -> None:

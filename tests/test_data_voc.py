@@ -40,7 +40,7 @@ def voc(tmp_path: Path, samples: list[Sample]) -> Path:
                                                                     "test": ["000007"]})
 
 
-def test_palette_is_the_standard_voc_colour_map():
+def test_palette_is_the_standard_voc_color_map():
     palette = voc_palette()
     assert len(palette) == 768
     assert palette[0:3] == [0, 0, 0]
@@ -256,7 +256,7 @@ def test_png_size_must_match_the_image(voc: Path):
         VOCDataset(voc, "trainval")[0]
 
 
-def test_colour_png_is_rejected(voc: Path):
+def test_color_png_is_rejected(voc: Path):
     Image.new("RGB", (12, 10)).save(voc / "SegmentationClass/000005.png")
     with pytest.raises(ValueError, match=r"000005\.png has mode RGB; expected a palette \('P'\) PNG"):
         VOCDataset(voc, "trainval")[0]

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from saliencylab.perturb import blur_zero_padded
 from saliencylab.training.losses import (LossWeights, aggregate_masks, alternative_image, class_area_loss,
-                                         entropy_loss, explainer_loss, fcnn_loss, gaussian_blur, rt_saliency_loss,
-                                         total_variation)
+                                         entropy_loss, explainer_loss, fcnn_loss, rt_saliency_loss, total_variation)
 
 
 def logit(p: float) -> float:
@@ -116,7 +116,7 @@ def test_fcnn_loss_terms():
     assert terms["coherency"].item() == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item() - 0.5)
 
 
-def test_rt_saliency_terms_and_positive_normalisation():
+def test_rt_saliency_terms_and_positive_normalization():
     labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # N_pos = 2
     preserved = torch.tensor([[0.0, 5.0], [3.0, 0.0]])  # positives at logit 0: -log σ(0) = log 2 each
     destroyed = torch.tensor([[0.0, 9.0], [9.0, 0.0]])  # positives at σ = 0.5
@@ -136,21 +136,21 @@ def test_rt_saliency_terms_and_positive_normalisation():
     assert terms["preserver"].item() == 0 and terms["destroyer"].item() == 0 and torch.isfinite(m.grad).all()
 
 
-def test_blur_is_a_normalised_separable_gaussian_with_zero_padding():
+def test_blur_is_a_normalized_separable_gaussian_with_zero_padding():
     ones = torch.ones(1, 2, 97, 97)
     blurred = alternative_image(ones, None, "blur")
     assert blurred[0, :, 48, 48].tolist() == pytest.approx([1.0, 1.0], abs=1e-5)  # > 40 px from every border
     assert blurred[0, 0, 0, 0].item() < 0.3  # zero padding darkens the corners
     impulse = torch.zeros(1, 1, 97, 97)
     impulse[0, 0, 48, 48] = 1.0
-    response = gaussian_blur(impulse, 10.0)[0, 0]
+    response = blur_zero_padded(impulse, 10.0)[0, 0]
     assert (response[48, 58] / response[48, 48]).item() == pytest.approx(math.exp(-0.5), rel=1e-4)
     assert (response[38, 58] / response[48, 48]).item() == pytest.approx(math.exp(-1.0), rel=1e-4)
     assert response[48, 48 + 41].item() == 0.0  # half-width ceil(4σ) = 40
     assert response.sum().item() == pytest.approx(1.0, abs=1e-5)
 
 
-def test_colour_noise_std_and_the_original_mean_bug():
+def test_color_noise_std_and_the_original_mean_bug():
     images = torch.zeros(64, 3, 32, 32)
     noise = alternative_image(images, torch.Generator().manual_seed(0), "color")
     offsets = noise.mean(dim=(2, 3))

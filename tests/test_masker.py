@@ -9,15 +9,16 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from saliencylab import methods, presets
-from saliencylab.data.imagenet import ImageNetDataset, write_synthetic_imagenet
+from saliencylab.data.imagenet import ImageNetDataset
 from saliencylab.data.module import InMemory, SaliencyDataModule
 from saliencylab.data.synthetic import CLASSES, SyntheticConfig, generate
+from saliencylab.data.synthetic_imagenet import write_synthetic_imagenet
 from saliencylab.models.load import load_trained_classifier, save_classifier
 from saliencylab.models.masker import (Masker, classifier_features, default_layers, layer_channels,
                                       load_trained_masker)
 from saliencylab.models.zoo import build_classifier
+from saliencylab.perturb import blur_zero_padded
 from saliencylab.training.infill import build_infiller
-from saliencylab.training.losses import gaussian_blur
 from saliencylab.training.masker import (MaskerModule, SnapshotPool, epoch_batches, fit_masker, lr_factor, masker_loss,
                                          masker_tv, single_labels)
 
@@ -180,7 +181,7 @@ def test_infillers_compose_without_remasking():
     m = torch.rand(2, 1, 8, 8, requires_grad=True)
     x_in, x_out = build_infiller("none", mean=mean, std=std)(x, m)
     assert torch.equal(x_in, x * m) and torch.equal(x_out, x * (1 - m))  # zero = mean colour in normalised space
-    blur = gaussian_blur(x, 1.0)
+    blur = blur_zero_padded(x, 1.0)
     x_in, x_out = build_infiller("blur", mean=mean, std=std, sigma=1.0)(x, m)
     torch.testing.assert_close(x_in, x * m + blur * (1 - m))
     torch.testing.assert_close(x_out, x * (1 - m) + blur * m)

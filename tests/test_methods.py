@@ -216,3 +216,19 @@ def test_target_out_of_range_is_caught_before_running_when_classes_are_known():
     classifier.class_names = ["a", "b", "c", "d"]
     with pytest.raises(ValueError, match=r"out of range .* 4 classes \(expected 0..3\)"):
         methods.build("gradcam", classifier).attribute(torch.rand(1, 3, 16, 16), 4)
+
+
+def test_contract_declarations_hold(method_name):
+    """output_range, per_class and trained say what the maps and the constructor really are."""
+    cls = methods.get(method_name)
+    assert cls.trained == ("checkpoint" in methods.hyperparameters(method_name))
+    method = build_fast(method_name, small_cnn())
+    assert cls.output_range in methods.OUTPUT_RANGES and method.output_range in methods.OUTPUT_RANGES
+    images = torch.rand(2, 3, 24, 24)
+    maps = method.attribute(images, torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]]))
+    if method.output_range == "unit":
+        assert maps.min() >= 0 and maps.max() <= 1
+    if method.output_range == "nonnegative":
+        assert maps.min() >= 0
+    if not method.per_class:
+        assert torch.equal(maps, maps[:, :1].expand_as(maps))

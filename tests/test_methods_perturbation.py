@@ -4,8 +4,9 @@ import torch
 from torch import nn
 
 from saliencylab import Classifier, methods
-from saliencylab.methods.optimisation import SmoothMaxMask
-from saliencylab.methods.perturbation import blurred, rise_masks, rise_saliency
+from saliencylab.methods.extremal_perturbation import SmoothMaxMask
+from saliencylab.methods.perturbation import rise_masks, rise_saliency
+from saliencylab.perturb import blur
 from saliencylab.models.zoo import SmallCNN
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
@@ -54,7 +55,7 @@ def test_occlusion_equals_captum(fill):
     images = torch.rand(2, 3, 34, 30)  # the last windows are truncated at the border
     maps = methods.build("occlusion", classifier, window=8, stride=6, fill=fill, max_batch=7).attribute(
         images, torch.tensor([[1, 3], [0, 2]]))
-    baselines = {"mean": classifier.mean.view(1, 3, 1, 1), "black": 0.0, "blur": blurred(images, 10.0)}[fill]
+    baselines = {"mean": classifier.mean.view(1, 3, 1, 1), "black": 0.0, "blur": blur(images, 10.0)}[fill]
     for slot in range(2):
         target = [[1, 0], [3, 2]][slot]
         expected = CaptumOcclusion(classifier).attribute(images, sliding_window_shapes=(3, 8, 8), strides=(3, 6, 6),
@@ -197,7 +198,7 @@ def test_igos_pp_finds_the_box():
     assert top_iou(saliency, box) > 0.7
 
 
-def test_optimisation_methods_reject_bad_settings_and_count_passes():
+def test_optimization_methods_reject_bad_settings_and_count_passes():
     with pytest.raises(ValueError, match="max_iter >= 1"):
         methods.build("meaningful_perturbation", small_cnn(), max_iter=0)
     with pytest.raises(ValueError, match="l1, l2 and noise must be >= 0"):

@@ -197,7 +197,7 @@ def test_discrete_f1_and_iou_hand_numbers():
     assert_scores(F.discrete_iou(M, S), [[(2 * 2 / 3 + 2 * 1 + 5 * 0.5) / 9]])
 
 
-def test_discrete_metrics_binarise_soft_gt_too():
+def test_discrete_metrics_binarize_soft_gt_too():
     soft_gt = grid([[0.6, 0.3], [0.0, 0.0]])
     # t=0.5: s>t = [1,0,0,0], m>t = [1,0,0,0] -> F1 1; t=0.75: s>t empty -> left out of the mean
     assert_scores(F.discrete_f1(M, soft_gt, 0.75), [[NAN]])

@@ -9,7 +9,7 @@ from saliencylab import Classifier, build_classifier
 from saliencylab.models import ARCHITECTURES, load_state_dict, save_state_dict
 
 
-def test_classifier_normalises_inside_and_applies_the_score():
+def test_classifier_normalizes_inside_and_applies_the_score():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3, 2))
     classifier = Classifier(model, mean=(0.5, 0.5, 0.5), std=(0.5, 0.25, 1.0))
     image = torch.tensor([1.0, 0.75, 0.5]).view(1, 3, 1, 1)
@@ -21,7 +21,7 @@ def test_classifier_normalises_inside_and_applies_the_score():
     torch.testing.assert_close(classifier.scores(image), classifier(image).sigmoid())
 
 
-def test_mask_images_is_zero_fill_in_normalised_space():
+def test_mask_images_is_zero_fill_in_normalized_space():
     classifier = Classifier(nn.Identity(), mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4))
     images, masks = torch.rand(2, 3, 5, 5), torch.rand(2, 1, 5, 5)
     torch.testing.assert_close(classifier.normalize(classifier.mask_images(images, masks)),

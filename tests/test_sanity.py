@@ -205,7 +205,7 @@ def test_seeded_reinit_is_reproducible():
 
 # ---- randomisation tests -----------------------------------------------------------------------
 
-def test_cascading_randomisation_changes_gradient_maps_and_restores_weights():
+def test_cascading_randomization_changes_gradient_maps_and_restores_weights():
     classifier, x = small_cnn(), images()
     before = state(classifier)
     result = sanity.cascading_randomization(gradient_maps, classifier, x, [0, 2], seed=0)
@@ -223,7 +223,7 @@ def test_cascading_randomisation_changes_gradient_maps_and_restores_weights():
     assert not torch.equal(other_seed.per_image["spearman"], result.per_image["spearman"])
 
 
-def test_independent_randomisation_restores_each_layer_and_matches_the_first_cascading_step():
+def test_independent_randomization_restores_each_layer_and_matches_the_first_cascading_step():
     classifier, x = small_cnn(), images()
     before = state(classifier)
     seen: list[torch.Tensor] = []
@@ -261,7 +261,7 @@ def test_weights_are_restored_when_explain_fails():
     assert_same_state(classifier, before)
 
 
-def test_randomisation_rejects_bad_layers_and_images():
+def test_randomization_rejects_bad_layers_and_images():
     classifier = small_cnn()
     with pytest.raises(ValueError, match=r"unknown layer\(s\) \['fc'\].*output side first: head"):
         sanity.cascading_randomization(gradient_maps, classifier, images(), 0, layers=["head", "fc"])

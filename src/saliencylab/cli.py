@@ -226,15 +226,11 @@ def _check_methods(names: list[str]) -> None:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; registered methods: {', '.join(methods.names())}")
 
 
-def _is_mask(method: str, settings: dict[str, object]) -> bool:
-    """True for maps that already are masks in [0,1] and are used as they are: the masker's sigmoid output."""
-    return method == "masker" and not settings.get("logits", False)
-
-
 def _train_masker(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from saliencylab.data.imagenet import ImageNetDataset, examples_per_class, read_metadata, write_metadata
+    from saliencylab.data.imagenet import ImageNetDataset
+    from saliencylab.data.imagenet_metadata import examples_per_class, read_metadata, write_metadata
     from saliencylab.data.module import SaliencyDataModule
     from saliencylab.training.masker import fit_masker
 
@@ -262,7 +258,7 @@ def _train_masker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _randomisable_masker(settings: dict[str, object], classifier_dir: str) -> dict[str, object]:
+def _randomizable_masker(settings: dict[str, object], classifier_dir: str) -> dict[str, object]:
     """Settings under which a masker reads the classifier that gets randomised.
 
     A CA checkpoint reads the features of its co-trained classifier (saved in its own folder), so
@@ -316,13 +312,14 @@ def _sanity(args: argparse.Namespace) -> int:
     targets = batch.labels.argmax(dim=1).to(args.device)
     settings = dict(args.set)
     if args.method == "masker" and not data_test:
-        settings = _randomisable_masker(settings, description["source"])
+        settings = _randomizable_masker(settings, description["source"])
 
     def explain(model: Classifier, images: torch.Tensor, targets: torch.Tensor,
                 settings: dict[str, object] = settings) -> torch.Tensor:
         """Maps in [0,1], as compare_maps needs: masks as they are, other maps min-max normalised."""
-        maps = methods.build(args.method, model, **settings).attribute(images, targets)
-        return maps if _is_mask(args.method, settings) else normalize_minmax(maps)
+        method = methods.build(args.method, model, **settings)
+        maps = method.attribute(images, targets)
+        return maps if method.output_range == "unit" else normalize_minmax(maps)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -392,8 +389,8 @@ def _wsol(args: argparse.Namespace) -> int:
              "max_box_acc": args.max_box_acc, "device": args.device}
     rows = {name: evaluate_wsol_baseline(name, classifier, loader, **boxes).summary() for name in args.baselines}
     for name in args.methods:
-        explain = method_explain(methods.build(name, classifier, **settings[name]),
-                                 normalize=not _is_mask(name, settings[name]))
+        method = methods.build(name, classifier, **settings[name])
+        explain = method_explain(method, normalize=method.output_range != "unit")
         rows[name] = evaluate_wsol(explain, classifier, loader, one_pixel_smaller=args.paper_quirks, **boxes).summary()
         if test is not None:
             rows[name]["PxAP"] = pxap(explain, test, device=args.device)
@@ -481,8 +478,11 @@ def _methods(_args: argparse.Namespace) -> int:
 
     for name in methods.names():
         params = ", ".join(f"{k}={v!r}" for k, v in methods.hyperparameters(name).items())
-        summary = (methods.get(name).__doc__ or "").strip().splitlines()[0]
-        print(f"{name:22s} {summary}\n{'':22s} hyper-parameters: {params}")
+        method = methods.get(name)
+        summary = (method.__doc__ or "").strip().splitlines()[0]
+        declared = ", ".join([f"{method.output_range} maps", "per class" if method.per_class else "class-agnostic",
+                              *(["trained (checkpoint=)"] if method.trained else [])])
+        print(f"{name:22s} {summary}\n{'':22s} {declared} (at the defaults)\n{'':22s} hyper-parameters: {params}")
     return 0
 
 

@@ -30,7 +30,7 @@ def normalize_max(maps: Tensor, eps: float = 1e-12) -> Tensor:
 
 
 def normalize_sum(maps: Tensor, eps: float = 1e-12) -> Tensor:
-    """Clamp at 0 and divide by the sum, so each map is a distribution over pixels (spec 002)."""
+    """Clamp at 0 and divide by the sum, so each map is a distribution over pixels (as Pillai & Pirsiavash 2021 evaluate)."""
     _check(maps)
     positive = maps.clamp_min(0)
     return positive / positive.flatten(2).sum(dim=2).clamp_min(eps)[..., None, None]

@@ -49,10 +49,16 @@ def as_targets(targets: int | Tensor | list, batch_size: int, num_classes: int |
         raise ValueError(f"targets hold {out.shape[0]} rows but the batch has {batch_size} images")
     if out.numel() and int(out.min()) < PAD:
         raise ValueError(f"target class indices must be >= 0 (or {PAD} for padding), got {int(out.min())}")
-    if num_classes is not None and out.numel() and int(out.max()) >= num_classes:
-        raise ValueError(f"target class {int(out.max())} is out of range for a classifier with "
-                         f"{num_classes} classes (expected 0..{num_classes - 1})")
+    if num_classes is not None and out.numel():
+        check_class_range(out, num_classes)
     return out.cpu()
+
+
+def check_class_range(classes: Tensor, num_classes: int, model: str = "a classifier") -> None:
+    """ValueError when a class index in ``classes`` (any shape, -1 padding allowed) is >= ``num_classes``."""
+    if int(classes.max()) >= num_classes:
+        raise ValueError(f"target class {int(classes.max())} is out of range for {model} with "
+                         f"{num_classes} classes (expected 0..{num_classes - 1})")
 
 
 def from_multi_hot(labels: Tensor) -> Tensor:

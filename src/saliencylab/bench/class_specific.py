@@ -1,4 +1,4 @@
-"""Class-specific evaluation of NN-Explainer (spec 000 §6): does class k's mask keep class t?
+"""Class-specific evaluation of NN-Explainer (Stalder et al. 2022): does class k's mask keep class t?
 
 For images containing class t, class k's mask is binarised at τ = 0.1 … 0.9, the image is kept
 under it (mean-colour fill elsewhere, i.e. zero in normalised space) and the classifier's softmax

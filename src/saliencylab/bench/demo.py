@@ -54,26 +54,27 @@ def check_formats_agree(voc_test: Dataset, coco_test: COCODataset) -> None:
 def figure_rows(batch: Batch, maps: Tensor, class_names: list[str], max_targets: int = 3) -> list[list]:
     """Tiles per image: image, ground truth, merged map, then each target's map (normalised)."""
     targets = from_multi_hot(batch.labels)
-    normalised = normalize_minmax(maps.cpu())
-    merged = merge_max(normalised)
+    normalized = normalize_minmax(maps.cpu())
+    merged = merge_max(normalized)
     rows = []
     for i in range(len(batch)):
         row = [viz.to_uint8_image(batch.images[i]), viz.segmentation_to_rgb(batch.segmentation[i]),
                viz.overlay(batch.images[i], merged[i, 0])]
         for k in range(min(max_targets, targets.shape[1])):
-            row.append(viz.overlay(batch.images[i], normalised[i, k]) if targets[i, k] >= 0
+            row.append(viz.overlay(batch.images[i], normalized[i, k]) if targets[i, k] >= 0
                        else viz.to_uint8_image(torch.ones_like(batch.images[i])))
         rows.append(row)
     return rows
 
 
-TRAINED = ("explainer", "rt_saliency")
+FITTED = ("explainer", "rt_saliency")
 """Trained explainers the demo fits against its classifier. ``fcnn`` explains itself, not this
-classifier, so it has no place in a comparison of explanations of one classifier."""
+classifier, so it has no place in a comparison of explanations of one classifier; the masker has
+its own section (:mod:`saliencylab.bench.masking`)."""
 SLOW = ("extremal_perturbation", "igos_pp", "meaningful_perturbation", "rise", "scorecam")
 """Methods the demo scores on the first ``slow_images`` test images only: seconds per image on a CPU."""
 CLASS_SPECIFIC = ("explainer", "gradcam", "rise", "rt_saliency")
-"""Methods whose class-specific matrices the demo computes (spec 000 §6 compares these four)."""
+"""Methods whose class-specific matrices the demo computes (Stalder et al. 2022 compare these four)."""
 
 
 def prepare_classifier(out_dir: Path, config: SyntheticConfig, datamodule: SaliencyDataModule, epochs: int,
@@ -94,10 +95,10 @@ def prepare_classifier(out_dir: Path, config: SyntheticConfig, datamodule: Salie
 
 def prepare_explainers(out_dir: Path, config: SyntheticConfig, datamodule: SaliencyDataModule,
                        epochs: int | None, progress: bool) -> dict[str, str]:
-    """Fit each TRAINED explainer against the demo classifier (preset ``synthetic``), or reuse it; name -> folder."""
+    """Fit each FITTED explainer against the demo classifier (preset ``synthetic``), or reuse it; name -> folder."""
     preset = presets.load("explainer", "synthetic")["explainer"]
     folders = {}
-    for variant in TRAINED:
+    for variant in FITTED:
         folder = out_dir / variant
         description_file = folder / "explainer.json"
         stamp = {"data": dataclasses.asdict(config), "preset": preset, "epochs": epochs}
@@ -132,7 +133,7 @@ def evaluate_methods(classifier: Classifier, test: Dataset, out_dir: Path, train
 
     SLOW methods see only the first ``slow_images`` test images; each row says how many it saw.
     """
-    names = [name for name in methods.names() if "checkpoint" not in methods.hyperparameters(name) or name in trained]
+    names = [name for name in methods.names() if not methods.get(name).trained or name in trained]
     settings = {name: {**settings_for(name, "reduced"), **({"checkpoint": trained[name]} if name in trained else {})}
                 for name in names}
     rows = {name: Row(name, settings[name], slow_images if name in SLOW else None) for name in names}
@@ -178,7 +179,7 @@ def class_specific_section(classifier: Classifier, test: Dataset, out_dir: Path,
         loader = DataLoader(Subset(test, range(count)), batch_size=batch_size, collate_fn=collate)
         settings = {k: v for k, v in rows[name]["hyperparameters"].items() if k != "max_batch"}
         method = methods.build(name, classifier, **settings)
-        matrix = class_specific_matrix(method, loader, classes, normalize=name not in TRAINED, device=device)
+        matrix = class_specific_matrix(method, loader, classes, normalize=method.output_range != "unit", device=device)
         square = matrix[:, 1:]
         off_diagonal = square[~torch.eye(len(classes), dtype=torch.bool)]
         margin = float(square.diagonal().nanmean() - off_diagonal.nanmean())
@@ -201,7 +202,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, fresh: bool = False, device: 
     (``out_dir/explainer``, ``out_dir/rt_saliency``) are reused when made with the same settings;
     ``fresh=True`` rebuilds them. ``explainer_epochs`` caps explainer training (default 3, so the
     demo fits in 10 CPU minutes; None: the ``synthetic`` preset's 30 with early stopping). SLOW methods are scored on the first ``slow_images`` test images, the
-    class-specific matrices on the first ``class_specific_images``. The paper-001 part
+    class-specific matrices on the first ``class_specific_images``. The masking-based saliency part (Phang et al. 2020)
     (:mod:`saliencylab.bench.masking`, in ``out_dir/masking``) trains its maskers ``masker_epochs``
     epochs on the single-label set ``wsol_config`` (default :func:`wsol_data_config` of ``config``)
     and runs the cascading sanity check on ``sanity_images`` images. Returns the results dict.
@@ -209,7 +210,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, fresh: bool = False, device: 
     started = time.perf_counter()
     out_dir = Path(out_dir)
     if fresh:
-        for sub in ("data", "classifier", "masking", *TRAINED):
+        for sub in ("data", "classifier", "masking", *FITTED):
             shutil.rmtree(out_dir / sub, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch_device = pick_device(device)
@@ -231,7 +232,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, fresh: bool = False, device: 
     print(f"  held-out micro-F1 {f1:.3f}" + ("" if f1 >= MIN_MICRO_F1 else
           f"  (WARNING: below {MIN_MICRO_F1}; explanations of a weak classifier mean little)"))
 
-    print(f"[3/6] trained explainers -> {', '.join(str(out_dir / v) for v in TRAINED)}")
+    print(f"[3/6] trained explainers -> {', '.join(str(out_dir / v) for v in FITTED)}")
     trained = prepare_explainers(out_dir, config, datamodule, explainer_epochs, progress)
     classifier = classifier.to(torch_device)
 
@@ -241,7 +242,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, fresh: bool = False, device: 
     class_specific = class_specific_section(classifier, test, out_dir, rows, torch_device, batch_size,
                                             class_specific_images)
 
-    print(f"[5/6] masking-based saliency (paper 001) -> {out_dir / 'masking'}")
+    print(f"[5/6] masking-based saliency (Phang et al. 2020) -> {out_dir / 'masking'}")
     masking = masking_section(out_dir, classifier, out_dir / "classifier", wsol_config or wsol_data_config(config),
                               torch_device, epochs=masker_epochs, batch_size=batch_size, sanity_images=sanity_images,
                               figure_images=figure_images, progress=progress)

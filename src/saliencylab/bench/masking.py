@@ -3,7 +3,7 @@
 On the ImageNet-format export of the synthetic scenes (:func:`write_synthetic_imagenet`) the demo
 
 1. trains a FIX and a CA masker (presets ``synthetic_fix`` / ``synthetic_ca``) for the demo classifier;
-2. scores them with the WSOL metrics (spec 001 §4) on the val split beside Grad-CAM and the special
+2. scores them with the WSOL metrics (Phang et al. 2020) on the val split beside Grad-CAM and the special
    baselines (center, max, min, ground_truth), plus PxAP on the OpenImages-layout test split;
 3. runs the sanity checks: cascading model-parameter randomisation of the classifier for the
    gradient (Adebayo et al.'s reference case), the FIX masker and the CA masker (of its co-trained
@@ -28,9 +28,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from saliencylab import methods, presets, viz
 from saliencylab.bench import report, sanity, wsol
-from saliencylab.data.imagenet import ImageNetDataset, write_synthetic_imagenet
+from saliencylab.data.imagenet import ImageNetDataset
 from saliencylab.data.module import InMemory, SaliencyDataModule
 from saliencylab.data.openimages import OpenImagesDataset
+from saliencylab.data.synthetic_imagenet import write_synthetic_imagenet
 from saliencylab.data.synthetic import SyntheticConfig
 from saliencylab.maps import normalize_minmax
 from saliencylab.metrics.wsol import baseline, inclusive_to_half_open, predicted_boxes
@@ -96,11 +97,10 @@ def prepare_masker(name: str, folder: Path, metadata: Path, classifier_dir: Path
 
 def _explainers(classifier: Classifier, folders: dict[str, Path]) -> dict[str, wsol.Explain]:
     """explain(batch) -> masks in [0,1] for Grad-CAM (min-max normalised) and each trained masker (as they are)."""
-    explainers = {"gradcam": wsol.method_explain(methods.build("gradcam", classifier))}
+    built = {"gradcam": methods.build("gradcam", classifier)}
     for name, folder in folders.items():
-        explainers[name] = wsol.method_explain(methods.build("masker", classifier, checkpoint=str(folder)),
-                                               normalize=False)
-    return explainers
+        built[name] = methods.build("masker", classifier, checkpoint=str(folder))
+    return {name: wsol.method_explain(method, normalize=method.output_range != "unit") for name, method in built.items()}
 
 
 def _center(batch: Batch) -> Tensor:
@@ -145,17 +145,16 @@ def cascading_checks(classifier: Classifier, folders: dict[str, Path], batch: Ba
     """
     targets = wsol.single_labels(batch)[:, None]
     co_trained = load_trained_classifier(folders["ca"])[0].to(batch.images.device)
-    built = {"gradient": (methods.build("gradient", classifier), classifier, True),
-             "fix": (methods.build("masker", classifier, checkpoint=str(folders["fix"])), classifier, False),
-             "ca": (methods.build("masker", co_trained, masker=load_trained_masker(folders["ca"])[0]), co_trained,
-                    False)}
+    built = {"gradient": (methods.build("gradient", classifier), classifier),
+             "fix": (methods.build("masker", classifier, checkpoint=str(folders["fix"])), classifier),
+             "ca": (methods.build("masker", co_trained, masker=load_trained_masker(folders["ca"])[0]), co_trained)}
     section = {}
     for name in SANITY_METHODS:
-        method, model, normalize = built[name]
+        method, model = built[name]
 
-        def explain(_model: Classifier, images: Tensor, wanted: Tensor, method=method, normalize=normalize) -> Tensor:
+        def explain(_model: Classifier, images: Tensor, wanted: Tensor, method=method) -> Tensor:
             maps = method.attribute(images, wanted)
-            return normalize_minmax(maps) if normalize else maps
+            return maps if method.output_range == "unit" else normalize_minmax(maps)
 
         result = sanity.cascading_randomization(explain, model, batch.images, targets)
         figure = sanity.plot_randomization(result, figures / f"masking_sanity_{name}.png",

@@ -14,7 +14,7 @@
                             "figure": "figures/<name>.png" | null, "images": int}},
       "class_specific": {name: {"classes", "images", "matrix": [[none, class 0, ...] per row class] (%),
                                 "diagonal_margin", "figure"}},
-      "masking": {                                                  # paper 001 (bench.masking)
+      "masking": {                                                  # Phang et al. 2020 (bench.masking)
         "dataset": {"root", "train", "val", "test", "image_size"},
         "maskers": {name: {"folder", "preset", "labels", "mode", "epochs", "seed", "train_seconds"}},
         "wsol": {row: {"LE", "OM", ..., "PxAP"?, "MaxBoxAcc"?, ...}},  # bench.wsol.COLUMNS (+ BOX_COLUMNS), PxAP in %
@@ -119,7 +119,7 @@ PAPER_ROWS = (("Mean F1", "mean_f1"), ("Cont F1", "soft_f1"), ("Accuracy", "soft
 PAPER_COLUMNS = (("0", "0"), ("0.5", "0.5"), ("1", "1"), ("Ideal", "ideal"), ("Grad-CAM", "gradcam"),
                  ("RISE", "rise"), ("EP", "extremal_perturbation"), ("iGOS++", "igos_pp"),
                  ("RT-Saliency", "rt_saliency"), ("Explainer", "explainer"))
-"""The NN-Explainer segmentation table (spec 000 §6): its row and column order, our names."""
+"""The NN-Explainer segmentation table (Stalder et al. 2022): its row and column order, our names."""
 
 
 def _paper_table(results: dict) -> str:
@@ -143,7 +143,7 @@ def _class_specific(results: dict, out_dir: Path) -> str:
     parts = ["<h2>Class-specific masks</h2><p>Row t: test images holding class t. Column k: the softmax "
              "probability (%) of t when only class k's binarised mask is kept (mean over τ = 0.1…0.9); "
              "<i>none</i>: the unmasked image. A class-specific method has a high diagonal and a low "
-             "off-diagonal (spec 000 §6).</p>"]
+             "off-diagonal (Stalder et al. 2022).</p>"]
     for name, entry in sections.items():
         parts.append(f"<h3>{html.escape(name)}: diagonal − off-diagonal = {entry['diagonal_margin']:.1f} points "
                      f"({entry['images']} images)</h3>"
@@ -202,11 +202,11 @@ def _masking(results: dict, out_dir: Path) -> str:
                 + (f" ({', '.join(lower)})." if lower else "."))
     curves = "".join(f"<h4>{html.escape(name)}</h4>" + _image_tag(out_dir / entry["figure"], f"sanity {name}")
                      for name, entry in section["sanity"].items())
-    return f"""<h2>Masking-based saliency (paper 001)</h2>
+    return f"""<h2>Masking-based saliency (Phang et al. 2020)</h2>
 <p>CASME maskers for the same classifier, trained on the single-label synthetic set in ImageNet format
 ({data['train']} train images; WSOL scores on {data['val']} val images, PxAP on the {data['test']} images of its
 OpenImages-layout test split, {data['image_size']} px), in {section['seconds']:.0f} s:</p><ul>{trainings}</ul>
-<p>WSOL metrics (spec 001 §4): LE localisation error (box IoU &lt; 0.5), OM the same or misclassified,
+<p>WSOL metrics (Phang et al. 2020): LE localisation error (box IoU &lt; 0.5), OM the same or misclassified,
 F1 of the soft mask against the boxes, SM the saliency metric of the box crop, sm_acc / top1 in %,
 avg_mask the mean mask value, PxAP pixel average precision in %. Grey: special baselines.</p>
 {_wsol_table(section['wsol'], section['baselines'])}

@@ -157,10 +157,6 @@ def _pad_rows(rows: list[list[float]], width: int) -> list[list[float]]:
     return [r + [math.nan] * (width - len(r)) for r in rows]
 
 
-def _maps_are_masks(method: methods.Method) -> bool:
-    return getattr(method, "output_range", "raw") == "unit"
-
-
 def run_benchmark(classifier: Classifier, dataset: Dataset, rows: Sequence[str] | dict[str, Row | str],
                   out_dir: str | Path, *, metric_names: Sequence[str] | None = None, description: dict | None = None,
                   targets: str = "labels", batch_size: int = 16, shard: tuple[int, int] = (0, 1), seed: int = 0,
@@ -230,7 +226,7 @@ def _score_batch(path: Path, row: Row, built: dict, name: str, classifier: Class
         if name not in built:
             built[name] = methods.build(row.method, classifier, **row.settings)
         maps = built[name].attribute(batch.images, targets)
-        masks, reference = _maps_are_masks(built[name]), False
+        masks, reference = built[name].output_range == "unit", False
     if maps.is_cuda:
         torch.cuda.synchronize(maps.device)
     seconds = time.perf_counter() - start

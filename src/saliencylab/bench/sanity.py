@@ -1,4 +1,4 @@
-"""Sanity checks for saliency maps (Adebayo et al. 2018, as used by spec 001 §4.6).
+"""Sanity checks for saliency maps (Adebayo et al. 2018, as Phang et al. 2020 use them).
 
 * **Model-parameter randomisation**: re-initialise the classifier's layers from the output side to
   the input side, either *cascading* (layers stay random, more each step) or *independent* (one
@@ -192,7 +192,7 @@ def randomization_layers(classifier: Classifier) -> list[str]:
 def randomize_layer(classifier: Classifier, layer: str, generator: torch.Generator) -> None:
     """Re-initialise, in place, every parameter of ``layer`` (a name from :func:`randomization_layers`).
 
-    Rules of spec 001 §4.6: 4-D weights ~ N(0, std = sqrt(2 / (shape0·shape1·shape3))); other
+    Rules of the masking-saliency authors' released code (Phang et al. 2020): 4-D weights ~ N(0, std = sqrt(2 / (shape0·shape1·shape3))); other
     parameters with >= 2 dims: kaiming_uniform(a=√5) (PyTorch's default for Linear and ConvNd);
     1-D (and 0-D) parameters ~ U(±1/√numel). Values are drawn on the CPU from ``generator``.
     """

@@ -2,8 +2,10 @@
 transforms and a LightningDataModule."""
 from saliencylab.data.coco import COCODataset, write_coco
 from saliencylab.data.folder import ImageFolder
-from saliencylab.data.imagenet import ImageNetDataset, prepare_metadata, write_synthetic_imagenet
+from saliencylab.data.imagenet import ImageNetDataset
+from saliencylab.data.imagenet_metadata import prepare_metadata
 from saliencylab.data.openimages import OpenImagesDataset, write_openimages
+from saliencylab.data.synthetic_imagenet import write_synthetic_imagenet
 from saliencylab.data.transforms import Compose, RandomHorizontalFlip, Resize
 from saliencylab.data.voc import VOC_CLASSES, VOCDataset, voc_palette, write_voc
 

@@ -17,7 +17,7 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from saliencylab.data.voc import AnnotatedDataset, build_sample, read_image, write_image
+from saliencylab.data.base import AnnotatedDataset, build_sample, read_image, write_image
 from saliencylab.types import BACKGROUND, VOID, Sample
 
 _FILE_KEYS = ("images", "annotations", "categories")

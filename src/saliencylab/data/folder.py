@@ -8,11 +8,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from saliencylab.data.voc import AnnotatedDataset, read_class_png
+from saliencylab.data.base import IMAGE_EXTENSIONS, AnnotatedDataset
+from saliencylab.data.voc import read_class_png
 from saliencylab.types import Sample
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
 
 class ImageFolder(AnnotatedDataset):
     """Every image file directly in ``folder`` (sorted by name) as a Sample without labels.
@@ -31,9 +29,9 @@ class ImageFolder(AnnotatedDataset):
         self.masks = None if masks is None else Path(masks)
         if self.masks is not None and not self.masks.is_dir():
             raise FileNotFoundError(f"mask folder {self.masks} does not exist")
-        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not self.files:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.folder}")
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {self.folder}")
         stems = [p.stem for p in self.files]
         if len(set(stems)) != len(stems):
             raise ValueError(f"{self.folder} holds several images with the same name and different suffixes")
@@ -47,7 +45,7 @@ class ImageFolder(AnnotatedDataset):
             with Image.open(path) as file:
                 image = pil_to_tensor(file.convert("RGB")).float() / 255
         except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"cannot read image {path}: expected a {', '.join(IMAGE_SUFFIXES)} file ({err})") from err
+            raise ValueError(f"cannot read image {path}: expected a {', '.join(IMAGE_EXTENSIONS)} file ({err})") from err
         labels, segmentation = torch.zeros(len(self.class_names)), None
         if self.masks is not None:
             mask = self.masks / f"{path.stem}.png"

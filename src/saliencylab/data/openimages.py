@@ -1,4 +1,4 @@
-"""OpenImages30k in the wsolevaluation layout (Choe et al., CVPR 2020): the PxAP set of paper 001.
+"""OpenImages30k in the wsolevaluation layout (Choe et al., CVPR 2020): the PxAP set of masking-based saliency (Phang et al. 2020).
 
 The three roots are wsolevaluation's ``--data_root``, ``--mask_root`` and ``--metadata_root``,
 each holding an ``OpenImages/`` folder::
@@ -26,8 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from saliencylab.data.imagenet import load_resized_image
-from saliencylab.data.voc import AnnotatedDataset, write_image
+from saliencylab.data.base import AnnotatedDataset, load_resized_image, write_image
 from saliencylab.types import BACKGROUND, VOID, Sample
 
 _LAYOUT = """expected layout:

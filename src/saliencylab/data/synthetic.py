@@ -103,13 +103,13 @@ def _texture(name: str, size: int, period: int, phase: int) -> np.ndarray:
     raise ValueError(f"unknown texture {name!r}")
 
 
-def _colour(rng: np.random.Generator, saturation: tuple[float, float], value: tuple[float, float]) -> np.ndarray:
+def _color(rng: np.random.Generator, saturation: tuple[float, float], value: tuple[float, float]) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(*saturation), rng.uniform(*value)))
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """(size,size,3) smooth low-saturation noise plus a gradient, values in [0,1]."""
-    base = _colour(rng, (0.0, 0.3), (0.35, 0.75))
+    base = _color(rng, (0.0, 0.3), (0.35, 0.75))
     noise = ndimage.gaussian_filter(rng.normal(size=(size, size, 3)), sigma=(size / 12, size / 12, 0))
     noise = noise / (np.abs(noise).max() + 1e-8) * 0.15
     ramp = np.linspace(-0.1, 0.1, size)[:, None, None] * rng.choice([-1, 1])
@@ -147,7 +147,7 @@ def render_scene(rng: np.random.Generator, config: SyntheticConfig, image_id: st
     seg = np.full((n, n), BACKGROUND, dtype=np.int64)
     owner = np.full((n, n), -1, dtype=np.int64)  # index of the top-most object at each pixel
     for _ in range(int(rng.integers(0, 3))):
-        image[_distractor(rng, n)] = _colour(rng, (0.5, 1.0), (0.5, 1.0))
+        image[_distractor(rng, n)] = _color(rng, (0.5, 1.0), (0.5, 1.0))
     objects: list[tuple[int, np.ndarray]] = []
     for index, cls in enumerate(_draw_classes(rng)):
         tiny = rng.random() < config.tiny_fraction
@@ -158,9 +158,9 @@ def render_scene(rng: np.random.Generator, config: SyntheticConfig, image_id: st
         full = np.zeros((n, n), dtype=bool)
         full[top:top + side, left:left + side] = shape
         pattern = _texture(TEXTURES[cls], side, period=max(4, side // 5) // 2 * 2, phase=int(rng.integers(8)))
-        colour = _colour(rng, (0.6, 1.0), (0.7, 1.0))
-        shade = colour * 0.35
-        patch = pattern[..., None] * colour + (1 - pattern[..., None]) * shade
+        color = _color(rng, (0.6, 1.0), (0.7, 1.0))
+        shade = color * 0.35
+        patch = pattern[..., None] * color + (1 - pattern[..., None]) * shade
         region = image[top:top + side, left:left + side]
         region[shape] = patch[shape]
         owner[full] = index

@@ -16,9 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
-from torchvision.transforms.v2.functional import pil_to_tensor
 
+from saliencylab.data.base import AnnotatedDataset, build_sample, read_image, write_image
 from saliencylab.types import BACKGROUND, VOID, Sample
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -28,7 +27,6 @@ VOC_CLASSES: tuple[str, ...] = (
 )
 VOC_VOID = 255
 """PNG value of void pixels."""
-JPEG_QUALITY = 95
 
 _LAYOUT = """expected layout:
   <root>/VOCdevkit/VOC{year}/
@@ -40,44 +38,7 @@ _LAYOUT = """expected layout:
   root may also be the VOCdevkit folder or the VOC{year} folder itself"""
 
 
-# ---- helpers shared by the VOC and COCO readers and writers -------------------------------------
-
-def read_image(path: Path, size: tuple[int, int], described_in: Path) -> Tensor:
-    """Read an RGB image as (3,H,W) float32 in [0,1]; check that (H,W) equals ``size`` from ``described_in``."""
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} not found (it is listed in {described_in})")
-    with Image.open(path) as file:
-        image = pil_to_tensor(file.convert("RGB")).float() / 255
-    if tuple(image.shape[1:]) != tuple(size):
-        raise ValueError(f"image {path} is {image.shape[2]}x{image.shape[1]} (WxH) but {described_in} "
-                         f"says {size[1]}x{size[0]}")
-    return image
-
-
-def write_image(path: Path, image: Tensor) -> None:
-    """Write a (3,H,W) float image in [0,1] as a JPEG of quality JPEG_QUALITY."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    Image.fromarray(pixels).save(path, quality=JPEG_QUALITY)
-
-
-def build_sample(image: Tensor, boxes: list[list[float]], box_labels: list[int], difficult: list[bool],
-                 segmentation: Tensor | None, image_id: str, num_classes: int) -> Sample:
-    """A Sample with the contract's dtypes and shapes; labels = multi-hot over ``box_labels``."""
-    labels = torch.zeros(num_classes)
-    labels[box_labels] = 1.0
-    return Sample(
-        image=image,
-        labels=labels,
-        boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-        box_labels=torch.tensor(box_labels, dtype=torch.long),
-        difficult=torch.tensor(difficult, dtype=torch.bool),
-        segmentation=segmentation,
-        image_id=image_id,
-    )
-
-
-# ---- VOC -----------------------------------------------------------------------------------------
+# ---- helpers sha----------------------------------------------------------------------------------
 
 def voc_palette() -> list[int]:
     """The standard VOC colour map as a flat list of 256 RGB triples (index 1 = (128,0,0))."""
@@ -242,20 +203,6 @@ def _find_voc_folder(root: str | Path, year: str = "2007") -> Path:
         if (folder / "Annotations").is_dir():
             return folder
     raise FileNotFoundError(f"no VOC{year} folder (with Annotations/) found under {root}; " + _LAYOUT.format(year=year))
-
-
-class AnnotatedDataset(Dataset):
-    """Base of the format readers: ``class_names`` and the ``ids`` of the images, in order."""
-
-    class_names: tuple[str, ...]
-    ids: list
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
 
 class VOCDataset(AnnotatedDataset):

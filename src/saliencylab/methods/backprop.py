@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from saliencylab.methods.base import Method, Passes, register
 from saliencylab.methods.cam import GradCAM
-from saliencylab.methods.gradient import REDUCTIONS, input_gradient, reduce_channels
+from saliencylab.methods.gradient import REDUCTIONS, input_gradient, reduce_channels, reduced_range
 from saliencylab.models.classifier import Classifier
 
 
@@ -84,6 +84,7 @@ class ReLURuleGradient(Method):
     """Input gradient with the ReLU backward ``rule``, reduced over RGB (``reduce`` as for ``gradient``)."""
 
     rule: str = ""
+    output_range = "nonnegative"
 
     def __init__(self, classifier: Classifier, *, reduce: str = "max_abs", max_batch: int = 64) -> None:
         super().__init__(classifier, max_batch=max_batch)
@@ -91,6 +92,7 @@ class ReLURuleGradient(Method):
             raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
         relu_modules(classifier)
         self.reduce = reduce
+        self.output_range = reduced_range(reduce)
 
     def rule_gradient(self, images: Tensor, classes: Tensor) -> Tensor:
         """The modified input gradient (N,3,H,W)."""

@@ -15,9 +15,12 @@ import torch
 from torch import Tensor
 
 from saliencylab.models.classifier import Classifier, captured_output, check_images, scoped_eval
-from saliencylab.targets import PAD, as_targets, valid_pairs
+from saliencylab.targets import PAD, as_targets, check_class_range, valid_pairs
 
 _REGISTRY: dict[str, type["Method"]] = {}
+OUTPUT_RANGES = ("raw", "nonnegative", "unit")
+"""What a method's map values are (``Method.output_range``): ``raw`` (signed, any scale), ``nonnegative``
+(>= 0, any scale) or ``unit`` (a mask in [0,1], used as it is: never min-max normalised before use)."""
 M = TypeVar("M", bound=type["Method"])
 
 
@@ -61,9 +64,7 @@ def build(name: str, classifier: Classifier, **kwargs: object) -> "Method":
 
 def selected_scores(classifier: Classifier, logits: Tensor, classes: Tensor) -> Tensor:
     """Scores (N,) of class ``classes[i]`` for row i, after the classifier's score function."""
-    if int(classes.max()) >= logits.shape[1]:
-        raise ValueError(f"target class {int(classes.max())} is out of range for a classifier with "
-                         f"{logits.shape[1]} classes (expected 0..{logits.shape[1] - 1})")
+    check_class_range(classes, logits.shape[1])
     return classifier.apply_score(logits).gather(1, classes.view(-1, 1)).squeeze(1)
 
 
@@ -82,9 +83,21 @@ class Method:
     (image, target) pairs and chunks them by ``max_batch``), or override
     :meth:`attribute_targets` when one pass serves every class of an image (RISE, occlusion);
     and :meth:`passes`, the minimum work the speed benchmark compares the run time with.
+
+    What the engine needs to know is declared here, as class attributes giving the value at the
+    default hyper-parameters; a subclass whose value depends on a hyper-parameter (or on the
+    network it loads) sets the instance's own in ``__init__``:
+
+    - ``output_range``: one of OUTPUT_RANGES (default ``"raw"``);
+    - ``per_class``: False for a class-agnostic method, whose map is the same for every target
+      of an image (default True);
+    - ``trained``: True when the method needs a trained network (``checkpoint=``; default False).
     """
 
     name: ClassVar[str] = ""
+    output_range: str = "raw"
+    per_class: bool = True
+    trained: bool = False
 
     def __init__(self, classifier: Classifier, *, max_batch: int = 64) -> None:
         if not isinstance(classifier, Classifier):

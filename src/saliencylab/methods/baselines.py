@@ -11,6 +11,9 @@ from saliencylab.models.classifier import Classifier
 class Baseline(Method):
     """A map that ignores the model and the target: the same for every (image, target) of a given size."""
 
+    output_range = "unit"
+    per_class = False
+
     def attribute_targets(self, images: Tensor, targets: Tensor) -> Tensor:
         height, width = images.shape[-2:]
         return self.map(height, width, images.device).expand(*targets.shape, height, width).clone()
@@ -28,7 +31,7 @@ class Center(Baseline):
     """Centre prior (TorchRay's ``center`` baseline): an isotropic Gaussian peaked at the image centre.
 
     σ = ``sigma`` × the shorter side. Its arg-max is the centre pixel, so its pointing game
-    equals TorchRay's centre point (69.6 % on VOC07 test, anchors §7.1).
+    equals TorchRay's centre point (69.6 % on VOC07 test, as TorchRay reports).
     """
 
     def __init__(self, classifier: Classifier, *, sigma: float = 0.25, max_batch: int = 64) -> None:
@@ -51,6 +54,7 @@ class Constant(Baseline):
     def __init__(self, classifier: Classifier, *, value: float = 0.5, max_batch: int = 64) -> None:
         super().__init__(classifier, max_batch=max_batch)
         self.value = value
+        self.output_range = "unit" if 0 <= value <= 1 else "raw"
 
     def map(self, height: int, width: int, device: torch.device) -> Tensor:
         return torch.full((height, width), float(self.value), device=device)

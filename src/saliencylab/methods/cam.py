@@ -152,6 +152,8 @@ class GradCAM(LayerCAM):
     ``saliencylab.maps.normalize_minmax`` for the same).
     """
 
+    output_range = "nonnegative"  # the final ReLU
+
     def combine(self, activation: Tensor, grad: Tensor) -> Tensor:
         weights = grad.mean(dim=(2, 3), keepdim=True)
         return (weights * activation).sum(1).relu()
@@ -159,11 +161,13 @@ class GradCAM(LayerCAM):
 
 @register("gradcam_elementwise")
 class GradCAMElementwise(LayerCAM):
-    """Element-wise Grad-CAM (spec 002, HiResCAM-like): ReLU(Σ_k dS/dA_k ⊙ A_k), upsampled bilinearly.
+    """Element-wise Grad-CAM (Pillai & Pirsiavash, 'Explainable Models with Consistent Interpretations', AAAI 2021; HiResCAM-like): ReLU(Σ_k dS/dA_k ⊙ A_k), upsampled bilinearly.
 
     The map used by consistent-interpretation training; it keeps the gradient's spatial layout.
     Equal to pytorch-grad-cam's ``HiResCAM`` before its normalisation.
     """
+
+    output_range = "nonnegative"  # the final ReLU
 
     def combine(self, activation: Tensor, grad: Tensor) -> Tensor:
         return (grad * activation).sum(1).relu()
@@ -176,6 +180,8 @@ class LayerCAMMethod(LayerCAM):
     As pytorch-grad-cam's ``LayerCAM`` (one layer; no multi-layer fusion) before its normalisation.
     """
 
+    output_range = "nonnegative"  # the final ReLU
+
     def combine(self, activation: Tensor, grad: Tensor) -> Tensor:
         return (grad.relu() * activation).sum(1).relu()
 
@@ -186,6 +192,8 @@ class XGradCAM(LayerCAM):
 
     eps 1e-7 as pytorch-grad-cam's ``XGradCAM``.
     """
+
+    output_range = "nonnegative"  # the final ReLU
 
     def combine(self, activation: Tensor, grad: Tensor) -> Tensor:
         weights = (activation * grad).sum((2, 3)) / (activation.sum((2, 3)) + 1e-7)
@@ -206,6 +214,8 @@ class GradCAMPlusPlus(LayerCAM):
     (ReLU nets explaining a logit) S'' = S''' = 0 and the general map is all zero; use it with a
     softmax/sigmoid score or a smooth head.
     """
+
+    output_range = "nonnegative"  # the final ReLU
 
     def __init__(self, classifier: Classifier, *, layer: str = "auto", derivatives: str = "exp",
                  max_batch: int = 64) -> None:
@@ -285,6 +295,8 @@ class ScoreCAM(LayerCAM):
     are chunked by ``max_batch``. Deviation: pytorch-grad-cam upsamples the masks with
     align_corners=True (``UpsamplingBilinear2d``); maps agree exactly when the layer has the input's size.
     """
+
+    output_range = "nonnegative"  # the final ReLU
 
     def attribute_targets(self, images: Tensor, targets: Tensor) -> Tensor:
         batch, _, height, width = images.shape

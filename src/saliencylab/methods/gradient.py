@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import Tensor
-from torchvision.transforms.functional import gaussian_blur
 
 from saliencylab.methods.base import Method, Passes, register, scoped_eval, selected_scores
 from saliencylab.models.classifier import Classifier
+from saliencylab.perturb import FILLS, fill_images
 from saliencylab.targets import as_targets
 
 REDUCTIONS = ("max_abs", "abs", "signed")
@@ -33,6 +32,11 @@ def reduce_channels(values: Tensor, reduce: str) -> Tensor:
     return values.sum(dim=1)
 
 
+def reduced_range(reduce: str) -> str:
+    """The output range of maps reduced over RGB with ``reduce``: signed sums are raw, the others >= 0."""
+    return "raw" if reduce == "signed" else "nonnegative"
+
+
 @register("gradient")
 class Gradient(Method):
     """Vanilla gradient saliency (Simonyan et al., 2014): d score / d input.
@@ -41,11 +45,14 @@ class Gradient(Method):
     ``"abs"`` (sum of |grad| over RGB) or ``"signed"`` (sum over RGB).
     """
 
+    output_range = "nonnegative"
+
     def __init__(self, classifier: Classifier, *, reduce: str = "max_abs", max_batch: int = 64) -> None:
         super().__init__(classifier, max_batch=max_batch)
         if reduce not in REDUCTIONS:
             raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
         self.reduce = reduce
+        self.output_range = reduced_range(reduce)
 
     def attribute_pairs(self, images: Tensor, classes: Tensor) -> Tensor:
         return reduce_channels(input_gradient(self.classifier, images, classes), self.reduce)
@@ -60,6 +67,8 @@ class InputXGradient(Gradient):
     ``reduce`` as for ``gradient``, default ``"signed"`` (sum over RGB, so the map sums to Σ x·∇S).
     """
 
+    output_range = "raw"
+
     def __init__(self, classifier: Classifier, *, reduce: str = "signed", max_batch: int = 64) -> None:
         super().__init__(classifier, reduce=reduce, max_batch=max_batch)
 
@@ -68,7 +77,6 @@ class InputXGradient(Gradient):
 
 
 QUADRATURES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
-BASELINES = ("black", "blur", "mean")
 
 
 def quadrature(method: str, steps: int) -> tuple[Tensor, Tensor]:
@@ -118,13 +126,14 @@ class IntegratedGradients(Method):
             if not baseline.dtype.is_floating_point or baseline.min() < 0 or baseline.max() > 1:
                 raise ValueError("a baseline tensor must be a float image with values in [0,1], like the images")
             baseline = baseline.detach()
-        elif baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {BASELINES} or a (3,H,W) tensor in [0,1], got {baseline!r}")
+        elif baseline not in FILLS:
+            raise ValueError(f"baseline must be one of {FILLS} or a (3,H,W) tensor in [0,1], got {baseline!r}")
         if blur_sigma <= 0:
             raise ValueError(f"blur_sigma must be > 0, got {blur_sigma}")
         if reduce not in REDUCTIONS:
             raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
         self.steps, self.method, self.baseline, self.blur_sigma, self.reduce = steps, method, baseline, blur_sigma, reduce
+        self.output_range = reduced_range(reduce)
 
     def baselines(self, images: Tensor) -> Tensor:
         """The baseline b (N,3,H,W) of each image (N,3,H,W)."""
@@ -133,12 +142,7 @@ class IntegratedGradients(Method):
                 raise ValueError(f"the baseline is {tuple(self.baseline.shape[-2:])} but the images are "
                                  f"{tuple(images.shape[-2:])}")
             return self.baseline.to(images).view(1, 3, *images.shape[-2:]).expand_as(images)
-        if self.baseline == "black":
-            return torch.zeros_like(images)
-        if self.baseline == "mean":
-            return self.classifier.mean.to(images).view(1, 3, 1, 1).expand_as(images)
-        radius = min(math.ceil(3 * self.blur_sigma), min(images.shape[-2:]) - 1)  # reflect padding < image size
-        return gaussian_blur(images, [2 * radius + 1] * 2, [self.blur_sigma] * 2)
+        return fill_images(images, self.baseline, self.classifier.mean, self.blur_sigma)
 
     def integrated(self, images: Tensor, classes: Tensor) -> Tensor:
         """Unreduced attributions (N,3,H,W): rows of step-major (step, pair) points, ``max_batch`` at a time."""

@@ -1,4 +1,4 @@
-"""Second-order attribution: the gradient-Hessian map of deliberative explanations (spec 003)."""
+"""Second-order attribution: the gradient-Hessian map of deliberative explanations (Wang & Vasconcelos, NeurIPS 2019)."""
 from __future__ import annotations
 
 import torch
@@ -35,7 +35,7 @@ def location_quadratic_forms(score: Tensor, activation: Tensor, location_batch: 
 
 @register("gradient_hessian")
 class GradientHessian(LayerCAM):
-    """Gradient-Hessian map ("2ndG", Wang & Vasconcelos 2019; spec 003): Σ_k A_k·max(0, g_k) + ½|A_hwᵀ H_hw A_hw|.
+    """Gradient-Hessian map ("2ndG", Wang & Vasconcelos, 'Deliberative Explanations: visualizing network insecurities', NeurIPS 2019): Σ_k A_k·max(0, g_k) + ½|A_hwᵀ H_hw A_hw|.
 
     g = dS/dA at ``layer``; H_hw is the Hessian of S restricted to the channels of one location
     (cross-location terms ignored, as in the paper), reached with one Hessian-vector product per

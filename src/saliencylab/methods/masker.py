@@ -1,4 +1,5 @@
-"""A trained CASME masker as a Method: ``masker`` (spec 001 §1, §4).
+"""A trained CASME masker as a Method: ``masker``
+(Phang et al., 'Investigating and Simplifying Masking-based Saliency Methods for Model Interpretability', 2020).
 
 One classifier forward per image gives the features the masker reads; its mask (B,1,H,W) in [0,1]
 is the map of every target (class-agnostic), unless the masker was trained with class-embedding
@@ -17,14 +18,20 @@ from saliencylab.methods.base import Method, Passes, register, scoped_eval
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.load import load_trained_classifier
 from saliencylab.models.masker import Masker, classifier_features, load_trained_masker
+from saliencylab.targets import check_class_range
 
 
 @register("masker")
 class MaskerMethod(Method):
     """CASME masks; see the module docstring. ``area``: the target area fed to maskers trained with an
     area-prior channel (unused otherwise); ``logits=True``: the pre-sigmoid head logits (nearest-upsampled),
-    the values the original's sanity checks compared (spec §4.6); ``bench.sanity`` compares maps in
-    [0,1], so use the default sigmoid masks there (Spearman ranks are the same either way)."""
+    the values the original's sanity checks compared (Phang et al. 2020); ``bench.sanity`` compares maps in
+    [0,1], so use the default sigmoid masks there (Spearman ranks are the same either way).
+    Class-agnostic unless the masker has class-embedding channels."""
+
+    output_range = "unit"  # "raw" with logits=True
+    per_class = False
+    trained = True
 
     def __init__(self, classifier: Classifier, *, checkpoint: str | None = None, masker: Masker | None = None,
                  area: float = 0.5, logits: bool = False, max_batch: int = 64) -> None:
@@ -33,6 +40,7 @@ class MaskerMethod(Method):
             raise ValueError("method 'masker' needs a trained masker: pass checkpoint=<directory written by "
                              "saliencylab.training.masker.fit_masker> (or masker=<Masker>), exactly one of them")
         self.checkpoint, self.masker, self.area, self.logits = checkpoint, masker, area, logits
+        self.output_range = "raw" if logits else "unit"
         self._features_from = classifier
         if checkpoint is not None:
             network, description = load_trained_masker(checkpoint)
@@ -47,6 +55,7 @@ class MaskerMethod(Method):
             if not isinstance(masker, Masker):
                 raise TypeError(f"masker must be a saliencylab.models.masker.Masker, got {type(masker).__name__}")
             self._network = masker
+        self.per_class = bool(self._network.class_embedding)
 
     def attribute_targets(self, images: Tensor, targets: Tensor) -> Tensor:
         network, source = self._network, self._features_from
@@ -61,9 +70,7 @@ class MaskerMethod(Method):
                 rows = slice(start, start + self.max_batch)
                 scores, features = classifier_features(source, source.normalize(images[rows]), network.layers)
                 wanted = targets[rows]
-                if int(wanted.max()) >= scores.shape[1]:
-                    raise ValueError(f"target class {int(wanted.max())} is out of range for a classifier with "
-                                     f"{scores.shape[1]} classes (expected 0..{scores.shape[1] - 1})")
+                check_class_range(wanted, scores.shape[1])
                 area = torch.full((scores.shape[0],), self.area, device=images.device)
                 if network.class_embedding:
                     for slot in range(wanted.shape[1]):

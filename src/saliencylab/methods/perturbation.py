@@ -11,37 +11,20 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.transforms.functional import gaussian_blur
 
 from saliencylab.methods.base import Method, Passes, register
 from saliencylab.models.classifier import Classifier
+from saliencylab.perturb import FILLS, fill_images
+from saliencylab.targets import check_class_range
 
-FILLS = ("mean", "black", "blur")
 RISE_SCORES = ("sigmoid", "softmax", "classifier")
 RISE_CHUNK = 32  # TorchRay draws its masks 32 at a time (its batch_size): the order of the random numbers
-
-
-def blurred(images: Tensor, sigma: float) -> Tensor:
-    """Gaussian blur of (N,3,H,W) with std ``sigma`` px, kernel 2·⌈3σ⌉+1 capped below the image size (reflect)."""
-    radius = min(math.ceil(3 * sigma), min(images.shape[-2:]) - 1)
-    return gaussian_blur(images, [2 * radius + 1] * 2, [sigma] * 2)
-
-
-def fill_images(classifier: Classifier, images: Tensor, fill: str, blur_sigma: float) -> Tensor:
-    """What occluded pixels become (N,3,H,W): the classifier's mean colour, black, or the blurred image."""
-    if fill == "mean":
-        return classifier.mean.to(images).view(1, 3, 1, 1).expand_as(images)
-    if fill == "black":
-        return torch.zeros_like(images)
-    return blurred(images, blur_sigma)
 
 
 def target_scores(classifier: Classifier, images: Tensor, classes: Tensor, score: str = "classifier") -> Tensor:
     """Scores (N,K) of classes (N,K) (padded slots clamped to 0) under ``score`` (see RISE_SCORES)."""
     logits = classifier(images)
-    if int(classes.max()) >= logits.shape[1]:
-        raise ValueError(f"target class {int(classes.max())} is out of range for a classifier with "
-                         f"{logits.shape[1]} classes (expected 0..{logits.shape[1] - 1})")
+    check_class_range(classes, logits.shape[1])
     if score == "sigmoid":
         values = logits.sigmoid()
     elif score == "softmax":
@@ -96,7 +79,7 @@ class Occlusion(Method):
     def attribute_targets(self, images: Tensor, targets: Tensor) -> Tensor:
         batch, _, height, width = images.shape
         rows, cols = (b.to(images) for b in self.bands(height, width))
-        fill = fill_images(self.classifier, images, self.fill, self.blur_sigma)
+        fill = fill_images(images, self.fill, self.classifier.mean, self.blur_sigma)
         with torch.no_grad():
             base = target_scores(self.classifier, images, targets)  # (B,K)
             total = torch.zeros(batch, targets.shape[1], height, width, device=images.device)
@@ -175,8 +158,10 @@ class RISE(Method):
     as TorchRay). The masks come from ``seed`` and are shared by all images; for a CPU run they are
     TorchRay's masks for the same seed, so the maps equal ``torchray.attribution.rise``'s.
     One set of N forwards per image serves all of its targets. Maps lie in [0, 1] (for
-    sigmoid/softmax scores), mean ≈ p·E[score].
+    sigmoid/softmax scores), mean ≈ p·E[score]: non-negative scores, not masks.
     """
+
+    output_range = "nonnegative"
 
     def __init__(self, classifier: Classifier, *, num_masks: int = 8000, cells: int = 7, p: float = 0.5,
                  score: str = "sigmoid", seed: int = 0, max_batch: int = 64) -> None:
@@ -190,6 +175,7 @@ class RISE(Method):
         if score not in RISE_SCORES:
             raise ValueError(f"score must be one of {RISE_SCORES}, got {score!r}")
         self.num_masks, self.cells, self.p, self.score, self.seed = num_masks, cells, p, score, seed
+        self.output_range = "raw" if score == "classifier" else "nonnegative"
 
     def attribute_targets(self, images: Tensor, targets: Tensor) -> Tensor:
         batch, _, height, width = images.shape

@@ -25,7 +25,11 @@ class SmoothGrad(Method):
     the wrapped method runs on them through ``attribute_targets``, which skips the [0,1] input check.
     Deviation from Captum: the squares and variance are taken of the base method's maps, which are
     already reduced over RGB (Captum squares the per-channel attributions before any reduction).
+    The output range, class-agnosticism and training are those of the wrapped method (squares and
+    variances are non-negative).
     """
+
+    output_range = "nonnegative"  # the default base, gradient
 
     def __init__(self, classifier: Classifier, *, base: str = "gradient", base_kwargs: dict | None = None,
                  samples: int = 50, noise: float = 0.15, variant: str = "smoothgrad", seed: int = 0,
@@ -40,6 +44,8 @@ class SmoothGrad(Method):
         self.inner = build(base, classifier, **{"max_batch": max_batch, **(base_kwargs or {})})
         self.base, self.base_kwargs, self.samples, self.noise, self.variant, self.seed = (
             base, base_kwargs, samples, noise, variant, seed)
+        self.output_range = self.inner.output_range if variant == "smoothgrad" else "nonnegative"
+        self.per_class, self.trained = self.inner.per_class, self.inner.trained
 
     def noise_tensor(self, height: int, width: int) -> Tensor:
         """The (samples,3,H,W) noise shared by all images, drawn on the CPU from ``seed``."""

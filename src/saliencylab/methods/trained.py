@@ -1,7 +1,8 @@
-"""Trained explainers as Methods: ``explainer`` (NN-Explainer), ``rt_saliency`` and ``fcnn`` (spec 000 §1, §4-§6).
+"""Trained explainers as Methods: ``explainer`` (NN-Explainer), ``rt_saliency`` and ``fcnn``
+(Stalder et al., 'What You See is What You Classify: Black Box Attributions', NeurIPS 2022).
 
 One forward of the explainer network per image gives the logits S of every class; the map of
-target c is the per-class mask sigmoid(S_c) in [0,1] (spec §6, ``mode='classes'``), at input
+target c is the per-class mask sigmoid(S_c) in [0,1] (``mode='classes'`` in the authors' released code), at input
 resolution. The network comes from ``checkpoint``, a directory written by
 :func:`saliencylab.training.explainer.fit_explainer` (whose variant must match the method), or
 from ``explainer``, an in-memory ``nn.Module`` mapping images normalised like the classifier's
@@ -16,12 +17,15 @@ from torch import Tensor, nn
 from saliencylab.methods.base import Method, Passes, register, scoped_eval
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.explainer import load_trained_explainer
+from saliencylab.targets import check_class_range
 
 
 class TrainedExplainer(Method):
     """Per-class masks sigmoid(S_c) of a trained explainer network; see the module docstring."""
 
     variant = "explainer"
+    output_range = "unit"
+    trained = True
 
     def __init__(self, classifier: Classifier, *, checkpoint: str | None = None, explainer: nn.Module | None = None,
                  max_batch: int = 64) -> None:
@@ -66,11 +70,8 @@ class TrainedExplainer(Method):
             for start in range(0, images.shape[0], self.max_batch):
                 rows = slice(start, start + self.max_batch)
                 logits = network(self._normalize(images[rows]))
-                classes = logits.shape[1]
                 wanted = targets[rows]
-                if int(wanted.max()) >= classes:
-                    raise ValueError(f"target class {int(wanted.max())} is out of range for an explainer with "
-                                     f"{classes} classes (expected 0..{classes - 1})")
+                check_class_range(wanted, logits.shape[1], "an explainer")
                 index = wanted.clamp(min=0)[..., None, None].expand(-1, -1, *logits.shape[-2:])
                 maps[rows] = logits.gather(1, index).float().sigmoid()
         return maps
@@ -82,20 +83,20 @@ class TrainedExplainer(Method):
 
 @register("explainer")
 class NNExplainer(TrainedExplainer):
-    """NN-Explainer masks (spec 000 §1-§2)."""
+    """NN-Explainer masks (Stalder et al. 2022)."""
 
     variant = "explainer"
 
 
 @register("rt_saliency")
 class RTSaliency(TrainedExplainer):
-    """The adapted Real-Time-Saliency explainer (spec 000 §4)."""
+    """The adapted Real-Time-Saliency explainer (Stalder et al. 2022)."""
 
     variant = "rt_saliency"
 
 
 @register("fcnn")
 class SelfExplainingFCNN(TrainedExplainer):
-    """The self-explaining InterpretableFCNN (spec 000 §5); the network is its own classifier."""
+    """The self-explaining InterpretableFCNN (Stalder et al. 2022); the network is its own classifier."""
 
     variant = "fcnn"

@@ -21,9 +21,9 @@ from saliencylab.models.classifier import check_images
 from saliencylab.targets import PAD, as_targets
 
 EPS_F1 = 1e-10
-"""Stabiliser of the NN-Explainer F1 formulas (spec 000 §6)."""
+"""Stabiliser of the NN-Explainer F1 formulas (Stalder et al. 2022)."""
 EPS_IOU = 1e-15
-"""Stabiliser of the NN-Explainer IoU formulas (spec 000 §6)."""
+"""Stabiliser of the NN-Explainer IoU formulas (Stalder et al. 2022)."""
 F1_THRESHOLDS = (0.25, 0.5, 0.75)
 IOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 SALIENCY_MIN_AREA = 0.05
@@ -137,7 +137,7 @@ def pointing_game(maps: Tensor, gt: Tensor, tolerance: float = 15.0, skip: Tenso
     Returns (B,K) in {0,1}; NaN where the map is NaN or constant (no maximum to point with; an all-zero
     map would otherwise score a hit at pixel 0 or on every gt), the gt is empty or ``skip`` (B,K) is True
     (TorchRay skips classes whose boxes are all difficult: :func:`ground_truth.all_difficult`).
-    Source: TorchRay ``benchmark.pointing_game`` (anchors §2, §7.1); spec 002 "Evaluation".
+    Source: TorchRay ``benchmark.pointing_game`` as Pillai & Pirsiavash (AAAI 2021) evaluate.
     The protocol's score is the mean of per-class accuracies: :func:`aggregate.class_mean`.
     """
     gt, undefined = _check_pointing(maps, gt, skip)
@@ -150,7 +150,7 @@ def pointing_game_plain(maps: Tensor, gt: Tensor) -> Tensor:
 
     No tolerance. As in Quantus, when several pixels tie for the maximum it is a hit if any of
     them is in the gt. Returns (B,K) in {0,1}; NaN where the map is NaN or constant, or the gt is empty.
-    Source: Quantus ``PointingGame`` (non-weighted), anchors §2.
+    Source: Quantus ``PointingGame`` (non-weighted).
     """
     gt, undefined = _check_pointing(maps, gt, None)
     peaks = maps == maps.flatten(2).amax(-1)[..., None, None]
@@ -168,7 +168,7 @@ def stochastic_pointing_game(maps: Tensor, gt: Tensor, tolerance: float = 15.0, 
     NaN where the map is NaN, its positive part sums to 0, the gt is empty or ``skip`` is True.
     Draws come from ``generator`` (on the maps' device) or a fresh one seeded with ``seed``, so
     a call is reproducible; the draws of one pair depend on its position in the batch.
-    Source: Pillai & Pirsiavash 2021 (spec 002 "Evaluation"), where the draws were unseeded.
+    Source: Pillai & Pirsiavash, 'Explainable Models with Consistent Interpretations' (AAAI 2021), where the draws were unseeded.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -187,8 +187,8 @@ def energy(maps: Tensor, gt: Tensor, ignore: Tensor | None = None) -> Tensor:
     """Energy pointing game / content heatmap: share of the positive map mass inside the gt.
 
     Σ(map⁺·gt) / Σ map⁺ over non-ignored pixels, with map⁺ = max(map, 0); soft gt weights the
-    mass. Returns (B,K) in [0,1] (spec 002 reports ×100); NaN where the map is NaN, the gt is
-    empty or map⁺ sums to 0. Source: Score-CAM's energy-based pointing game, spec 002's
+    mass. Returns (B,K) in [0,1] (Pillai & Pirsiavash 2021 report ×100); NaN where the map is NaN, the gt is
+    empty or map⁺ sums to 0. Source: Score-CAM's energy-based pointing game, Pillai & Pirsiavash 2021's
     Content Heatmap; Quantus ``AttributionLocalisation`` / ``RelevanceMassAccuracy``.
     """
     _check_maps(maps)
@@ -214,7 +214,7 @@ def _prepare(maps: Tensor, gt: Tensor, ignore: Tensor | None) -> tuple[Tensor, T
     return maps.float().nan_to_num(nan=0.0), s, w, undefined
 
 
-def _binarise(x: Tensor, threshold: float) -> Tensor:
+def _binarize(x: Tensor, threshold: float) -> Tensor:
     return (x > threshold).float()
 
 
@@ -243,10 +243,10 @@ def discrete_f1(maps: Tensor, gt: Tensor, threshold: float = 0.5, ignore: Tensor
 
     P = tp/(tp+fp+1e-10), R = tp/(tp+fn+1e-10), F1 = 2PR/(P+R+1e-10), counts over non-ignored
     pixels. Returns (B,K) in [0,1]. NaN where the map is NaN or the binarised gt is empty
-    (deviation: the original's eps gives 0 there). Source: NN-Explainer ``discrete_f1`` (spec 000 §6).
+    (deviation: the original's eps gives 0 there). Source: ``discrete_f1`` in the NN-Explainer authors' released code (Stalder et al. 2022).
     """
     m, s, w, undefined = _prepare(maps, gt, ignore)
-    return _undefined(_f1(_binarise(m, threshold), _binarise(s, threshold), w), undefined)
+    return _undefined(_f1(_binarize(m, threshold), _binarize(s, threshold), w), undefined)
 
 
 def mean_f1(maps: Tensor, gt: Tensor, thresholds: Sequence[float] = F1_THRESHOLDS,
@@ -257,7 +257,7 @@ def mean_f1(maps: Tensor, gt: Tensor, thresholds: Sequence[float] = F1_THRESHOLD
     mean (a soft gt may vanish at high thresholds), NaN when none is defined.
     """
     m, s, w, undefined = _prepare(maps, gt, ignore)
-    scores = torch.stack([_f1(_binarise(m, t), _binarise(s, t), w) for t in thresholds])
+    scores = torch.stack([_f1(_binarize(m, t), _binarize(s, t), w) for t in thresholds])
     return _undefined(scores.nanmean(0), undefined)
 
 
@@ -265,7 +265,7 @@ def soft_f1(maps: Tensor, gt: Tensor, ignore: Tensor | None = None) -> Tensor:
     """NN-Explainer's "Cont F1": F1 with soft counts tp = Σm·s, fp = Σm(1−s), fn = Σ(1−m)s.
 
     Same P/R/F1 formulas as :func:`discrete_f1`. Returns (B,K) in [0,1]; NaN where the map is
-    NaN or Σs = 0 (deviation: the original gives 0). Source: spec 000 §6 ``c_f1``.
+    NaN or Σs = 0 (deviation: the original gives 0). Source: the NN-Explainer authors' released code (Stalder et al. 2022), ``c_f1``.
     """
     m, s, w, undefined = _prepare(maps, gt, ignore)
     return _undefined(_f1(m, s, w), undefined)
@@ -275,7 +275,7 @@ def soft_accuracy(maps: Tensor, gt: Tensor, ignore: Tensor | None = None) -> Ten
     """NN-Explainer's "Accuracy": mean(m·s + (1−m)(1−s)) over non-ignored pixels.
 
     Returns (B,K) in [0,1], defined for an empty gt; NaN where the map is NaN or every pixel is
-    ignored. Source: spec 000 §6 ``acc``.
+    ignored. Source: the NN-Explainer authors' released code (Stalder et al. 2022), ``acc``.
     """
     m, s, w, undefined = _prepare(maps, gt, ignore)
     return _undefined(_mean(m * s + (1 - m) * (1 - s), w), undefined)
@@ -287,10 +287,10 @@ def discrete_iou(maps: Tensor, gt: Tensor, thresholds: Sequence[float] = IOU_THR
 
     Returns (B,K) in [0,1]. Thresholds where the binarised gt is empty are left out of the mean
     (deviation: the original's eps counts them as 0); NaN when none is defined or the map is NaN.
-    Source: spec 000 §6 ``d_IOUs``.
+    Source: the NN-Explainer authors' released code (Stalder et al. 2022), ``d_IOUs``.
     """
     m, s, w, undefined = _prepare(maps, gt, ignore)
-    scores = torch.stack([_iou(_binarise(m, t), _binarise(s, t), w) for t in thresholds])
+    scores = torch.stack([_iou(_binarize(m, t), _binarize(s, t), w) for t in thresholds])
     return _undefined(scores.nanmean(0), undefined)
 
 
@@ -298,7 +298,7 @@ def soft_iou(maps: Tensor, gt: Tensor, ignore: Tensor | None = None) -> Tensor:
     """NN-Explainer's "Cont. IOU" (Ruzicka similarity): Σmin(m,s) / (Σmax(m,s) + 1e-15).
 
     Returns (B,K) in [0,1]; NaN where the map is NaN or Σs = 0 (deviation: the original gives 0).
-    Source: spec 000 §6 ``c_IOU``.
+    Source: the NN-Explainer authors' released code (Stalder et al. 2022), ``c_IOU``.
     """
     m, s, w, undefined = _prepare(maps, gt, ignore)
     return _undefined(_iou(m, s, w), undefined)
@@ -310,7 +310,7 @@ def pixel_auc(maps: Tensor, gt: Tensor, ignore: Tensor | None = None) -> Tensor:
     Mann–Whitney form with average ranks for ties, equal to ``sklearn.metrics.roc_auc_score``:
     AUC = (Σ rank(positives) − P(P+1)/2) / (P·N) over non-ignored pixels. Returns (B,K) in
     [0,1] (a constant mask gives 0.5); NaN where the map is NaN or the gt holds a single class
-    (the original's ``None``). Source: spec 000 §6 ``aucs``.
+    (the original's ``None``). Source: the NN-Explainer authors' released code (Stalder et al. 2022), ``aucs``.
     """
     m, s, w, undefined = _prepare(maps, gt, ignore)
     counted = w.flatten(2) > 0
@@ -330,7 +330,7 @@ def overlap(maps: Tensor, gt: Tensor, ignore: Tensor | None = None) -> Tensor:
     """NN-Explainer's second "Accuracy" row: 1 − mean|s − m| over non-ignored pixels.
 
     Returns (B,K) in [0,1], defined for an empty gt; NaN where the map is NaN or every pixel
-    is ignored. Source: spec 000 §6 ``over``.
+    is ignored. Source: the NN-Explainer authors' released code (Stalder et al. 2022), ``over``.
     """
     m, s, w, undefined = _prepare(maps, gt, ignore)
     return _undefined(1 - _mean((s - m).abs(), w), undefined)
@@ -340,7 +340,7 @@ def background_coverage(maps: Tensor, gt: Tensor, ignore: Tensor | None = None) 
     """Mask outside the object: mean(max(m − s, 0)) / (1 − mean(s)); lower is better.
 
     Returns (B,K) in [0,1]; NaN where the map is NaN or mean(s) = 1, i.e. no background
-    (deviation: the original gives 0). Source: spec 000 §6 ``background_c``.
+    (deviation: the original gives 0). Source: the NN-Explainer authors' released code (Stalder et al. 2022), ``background_c``.
     """
     m, s, w, undefined = _prepare(maps, gt, ignore)
     background = 1 - _mean(s, w)
@@ -351,7 +351,7 @@ def object_coverage(maps: Tensor, gt: Tensor, ignore: Tensor | None = None) -> T
     """Object covered by the mask: 1 − mean(max(s − m, 0)) / mean(s); higher is better.
 
     Returns (B,K) in [0,1]; NaN where the map is NaN or mean(s) = 0, i.e. an empty gt
-    (deviation: the original gives 0). Source: spec 000 §6 ``mask_c``.
+    (deviation: the original gives 0). Source: the NN-Explainer authors' released code (Stalder et al. 2022), ``mask_c``.
     """
     m, s, w, undefined = _prepare(maps, gt, ignore)
     area = _mean(s, w)
@@ -370,7 +370,7 @@ def saliency_metric(classifier: nn.Module, images: Tensor, masks: Tensor, classe
     (a saliencylab Classifier); masks (B,1,H,W) in [0,1]; classes (B,K) padded with -1, where a
     class listed twice counts twice (VOC lists one entry per object instance).
     Returns (B,) float32, unbounded; NaN where the mask is NaN or no class is given.
-    Source: spec 000 §6 ``sal``.
+    Source: the NN-Explainer authors' released code (Stalder et al. 2022), ``sal``.
     """
     check_images(images)
     _check_maps(masks, unit=True)

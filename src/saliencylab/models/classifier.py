@@ -155,7 +155,7 @@ class Classifier(nn.Module):
         """Keep images where masks is 1 and fill the mean colour elsewhere.
 
         images (B,3,H,W) in [0,1], masks (B,1,H,W) in [0,1]; equal to multiplying the
-        *normalised* image by the mask (zero-fill in normalised space, as spec 000 §1).
+        *normalised* image by the mask (zero-fill in normalised space, as Stalder et al. 2022).
         """
         fill = self.mean.view(1, 3, 1, 1)
         return masks * images + (1 - masks) * fill

@@ -1,4 +1,4 @@
-"""Explainer networks (spec 000 §1): normalised images (B,3,H,W) -> logits for ALL classes (B,C,H,W).
+"""Explainer networks (Stalder et al. 2022): normalised images (B,3,H,W) -> logits for ALL classes (B,C,H,W).
 
 One forward gives every class's mask logits S_c at input resolution (bilinear, align_corners=False);
 the per-class mask is ``sigmoid(S_c)``. These are plain ``nn.Module``s: a LightningModule

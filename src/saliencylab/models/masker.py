@@ -1,4 +1,5 @@
-"""The CASME masker (spec 001 §1): a small decoder over a classifier's own feature maps, one mask (B,1,H,W).
+"""The CASME masker (Phang et al., 'Investigating and Simplifying Masking-based Saliency Methods for Model Interpretability', 2020):
+a small decoder over a classifier's own feature maps, one mask (B,1,H,W).
 
 The masker reads chosen layers of the explained classifier (forward hooks on ``classifier.layer(name)``,
 features *detached* by the caller, so no gradient reaches the classifier through them). Each layer

@@ -1,4 +1,4 @@
-"""Train the classifier to be explained (multi-label, BCE; spec 000 §3)."""
+"""Train the classifier to be explained (multi-label, BCE; Stalder et al. 2022)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -26,7 +26,7 @@ def multilabel_counts(logits: Tensor, labels: Tensor, threshold: float = 0.0) ->
 
 
 def multilabel_scores(counts: Tensor) -> dict[str, float]:
-    """Micro accuracy, precision, recall and F1 (spec 000 §3) from :func:`multilabel_counts`."""
+    """Micro accuracy, precision, recall and F1 (Stalder et al. 2022) from :func:`multilabel_counts`."""
     tp, fp, fn, tn = counts.tolist()
     return {
         "accuracy": (tp + tn) / max(tp + fp + fn + tn, 1),

@@ -1,4 +1,5 @@
-"""Train explainer networks against a frozen classifier (spec 000 §1, §2, §4, §5).
+"""Train explainer networks against a frozen classifier, as NN-Explainer
+(Stalder et al., 'What You See is What You Classify: Black Box Attributions', NeurIPS 2022).
 
 Variants: ``"explainer"`` (NN-Explainer, §2), ``"rt_saliency"`` (the adapted Real-Time Saliency
 of §4) and ``"fcnn"`` (the self-explaining InterpretableFCNN of §5: the network is its own
@@ -42,10 +43,10 @@ class ExplainerModule(StagedModule):
     variants always use the classifier's. ``backbone_from_classifier``: the light explainer's encoder
     starts from the explained small_cnn's feature weights (as the paper's starts from ImageNet
     weights; ``backbone_weights`` names any other file) and ``width`` defaults to the classifier's
-    (else to 16). Loss weights: see :class:`LossWeights` (spec defaults);
+    (else to 16). Loss weights: see :class:`LossWeights` (the NN-Explainer authors' defaults);
     RT-saliency: ``rt_area_weight`` (λ_area, 1.0), ``rt_alternative`` ("random" per batch, "blur",
     "color") and ``color_noise_mean_bug``. Metrics: micro F1 of the masked-in ("explainer"),
-    preserved ("rt_saliency") or student ("fcnn") logits at logit >= -1 (spec §2).
+    preserved ("rt_saliency") or student ("fcnn") logits at logit >= -1 (as the authors' released code).
     """
 
     def __init__(self, arch: str = "light", num_classes: int | None = None, classifier_dir: str | None = None,

@@ -1,4 +1,4 @@
-"""Infillers of masking-based saliency training (spec 001 §3): what replaces the removed pixels.
+"""Infillers of masking-based saliency training (Phang et al. 2020): what replaces the removed pixels.
 
 All work on *normalised* images x (B,3,H,W) and a mask m (B,1,H,W) in [0,1] (1 = keep for the
 mask-in image). An infiller gives a fill G for the "hole" and composes without re-masking:
@@ -12,7 +12,7 @@ flows only through these formulas. ``sides`` says which images are infilled (the
 - :class:`Infiller` (``"none"``, the default): no fill, G = 0, i.e. removed pixels become 0 in normalised
   space, the dataset's mean colour.
 - :class:`BlurInfiller` (``"blur"``): G = Gaussian blur of the original x (σ=20 in the original, half-width
-  ⌈4σ⌉, zero padding; :func:`saliencylab.training.losses.gaussian_blur`).
+  ⌈4σ⌉, zero padding; :func:`saliencylab.perturb.blur_zero_padded`).
 - :class:`NoiseInfiller` (``"noise"``): the release has none (its uniform-noise function returns None);
   here G = normalise(u), u ~ U(0,1) i.i.d. per pixel and channel, fresh for every image and side:
   uniform noise in image space, drawn from a seeded generator.
@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from saliencylab.training.losses import gaussian_blur
+from saliencylab.perturb import blur_zero_padded
 
 INFILLERS = ("none", "blur", "noise", "generator")
 SIDES = ("in", "out")
@@ -66,10 +66,10 @@ class BlurInfiller(Infiller):
         self.sigma = sigma
 
     def fill(self, x: Tensor, hole: Tensor) -> Tensor:
-        return gaussian_blur(x, self.sigma)
+        return blur_zero_padded(x, self.sigma)
 
 
-class _Normalised(Infiller):
+class _Normalized(Infiller):
     """An infiller that makes G in image space [0,1] and normalises it with the classifier's mean/std."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], sides: Sequence[str] = SIDES) -> None:
@@ -78,7 +78,7 @@ class _Normalised(Infiller):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
 
-class NoiseInfiller(_Normalised):
+class NoiseInfiller(_Normalized):
     """G = normalise(u), u ~ U(0,1) per pixel and channel (our definition; the release has none)."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], sides: Sequence[str] = SIDES,
@@ -91,7 +91,7 @@ class NoiseInfiller(_Normalised):
         return (u - self.mean) / self.std
 
 
-class GeneratorInfiller(_Normalised):
+class GeneratorInfiller(_Normalized):
     """G = normalise(generator(image ⊙ (1 − hole), hole)), a frozen user inpainting network (module docstring)."""
 
     def __init__(self, generator: Callable[[Tensor, Tensor], Tensor], mean: Sequence[float], std: Sequence[float],

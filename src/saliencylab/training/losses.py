@@ -1,11 +1,11 @@
-"""Losses of the trained explainers (spec 000 §1, §2, §4, §5), as pure tensor functions.
+"""Losses of the trained explainers of NN-Explainer
+(Stalder et al., 'What You See is What You Classify: Black Box Attributions', NeurIPS 2022), as pure tensor functions.
 
 Shapes: seg_logits (B,C,H,W) explainer logits for every class; labels (B,C) multi-hot;
 masks m, n (B,1,H,W) in [0,1]; classifier logits (B,C).
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
@@ -13,11 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from saliencylab.perturb import blur_zero_padded
+
 ALTERNATIVES = ("blur", "color", "random")
 
 
 def aggregate_masks(seg_logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Target mask m and non-target mask n, each (B,1,H,W) (spec 000 §1, ``extract_masks``).
+    """Target mask m and non-target mask n, each (B,1,H,W) (``extract_masks`` in the NN-Explainer authors' released code).
 
     m_b = sigmoid(max_{c: y_bc=1} S_bc) and n_b = sigmoid(max_{c: y_bc=0} S_bc): the pixel-wise
     max of the logits, then the sigmoid (equal to the max of the per-class sigmoids). A row with
@@ -35,7 +37,7 @@ def aggregate_masks(seg_logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]
 
 
 def entropy_loss(logits: Tensor) -> Tensor:
-    """mean over B×C of p·log p, p = softmax(logits).clamp(min=1e-16) (spec 000 §2).
+    """mean over B×C of p·log p, p = softmax(logits).clamp(min=1e-16) (Stalder et al. 2022).
 
     This is minus the softmax entropy divided by C; minimising it maximises the entropy of the
     prediction on the masked-out image. Its minimum, for a uniform softmax, is -log(C)/C.
@@ -45,7 +47,7 @@ def entropy_loss(logits: Tensor) -> Tensor:
 
 
 def total_variation(mask: Tensor, squared: bool = False) -> Tensor:
-    """mean over b,i,j of |m_ij − m_i,j+1| + |m_ij − m_i+1,j| with reflect padding (spec 000 §2).
+    """mean over b,i,j of |m_ij − m_i,j+1| + |m_ij − m_i+1,j| with reflect padding (Stalder et al. 2022).
 
     The reflect-padded neighbour of the last column (row) is the one before it, so the last
     difference repeats the previous one. ``squared=True``: squared differences (the RT-saliency
@@ -60,7 +62,7 @@ def total_variation(mask: Tensor, squared: bool = False) -> Tensor:
 
 
 def class_area_loss(seg_logits: Tensor, labels: Tensor, min_area: float = 0.05, max_area: float = 0.3) -> Tensor:
-    """ClassArea of spec 000 §2: the sorted one-sided hinge on every label-class mask.
+    """ClassArea of Stalder et al. 2022: the sorted one-sided hinge on every label-class mask.
 
     For each image b and label class c: v = sigmoid(S_bc) sorted descending, r_min = 1 on the first
     ⌊N·min_area⌋ ranks (else 0), r_max = 1 on the first ⌊N·max_area⌋ ranks; l_bc = mean_k
@@ -80,7 +82,7 @@ def class_area_loss(seg_logits: Tensor, labels: Tensor, min_area: float = 0.05, 
 
 @dataclass(frozen=True)
 class LossWeights:
-    """λ_e, λ_tv, λ_a, λ_m, λ_n and the ClassArea bounds; defaults are the argparser defaults of spec 000 §2."""
+    """λ_e, λ_tv, λ_a, λ_m, λ_n and the ClassArea bounds; defaults are the argparser defaults of the NN-Explainer authors' released code."""
 
     entropy_weight: float = 1.0
     tv_weight: float = 1.0
@@ -109,7 +111,7 @@ class LossWeights:
 def explainer_loss(classifier_logits_in: Tensor, classifier_logits_out: Tensor, labels: Tensor, m: Tensor,
                    n: Tensor, seg_logits: Tensor,
                    weights: LossWeights | Mapping[str, float] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """The NN-Explainer loss of spec 000 §2; returns (total, unweighted terms).
+    """The NN-Explainer loss of Stalder et al. 2022; returns (total, unweighted terms).
 
     L = BCE(F(m⊙x), y) + λ_e·Lent(F((1−m)⊙x)) + λ_tv·(TV(m)+TV(n)) + λ_a·ClassArea(S,y)
         + λ_m·mean(m) + λ_n·mean(n).
@@ -132,7 +134,7 @@ def explainer_loss(classifier_logits_in: Tensor, classifier_logits_out: Tensor, 
 
 def fcnn_loss(teacher_seg: Tensor, student_seg: Tensor, labels: Tensor,
               weights: LossWeights | Mapping[str, float] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """The self-explaining InterpretableFCNN loss of spec 000 §5; returns (total, unweighted terms).
+    """The self-explaining InterpretableFCNN loss of Stalder et al. 2022; returns (total, unweighted terms).
 
     Class logits are the spatial means of the seg logits. L = BCE(t,y) + BCE(s,y) + mean|t−s|
     + λ_tv(TV(t_m)+TV(s_m)) + λ_a(ClassArea(t_seg)+ClassArea(s_seg)) + λ_m(mean t_m + mean s_m)
@@ -162,7 +164,7 @@ def fcnn_loss(teacher_seg: Tensor, student_seg: Tensor, labels: Tensor,
 def rt_saliency_loss(classifier_logits_preserved: Tensor, classifier_logits_destroyed: Tensor, labels: Tensor,
                      m: Tensor, *, area_weight: float = 1.0, tv_weight: float = 10.0,
                      destroyer_weight: float = 5.0, destroyer_power: float = 0.3) -> tuple[Tensor, dict[str, Tensor]]:
-    """The adapted Real-Time-Saliency loss of spec 000 §4; returns (total, unweighted terms).
+    """The adapted Real-Time-Saliency loss of Stalder et al. 2022; returns (total, unweighted terms).
 
     L = 10·TV²(m) + λ_area·mean(m) + L_pres + 5·L_destr^0.3, with
     L_pres = −(1/N_pos) Σ_{y_bc=1} log σ(F(x_p))_bc and L_destr = (1/N_pos) Σ_{y_bc=1} σ(F(x_d))_bc,
@@ -181,42 +183,27 @@ def rt_saliency_loss(classifier_logits_preserved: Tensor, classifier_logits_dest
     return total, terms
 
 
-def gaussian_blur(images: Tensor, sigma: float = 10.0) -> Tensor:
-    """TorchRay ``imsmooth``-like blur: separable normalised Gaussian of half-width ⌈4σ⌉, zero padding, per channel."""
-    if sigma <= 0:
-        return images
-    half = math.ceil(4 * sigma)
-    x = torch.arange(-half, half + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    channels = images.shape[1]
-    horizontal = kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
-    vertical = kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
-    out = F.conv2d(images, horizontal, padding=(0, half), groups=channels)
-    return F.conv2d(out, vertical, padding=(half, 0), groups=channels)
-
-
-def alternative_image(images_normalised: Tensor, generator: torch.Generator | None = None, mode: str = "random", *,
+def alternative_image(images_normalized: Tensor, generator: torch.Generator | None = None, mode: str = "random", *,
                       sigma: float = 10.0, noise_std: float = 0.11, offset: float = 0.33,
                       color_noise_mean_bug: bool = False) -> Tensor:
-    """The RT-saliency alternative image A of spec 000 §4, in normalised space.
+    """The RT-saliency alternative image A of Stalder et al. 2022, in normalised space.
 
-    "blur": Gaussian blur, σ=10 (:func:`gaussian_blur`). "color": per-pixel N(0, noise_std) plus a
+    "blur": Gaussian blur, σ=10 (:func:`saliencylab.perturb.blur_zero_padded`). "color": per-pixel N(0, noise_std) plus a
     per-image, per-channel U(−offset, offset). ``color_noise_mean_bug=True`` reproduces the
     original's ``normal_(0.11)`` (mean 0.11, std 1). "random": one of the two for the whole
     batch, drawn with ``generator`` (the original's ``random.choice``).
     """
     if mode not in ALTERNATIVES:
         raise ValueError(f"mode must be one of {ALTERNATIVES}, got {mode!r}")
-    device = images_normalised.device
+    device = images_normalized.device
     draw_on = generator.device if generator is not None else device  # draw where the generator lives
     if mode == "random":
         mode = ALTERNATIVES[int(torch.randint(2, (1,), generator=generator, device=draw_on))]
     if mode == "blur":
-        return gaussian_blur(images_normalised, sigma)
-    batch, channels = images_normalised.shape[:2]
+        return blur_zero_padded(images_normalized, sigma)
+    batch, channels = images_normalized.shape[:2]
     mean, std = (noise_std, 1.0) if color_noise_mean_bug else (0.0, noise_std)
-    dtype = images_normalised.dtype
-    noise = torch.randn(images_normalised.shape, generator=generator, device=draw_on, dtype=dtype).to(device)
+    dtype = images_normalized.dtype
+    noise = torch.randn(images_normalized.shape, generator=generator, device=draw_on, dtype=dtype).to(device)
     shift = torch.rand((batch, channels, 1, 1), generator=generator, device=draw_on, dtype=dtype).to(device)
     return mean + std * noise + (2 * shift - 1) * offset

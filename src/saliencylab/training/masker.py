@@ -1,9 +1,10 @@
-"""Train a CASME masker (spec 001 §2): FIX (frozen classifier) or CA (classifier trained alongside).
+"""Train a CASME masker (Phang et al., 'Investigating and Simplifying Masking-based Saliency Methods for
+Model Interpretability', 2020): FIX (frozen classifier) or CA (classifier trained alongside).
 
 Single-label training (softmax cross-entropy and entropy): every image needs exactly one label.
 Masking is in the classifier's *normalised* space: x_in = x⊙m, x_out = x⊙(1−m) (or an infiller's
 composition, :mod:`saliencylab.training.infill`). The masker reads the classifier's features from
-its clean forward, detached. Per batch (spec §2.7):
+its clean forward, detached. Per batch (as the authors' released code):
 
 1. clean forward of x (CA: classifier in train mode; FIX: eval, never updated); CA: SGD step on CE(f(x), y)
    and, every ``save_freq`` batches (or when the pool is empty), a snapshot into the historic pool;
@@ -50,14 +51,14 @@ def single_labels(labels: Tensor) -> Tensor:
     positive = labels > 0.5
     counts = positive.sum(dim=1)
     if labels.dim() != 2 or bool((counts != 1).any()):
-        raise ValueError("the masker trains on single-label images (softmax cross-entropy and entropy, spec 001 §2), "
+        raise ValueError("the masker trains on single-label images (softmax cross-entropy and entropy, Phang et al. 2020), "
                          f"got label counts {counts.tolist()}; keep single-label samples, e.g. "
                          "[s for s in samples if s.labels.sum() == 1]")
     return positive.to(torch.uint8).argmax(dim=1)
 
 
 def masker_tv(mask: Tensor, border_penalty: float = 0.3) -> Tensor:
-    """[Σ(Δ_x m)² + Σ(Δ_y m)² + border_penalty·Σ(m² on the first/last row and column)] / (2B) (spec §2.4).
+    """[Σ(Δ_x m)² + Σ(Δ_y m)² + border_penalty·Σ(m² on the first/last row and column)] / (2B) (as the authors' released code).
 
     mask (B,1,H,W); sums over the whole batch; a corner pixel is counted in its row and its column.
     """
@@ -78,7 +79,7 @@ def masker_loss(logits_in: Tensor, logits_out: Tensor, labels: Tensor, clean_cor
                 lambda_in: float = 1.0, lambda_out: float = 10.0, lambda_tv: float = 1e-3,
                 border_penalty: float = 0.3, mask_in_weight: float = 1.0,
                 mask_out_weight: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
-    """L_M = w_in·L_in + w_out·L_out of spec §2.2-2.5; returns (total, unweighted terms).
+    """L_M = w_in·L_in + w_out·L_out of Phang et al. 2020; returns (total, unweighted terms).
 
     logits_in/out (B,C) of x_in, x_out; labels (B,) class indices; clean_correct (B,) bool (argmax f(x) = y);
     mask (B,1,H,W) in [0,1], ā its per-image mean.

@@ -1,0 +1,86 @@
+"""What the format readers share: the dataset base class and reading, resizing and writing images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as F
+from torchvision.transforms.v2.functional import pil_to_tensor
+
+from saliencylab.types import Sample
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+"""Files kept when scanning a class folder (torchvision's list, matched case-insensitively)."""
+JPEG_QUALITY = 95
+
+
+class AnnotatedDataset(Dataset):
+    """Base of the format readers: ``class_names`` and the ``ids`` of the images, in order."""
+
+    class_names: tuple[str, ...]
+    ids: list
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def read_image(path: Path, size: tuple[int, int], described_in: Path) -> Tensor:
+    """Read an RGB image as (3,H,W) float32 in [0,1]; check that (H,W) equals ``size`` from ``described_in``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} not found (it is listed in {described_in})")
+    with Image.open(path) as file:
+        image = pil_to_tensor(file.convert("RGB")).float() / 255
+    if tuple(image.shape[1:]) != tuple(size):
+        raise ValueError(f"image {path} is {image.shape[2]}x{image.shape[1]} (WxH) but {described_in} "
+                         f"says {size[1]}x{size[0]}")
+    return image
+
+
+def write_image(path: Path, image: Tensor) -> None:
+    """Write a (3,H,W) float image in [0,1] as a JPEG of quality JPEG_QUALITY."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(pixels).save(path, quality=JPEG_QUALITY)
+
+
+def build_sample(image: Tensor, boxes: list[list[float]], box_labels: list[int], difficult: list[bool],
+                 segmentation: Tensor | None, image_id: str, num_classes: int) -> Sample:
+    """A Sample with the contract's dtypes and shapes; labels = multi-hot over ``box_labels``."""
+    labels = torch.zeros(num_classes)
+    labels[box_labels] = 1.0
+    return Sample(
+        image=image,
+        labels=labels,
+        boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        box_labels=torch.tensor(box_labels, dtype=torch.long),
+        difficult=torch.tensor(difficult, dtype=torch.bool),
+        segmentation=segmentation,
+        image_id=image_id,
+    )
+
+
+def load_resized_image(path: Path, size: int, break_ratio: bool = False, listed_in: Path | None = None) -> Tensor:
+    """(3,size,size) float in [0,1]: PIL RGB, then Resize(size) + CenterCrop(size) (PIL bilinear).
+
+    With ``break_ratio``: Resize([size, size]), aspect ratio not kept.
+    """
+    try:
+        with Image.open(path) as file:
+            image = file.convert("RGB")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image {path} not found" + (f" (it is listed in {listed_in})" if listed_in else "")) \
+            from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"cannot read image {path}: {error}") from None
+    if break_ratio:
+        image = F.resize(image, [size, size])
+    else:
+        image = F.center_crop(F.resize(image, [size]), [size, size])
+    return pil_to_tensor(image).float() / 255
