@@ -126,19 +126,34 @@ def test_dataset_formats_are_registered_with_their_options():
         load_dataset("voc", class_names=CLASSES, image_size=48)
 
 
-def bench_cli(project, out, *extra):
+@pytest.fixture(scope="module")
+def resnet18(project):
+    """A torchvision ResNet-18 with random weights saved as a plain state dict, and a class-names file."""
+    import torchvision
+
     root = project[0]
-    return [sys.executable, "-m", "saliencylab.cli", "bench", "run", "gradient_hessian", "gc=gradcam", "--classifier",
-            str(root / "classifier"), "--data", f"voc:{root / 'data' / 'voc'}", "--data-set", "segmentation_only=true",
-            "--out", str(out), "--metrics", "energy", "pointing_game", "--batch-size", "2", "--set",
-            "gradient_hessian:max_batch=1", "--no-progress", *extra]
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=len(CLASSES)).state_dict(), root / "resnet18.pth")
+    (root / "classes.txt").write_text("\n".join(CLASSES))
+    return ["--model", "torchvision:resnet18", "--weights", str(root / "resnet18.pth"), "--class-names",
+            str(root / "classes.txt"), "--image-size", "48"]
 
 
-def test_bench_run_survives_a_hard_kill(project, tmp_path):
-    reference = subprocess.run(bench_cli(project, tmp_path / "reference"), capture_output=True, text=True)
+def bench_cli(project, resnet18, out, *extra):
+    root = project[0]
+    return [sys.executable, "-m", "saliencylab.cli", "bench", "run", "rise", "gc=gradcam", *resnet18, "--data",
+            f"voc:{root / 'data' / 'voc'}", "--data-set", "segmentation_only=true", "--out", str(out), "--metrics",
+            "energy", "pointing_game", "mean_f1", "--batch-size", "2", "--set", "rise:num_masks=40", "--no-progress", *extra]
+
+
+def test_bench_run_on_a_torchvision_resnet_survives_a_hard_kill_and_shards(project, resnet18, tmp_path):
+    reference = subprocess.run(bench_cli(project, resnet18, tmp_path / "reference", "--html", str(tmp_path / "r.html"),
+                                         "--csv", str(tmp_path / "r.csv")), capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr
+    assert "| rise |" in reference.stdout and "<table>" in (tmp_path / "r.html").read_text()
+    assert (tmp_path / "r.csv").read_text().startswith("row,metric,value,ci_low,ci_high")
     out = tmp_path / "killed"
-    process = subprocess.Popen(bench_cli(project, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    process = subprocess.Popen(bench_cli(project, resnet18, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / "scores").glob("*/0*.json"))) < 3:
@@ -147,14 +162,21 @@ def test_bench_run_survives_a_hard_kill(project, tmp_path):
     process.wait()
     done = len(list((out / "scores").glob("*/0*.json")))
     assert 3 <= done < 20, "the kill should land mid-run"
-    rerun = subprocess.run(bench_cli(project, out, "--json", str(tmp_path / "copy.json")), capture_output=True,
-                           text=True)
+    rerun = subprocess.run(bench_cli(project, resnet18, out, "--json", str(tmp_path / "copy.json")),
+                           capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
-    assert "| gradient_hessian |" in rerun.stdout and "| gc |" in rerun.stdout
+    assert "| rise |" in rerun.stdout and "| gc |" in rerun.stdout
     expected = json.loads((tmp_path / "reference" / "results.json").read_text())
-    got = json.loads((tmp_path / "copy.json").read_text())
-    assert values(got) == values(expected)
+    assert values(json.loads((tmp_path / "copy.json").read_text())) == values(expected)
     assert not list(out.rglob("*.tmp"))
+    for shard in ("0/2", "1/2"):  # two shards into one folder, then merged from two folders
+        done = subprocess.run(bench_cli(project, resnet18, tmp_path / shard.replace("/", "of"), "--shard", shard),
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    merged = subprocess.run([sys.executable, "-m", "saliencylab.cli", "bench", "merge", str(tmp_path / "merged"),
+                             str(tmp_path / "0of2"), str(tmp_path / "1of2")], capture_output=True, text=True)
+    assert merged.returncode == 0, merged.stderr
+    assert values(json.loads((tmp_path / "merged" / "results.json").read_text())) == values(expected)
 
 
 def test_cli_errors_are_messages(project, tmp_path, capsys):

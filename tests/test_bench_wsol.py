@@ -1,27 +1,27 @@
-"""Known answers for saliencylab.bench.wsol on hand-built 16x16 scenes, masks and a colour classifier.
+"""Known answers for the WSOL metrics of the registry and bench.wsol on hand-built 16x16 scenes, masks and a
+colour classifier.
 
 The classifier's logits are the image's channel means (identity normalisation), so its top-1 is the
 brightest channel, and a crop of one uniform colour c gives logits c exactly (bicubic keeps constants).
 Sample boxes are inclusive corners; the comments give the half-open boxes the metrics see.
 """
 import math
-import statistics
 
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from saliencylab.bench.wsol import (BASELINES, BOX_COLUMNS, COLUMNS, evaluate_wsol, evaluate_wsol_baseline,
-                                    method_explain, pxap, wsol_table)
+from saliencylab.bench.run import REFERENCES, Row, reference_options, score_maps
+from saliencylab.bench.wsol import BASELINES, BOX_COLUMNS, COLUMNS, paper_quirk_options, run_wsol, wsol_table
 from saliencylab.data.imagenet import ImageNetDataset
 from saliencylab.data.synthetic_imagenet import write_synthetic_imagenet
 from saliencylab.data.openimages import OpenImagesDataset
 from saliencylab.data.synthetic import SyntheticConfig
 from saliencylab.data.synthetic_imagenet import write_synthetic_imagenet
-from saliencylab.methods.base import build
 from saliencylab.models.classifier import Classifier
+from saliencylab import metrics
 from saliencylab.models.zoo import build_classifier
+from saliencylab.targets import from_multi_hot
 from saliencylab.types import BACKGROUND, VOID, Sample, collate
 
 LOG_Q = -math.log(2 + math.e)
@@ -72,185 +72,158 @@ def hand_masks(batch) -> torch.Tensor:
     return torch.stack(out)[:, None]
 
 
-def batches(samples: list[Sample], size: int) -> list:
-    return [collate(samples[i:i + size]) for i in range(0, len(samples), size)]
+def score(samples: list[Sample], masks=hand_masks, baseline: str | None = None, box_acc: bool = False,
+          **options) -> dict[str, torch.Tensor]:
+    """Column -> (N,) per-image scores (box columns: (N,T) IoU curves) of ``masks(batch)`` or of a special row."""
+    batch = collate(samples)
+    targets = from_multi_hot(batch.labels)
+    reference = None if baseline is None else REFERENCES[BASELINES[baseline]]
+    maps = masks(batch) if reference is None else reference.masks(batch, targets)
+    columns = {**COLUMNS, **(BOX_COLUMNS if box_acc else {})}
+    scores = score_maps(maps, targets, batch, CLASSIFIER, list(columns.values()), maps_are_masks=True,
+                        options={**options, **reference_options(reference)})
+    return {column: scores[metric].squeeze(1) if scores[metric].shape[1] == 1 else scores[metric]
+            for column, metric in columns.items()}
 
 
 def close(actual: torch.Tensor, expected: list[float]) -> None:
-    torch.testing.assert_close(actual, torch.tensor(expected, dtype=torch.float32), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(actual.double(), torch.tensor(expected, dtype=torch.float64), atol=1e-5, rtol=1e-5)
 
 
-def test_evaluate_wsol_known_answers():
-    scores = evaluate_wsol(hand_masks, CLASSIFIER, batches(SAMPLES, 3))
-    values = scores.per_image()
+def test_wsol_metrics_known_answers():
+    values = score(SAMPLES)
     # A: mean 0.35 -> binarised = the object, box (4,4,12,12) = gt: IoU 1.
     # B: box (0,0,16,5), IoU 80/128 = 0.625 > 0.5 -> LE 0, but top-1 is wrong -> OM 1.
     # C: box (10,8,16,16): IoU 48/64 = 0.75 with the second box, 0 with the first.
     close(values["LE"], [0, 0, 0])
     close(values["OM"], [0, 1, 0])
-    close(values["correct"], [1, 0, 1])
+    close(values["top1"], [1, 0, 1])
     # A: Σm·G = 64·0.8 = 51.2, Σm = 89.6: P = 4/7, R = 4/5 -> F1 = 2/3. B: P = 1, R = 80/128 -> 10/13.
     # C: box 1 F1 0; box 2 P = 1, R = 3/4 -> 6/7; F1 = max = 6/7, F1a = mean = 3/7.
     close(values["F1"], [2 / 3, 10 / 13, 6 / 7])
     close(values["F1a"], [2 / 3, 10 / 13, 3 / 7])
-    # SM: each crop is uniform: A red crop, label red: log p = 1 - log(e+2); B green crop, label blue:
-    # log p = 0 - log(e+2); C green crop, label green: 1 - log(e+2). SM1 = log(box area / 256).
+    # SM = SM1 - SM2: each crop is uniform: A red crop, label red: log p = 1 - log(e+2); B green crop, label
+    # blue: log p = 0 - log(e+2); C green crop, label green: 1 - log(e+2). SM1 = log(box area / 256).
     sm1 = [math.log(64 / 256), math.log(80 / 256), math.log(48 / 256)]
     sm2 = [1 + LOG_Q, LOG_Q, 1 + LOG_Q]
-    close(values["SM1"], sm1)
-    close(values["SM2"], sm2)
     close(values["SM"], [a - b for a, b in zip(sm1, sm2)])
-    close(values["sm_correct"], [1, 0, 1])
+    close(values["sm_acc"], [1, 0, 1])
     # mask statistics: A's 64 px of 0.8 and 192 of 0.2; tv: 16 horizontal (of 240) and 16 vertical
     # neighbour pairs differ by 0.6 -> 2·16·0.36/240 = 0.048. B: 80 px of 1 -> entropy 0, tv: 16 of 240 vertical.
     close(values["binarized"], [64 / 256, 80 / 256, 48 / 256])
     close(values["avg_mask"], [0.35, 80 / 256, 48 / 256])
     close(values["entropy"], [-(64 * 0.8 * math.log2(0.8) + 192 * 0.2 * math.log2(0.2)) / 256, 0, 0])
     close(values["tv"], [0.048, 16 / 240, (8 + 6) / 240])  # C: 8 pairs across cols 9|10, 6 across rows 7|8
-
-    summary = scores.summary()
-    assert list(summary) == list(COLUMNS)
-    assert summary["LE"] == 0 and summary["OM"] == pytest.approx(1 / 3)
-    assert summary["F1"] == pytest.approx((2 / 3 + 10 / 13 + 6 / 7) / 3)
-    assert summary["top1"] == pytest.approx(200 / 3) and summary["sm_acc"] == pytest.approx(200 / 3)
-    assert summary["std_mask"] == pytest.approx(statistics.stdev([0.35, 80 / 256, 48 / 256]))
-    assert summary["images"] == 3 and summary["seconds"] >= 0
+    # one image at a time: the same per-image scores
+    for i, sample in enumerate(SAMPLES):
+        for column, value in score([sample]).items():
+            torch.testing.assert_close(value, values[column][i:i + 1], msg=column)
 
 
-def test_max_box_acc_known_answers_and_batches():
+def test_max_box_acc_known_answers():
     # sweep τ = 0, 0.01, ..., 0.99, binarising m > τ·max(m).
     # A: max 0.8; τ·0.8 < 0.2 for τ < 0.25 -> the whole image, IoU 64/256 = 0.25 (25 thresholds);
     #    from τ = 0.25 on only the object: IoU 1 (75 thresholds).
     # B: box (0,0,16,5) at every τ: IoU 80/128 = 0.625. C: box (10,8,16,16): IoU 48/64 = 0.75.
-    scores = evaluate_wsol(hand_masks, CLASSIFIER, batches(SAMPLES, 2), max_box_acc=True)
-    ious = scores.box_v1.ious
+    values = score(SAMPLES, box_acc=True)
+    ious = values["MaxBoxAcc"]
     assert ious.shape == (3, 100)
     torch.testing.assert_close(ious[0], torch.tensor([0.25] * 25 + [1.0] * 75, dtype=torch.float64))
     torch.testing.assert_close(ious[1:], torch.tensor([[0.625], [0.75]], dtype=torch.float64).expand(2, 100))
-    torch.testing.assert_close(scores.box_v2.ious, ious)  # one component per mask: v2 sees the same boxes
-    summary = scores.summary()
-    assert list(summary) == [*COLUMNS, *BOX_COLUMNS]
+    torch.testing.assert_close(values["MaxBoxAccV2"], ious)  # one component per mask: v2 sees the same boxes
+    v1, v2 = (metrics.get(BOX_COLUMNS[c]) for c in ("MaxBoxAcc", "MaxBoxAccV2"))
     # δ = 0.5: all three from τ = 0.25 on -> 100; δ = 0.3 likewise; δ = 0.7: A and C -> 200/3
-    expected = [100, 100, 100, 200 / 3, (100 + 100 + 200 / 3) / 3]
-    assert [summary[c] for c in BOX_COLUMNS] == pytest.approx(expected)
-    one = evaluate_wsol(hand_masks, CLASSIFIER, batches(SAMPLES, 1), max_box_acc=True, multi_contour=False)
-    assert torch.equal(one.box_v2.ious, ious) and one.summary()["MaxBoxAccV2"] == pytest.approx(expected[-1])
-    assert "MaxBoxAcc" not in evaluate_wsol(hand_masks, CLASSIFIER, batches(SAMPLES, 3)).summary()
-    # a coarser sweep: τ = 0, 0.5: A's whole image at τ = 0 only
-    coarse = evaluate_wsol(hand_masks, CLASSIFIER, batches(SAMPLES, 3), max_box_acc=True, cam_curve_interval=0.5)
-    torch.testing.assert_close(coarse.box_v1.ious[0], torch.tensor([0.25, 1.0], dtype=torch.float64))
-
-    # the center baseline's box (2,2,14,14) at every τ: a centred object IoU 1, A 64/144
+    assert v1.reduce(ious, torch.zeros(3, 1)) == pytest.approx(100)
+    assert v2.reduce(ious, torch.zeros(3, 1)) == pytest.approx((100 + 100 + 200 / 3) / 3)
+    # the center row's box (2,2,14,14) at every τ: a centred object IoU 1, A 64/144 -> 50 at δ 0.5 and 0.7
     centred = sample("centred", 0, [[2, 2, 13, 13]], [(0, slice(2, 14), slice(2, 14))])
-    row = evaluate_wsol_baseline("center", CLASSIFIER, [collate([centred, A])], max_box_acc=True).summary()
-    assert [row[c] for c in BOX_COLUMNS] == pytest.approx([50, 100, 50, 50, 200 / 3])
-    assert "MaxBoxAccV2@30 ↑" in wsol_table({"center": row})
+    center = score([centred, A], baseline="center", box_acc=True)
+    assert v1.reduce(center["MaxBoxAcc"], torch.zeros(2, 1)) == pytest.approx(50)
+    assert v2.reduce(center["MaxBoxAccV2"], torch.zeros(2, 1)) == pytest.approx((100 + 50 + 50) / 3)
 
 
 def test_strict_iou_threshold_box_conventions_and_original_arithmetic():
     # B with 1 on rows 0-3: box (0,0,16,4), IoU 64/128 = 0.5, not > 0.5 -> LE 1
-    four_rows = torch.zeros(1, 16, 16)
-    four_rows[:, 0:4] = 1.0
-    assert evaluate_wsol(lambda batch: four_rows, CLASSIFIER, [collate([B])]).per_image()["LE"].item() == 1.0
-
+    def four_rows(batch):
+        masks = torch.zeros(1, 1, 16, 16)
+        masks[..., 0:4, :] = 1.0
+        return masks
+    close(score([B], four_rows)["LE"], [1])
     # boxes_inclusive=False reads A's (4,4,11,11) as half-open: gt 7x7 = 49 px inside the 8x8 mask square.
     # IoU 49/64 -> LE 0; Σm·G = 49·0.8 = 39.2, P = 39.2/89.6 = 0.4375, R = 0.8 -> F1 = 0.7/1.2375.
-    values = evaluate_wsol(hand_masks, CLASSIFIER, [collate([A])], boxes_inclusive=False).per_image()
+    values = score([A], boxes_inclusive=False)
     close(values["LE"], [0])
     close(values["F1"], [0.7 / 1.2375])
-    # one_pixel_smaller: A's box becomes (4,4,11,11), area 49 -> SM1 = log(49/256).
-    values = evaluate_wsol(hand_masks, CLASSIFIER, [collate([A])], one_pixel_smaller=True).per_image()
-    close(values["SM1"], [math.log(49 / 256)])
-
-
-def test_batching_gives_the_same_per_image_scores_and_weights_std_by_batch_size():
-    one = evaluate_wsol(hand_masks, CLASSIFIER, batches(SAMPLES + [A], 1))
-    four = evaluate_wsol(hand_masks, CLASSIFIER, batches(SAMPLES + [A], 4))
-    for name, value in four.per_image().items():
-        torch.testing.assert_close(one.per_image()[name], value, msg=name)
-    assert math.isnan(one.summary()["std_mask"])  # batches of one image have no std
-    # batches (A,B,C) and (A,B): std of their mean masks, weighted 3 : 2
-    two = evaluate_wsol(hand_masks, CLASSIFIER, [collate(SAMPLES), collate([A, B])])
-    expected = (3 * statistics.stdev([0.35, 80 / 256, 48 / 256]) + 2 * statistics.stdev([0.35, 80 / 256])) / 5
-    assert two.summary()["std_mask"] == pytest.approx(expected)
+    # one_pixel_smaller: A's predicted box becomes (4,4,11,11), area 49 -> SM1 = log(49/256)
+    close(score([A], one_pixel_smaller=True)["SM"], [math.log(49 / 256) - (1 + LOG_Q)])
+    assert paper_quirk_options(True) == {"boxes_inclusive": False, "one_pixel_smaller": True, "unclipped_area": True}
 
 
 def test_baselines():
     # a full-image box: inclusive (0,0,15,15) -> (0,0,16,16); B's object, but label blue (top-1 wrong)
     full = sample("full", 2, [[0, 0, 15, 15]], [(1, slice(None), slice(None))])
-    data = [collate([full, A])]
-    top = evaluate_wsol_baseline("max", CLASSIFIER, data).per_image()
+    top = score([full, A], baseline="max")
     close(top["LE"], [0, 1])  # A: IoU 64/256
     close(top["OM"], [0, 1])  # the max row counts every image as correctly classified
-    close(top["correct"], [0, 1])
+    close(top["top1"], [0, 1])  # ... while top1 reports the classifier
     close(top["F1"], [2 / (2 + 1e-6), 2 * 0.25 / 1.25])  # A: P = 64/256, R = 1
-    close(top["SM1"], [0, 0])
-    close(top["SM2"], [LOG_Q, 0.25 - math.log(math.exp(0.25) + 2)])  # A's whole image: logits (.25,0,0)
+    # SM2 of A's whole image: logits (.25,0,0); SM1 = log 1
+    close(top["SM"], [-LOG_Q, -(0.25 - math.log(math.exp(0.25) + 2))])
     close(top["binarized"], [0, 0])  # a constant mask has no pixel above its mean
 
-    low = evaluate_wsol_baseline("min", CLASSIFIER, data).per_image()
+    low = score([full, A], baseline="min")
     close(low["LE"], [1, 1])
     close(low["F1"], [0, 0])
-    close(low["SM1"], [math.log(0.05)] * 2)  # the empty box: area floor 0.05
-    close(low["SM2"], [math.log(1 / 3)] * 2)  # a mean-colour (black) image: logits (0,0,0)
+    close(low["SM"], [math.log(0.05) - math.log(1 / 3)] * 2)  # the empty box: area floor 0.05, black image
     close(low["avg_mask"], [0, 0])
 
     # center at 16 px: round(33·16/224) = 2 to round(191·16/224) = 14 -> box (2,2,14,14), area 144
     centred = sample("centred", 0, [[2, 2, 13, 13]], [(0, slice(2, 14), slice(2, 14))])
-    center = evaluate_wsol_baseline("center", CLASSIFIER, [collate([centred, A])]).per_image()
+    center = score([centred, A], baseline="center")
     close(center["LE"], [0, 1])  # A: IoU 64/144 < 0.5
     close(center["avg_mask"], [144 / 256] * 2)
-    close(center["SM2"][:1], [1 + LOG_Q])  # the crop is all red
-
-    with pytest.raises(ValueError, match="unknown WSOL baseline 'gaussian'"):
-        evaluate_wsol_baseline("gaussian", CLASSIFIER, data)
+    close(center["SM"][:1], [math.log(144 / 256) - (1 + LOG_Q)])  # the crop is all red
 
 
 @pytest.mark.parametrize("name", BASELINES)
 def test_special_rows_count_every_image_as_correctly_classified(name):
     # the original's special modes set c = 1, so OM = LE. Label blue on green objects: top-1 wrong on
     # B, on a centred square and a full-image object (the center and max boxes localise both, IoU 1 or 144/256);
-    # ground_truth localises all three.
+    # ground_truth localises all four.
     centred = sample("centred", 2, [[2, 2, 13, 13]], [(1, slice(2, 14), slice(2, 14))])
     full = sample("full", 2, [[0, 0, 15, 15]], [(1, slice(None), slice(None))])
-    values = evaluate_wsol_baseline(name, CLASSIFIER, [collate([A, B, centred, full])]).per_image()
-    close(values["correct"], [1, 0, 0, 0])
+    values = score([A, B, centred, full], baseline=name)
+    close(values["top1"], [1, 0, 0, 0])
     localised = {"max": [1, 1, 0, 0], "min": [1, 1, 1, 1], "center": [1, 1, 0, 0], "ground_truth": [0, 0, 0, 0]}
     close(values["LE"], localised[name])
     torch.testing.assert_close(values["OM"], values["LE"])
 
 
-def test_ground_truth_baseline():
-    scores = evaluate_wsol_baseline("ground_truth", CLASSIFIER, batches(SAMPLES, 2))
-    values = scores.per_image()
-    close(values["LE"], [0, 0, 0])
+def test_ground_truth_baseline_scores_the_union_of_the_boxes():
+    values = score(SAMPLES, baseline="ground_truth")
+    close(values["LE"], [0, 0, 0])  # C: the largest component is its 8x8 box, IoU 1 with it
     close(values["OM"], [0, 0, 0])  # B's top-1 is wrong, but special rows count every image as correct
-    close(values["F1"], [2 / (2 + 1e-6)] * 3)
-    close(values["F1a"], [2 / (2 + 1e-6)] * 3)
-    # SM averaged over C's two boxes (uniform green crops): SM1 = mean(log(16/256), log(64/256))
-    close(values["SM1"], [math.log(64 / 256), math.log(128 / 256), (math.log(16 / 256) + math.log(64 / 256)) / 2])
-    close(values["SM2"], [1 + LOG_Q, LOG_Q, 1 + LOG_Q])
-    close(values["avg_mask"], [64 / 256, 128 / 256, 80 / 256])  # the union of the boxes
-
+    # C's mask is both boxes (80 px): against box 2 P = 64/80, R = 1 -> F1 8/9; box 1: P = 16/80 -> 1/3
+    close(values["F1"], [2 / (2 + 1e-6), 2 / (2 + 1e-6), 8 / 9])
+    close(values["F1a"], [2 / (2 + 1e-6), 2 / (2 + 1e-6), (8 / 9 + 1 / 3) / 2])
+    close(values["avg_mask"], [64 / 256, 128 / 256, 80 / 256])
     # a box reaching past the left border: inclusive (-8,0,7,15) -> (-8,0,8,16), 256 px, 128 inside.
-    outside = [collate([sample("out", 0, [[-8, 0, 7, 15]], [(0, slice(None), slice(0, 8))])])]
-    close(evaluate_wsol_baseline("ground_truth", CLASSIFIER, outside).per_image()["LE"], [0])
+    outside = [sample("out", 0, [[-8, 0, 7, 15]], [(0, slice(None), slice(0, 8))])]
+    close(score(outside, baseline="ground_truth")["LE"], [0])
     # the original divides by the unclipped area: IoU 128/256 = 0.5, not > 0.5
-    close(evaluate_wsol_baseline("ground_truth", CLASSIFIER, outside, unclipped_area=True).per_image()["LE"], [1])
+    close(score(outside, baseline="ground_truth", unclipped_area=True)["LE"], [1])
 
 
 def test_errors():
     two_labels = sample("two", 0, [[0, 0, 3, 3]], [])
     two_labels.labels[1] = 1.0
-    with pytest.raises(ValueError, match=r"WSOL is single-label: image 'two' has 2 labels \[0, 1\]"):
-        evaluate_wsol(hand_masks, CLASSIFIER, [collate([A, two_labels])])
+    with pytest.raises(ValueError, match=r"single-label: image 'two' has 2 targets \[0, 1\]"):
+        score([A, two_labels], lambda batch: torch.rand(2, 2, 16, 16))
     no_box = sample("nobox", 0, [], [])
-    with pytest.raises(ValueError, match="WSOL needs ground-truth boxes, but image 'nobox' has none"):
-        evaluate_wsol_baseline("center", CLASSIFIER, [collate([no_box])])
-    with pytest.raises(ValueError, match=r"one mask per image.*\(1, 16, 16\), got \(1, 8, 8\)"):
-        evaluate_wsol(lambda batch: torch.zeros(1, 8, 8), CLASSIFIER, [collate([A])])
-    with pytest.raises(ValueError, match="no images were scored"):
-        evaluate_wsol(hand_masks, CLASSIFIER, []).summary()
+    with pytest.raises(ValueError, match="WSOL metrics need ground-truth boxes, but image 'nobox' has none"):
+        score([no_box], baseline="center")
+    with pytest.raises(ValueError, match="unknown WSOL baseline\\(s\\) gaussian"):
+        run_wsol(CLASSIFIER, [A], {}, "unused", baselines=("gaussian",))
 
 
 def seg_sample(segmentation: list[list[int]]) -> Sample:
@@ -258,21 +231,25 @@ def seg_sample(segmentation: list[list[int]]) -> Sample:
     return Sample(image=torch.zeros(3, *seg.shape), labels=torch.eye(3)[0], segmentation=seg)
 
 
+def pxap(samples: list[Sample], masks: torch.Tensor) -> float:
+    batch = collate(samples)
+    rows = score_maps(masks[:, None], torch.zeros(len(samples), 1, dtype=torch.long), batch, None, ["pxap"],
+                      maps_are_masks=True)["pxap"]
+    return metrics.get("pxap").reduce(rows, torch.zeros(len(samples), 1))
+
+
 def test_pxap():
     P, N = 0, BACKGROUND
     perfect = seg_sample([[P, N, VOID], [P, N, VOID]])
-    assert pxap(lambda batch: (batch.segmentation >= 0).float(), [collate([perfect])]) == pytest.approx(100)
+    assert pxap([perfect], torch.tensor([[[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]])) == pytest.approx(100)
     # scores: positives 0.95 and 0.35, negatives 0.65 and 0.05, VOID pixels 1.0 and 0.5 left out.
     # Sweeping down: at 0.95 P = 1, R = 1/2; at 0.65 P = 1/2 (R unchanged); at 0.35 P = 2/3, R = 1.
     # PxAP = 100·(1·1/2 + 2/3·1/2) = 250/3.
     masks = torch.tensor([[[0.95, 0.65, 1.0], [0.35, 0.05, 0.5]]])
-    assert pxap(lambda batch: masks, [collate([perfect])]) == pytest.approx(250 / 3)
-    # split over two batches: the histograms accumulate
+    assert pxap([perfect], masks) == pytest.approx(250 / 3)
+    # the same pixels as two images: the per-image histograms add up
     halves = [seg_sample([[P, N, VOID]]), seg_sample([[P, N, VOID]])]
-    rows = iter([masks[:, :1], masks[:, 1:]])
-    assert pxap(lambda batch: next(rows), [collate([h]) for h in halves]) == pytest.approx(250 / 3)
-    with pytest.raises(ValueError, match="PxAP needs a segmentation"):
-        pxap(hand_masks, [collate([A])])
+    assert pxap(halves, torch.cat([masks[:, :1], masks[:, 1:]])) == pytest.approx(250 / 3)
 
 
 def test_wsol_table():
@@ -290,20 +267,17 @@ def test_end_to_end_on_synthetic_imagenet(tmp_path):
     root = write_synthetic_imagenet(tmp_path, config, num_per_class_in_train_val=1, progress=False)
     meta = root / "imagenet" / "metadata"
     val = ImageNetDataset(meta / "val.json", meta / "val_bboxes.json", size=32)
+    test = OpenImagesDataset(root / "openimages" / "dataset", root / "openimages" / "metadata", size=32)
     torch.manual_seed(0)
     classifier = build_classifier("small_cnn", 6, width=4)
-    loader = DataLoader(val, batch_size=4, collate_fn=collate)
-    gradcam = method_explain(build("gradcam", classifier))
-    rows = {"center": evaluate_wsol_baseline("center", classifier, loader).summary(),
-            "gradcam": evaluate_wsol(gradcam, classifier, loader).summary()}
-    test = OpenImagesDataset(root / "openimages" / "dataset", root / "openimages" / "metadata", size=32)
-    rows["gradcam"]["PxAP"] = pxap(gradcam, DataLoader(test, batch_size=4, collate_fn=collate))
+    rows = run_wsol(classifier, val, {"gradcam": Row("gradcam")}, tmp_path / "bench", baselines=("center",), test=test,
+                    batch_size=4, max_box_acc=True, progress=False)
     for row in rows.values():
         assert list(row)[:len(COLUMNS)] == list(COLUMNS) and row["images"] == 6
         for name in ("LE", "OM", "F1", "F1a", "binarized", "avg_mask", "entropy"):
             assert 0 <= row[name] <= 1, name
-        assert 0 <= row["top1"] <= 100 and 0 <= row["sm_acc"] <= 100
-        assert row["SM1"] <= 0 and row["SM2"] <= 0 and row["tv"] >= 0 and row["std_mask"] >= 0
+        assert 0 <= row["top1"] <= 100 and 0 <= row["sm_acc"] <= 100 and 0 <= row["MaxBoxAcc"] <= 100
+        assert row["tv"] >= 0 and 0 <= row["PxAP"] <= 100
     assert rows["center"]["avg_mask"] == pytest.approx((27 - 5) ** 2 / 32 ** 2)  # box 5:27 at 32 px
-    assert 0 <= rows["gradcam"]["PxAP"] <= 100
+    assert rows["center"]["top1"] == rows["gradcam"]["top1"]  # the classifier's, the same for every row
     assert wsol_table(rows).count("\n") == 4

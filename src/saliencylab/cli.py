@@ -349,54 +349,39 @@ def _sanity(args: argparse.Namespace) -> int:
 
 
 def _method_setting(text: str) -> tuple[str, str, object]:
-    """``method:key=value`` -> (method, key, value), the value read as YAML; for bench wsol --set."""
+    """``row:key=value`` -> (row, key, value), the value read as YAML; for the bench commands' --set."""
     method, sep, setting = text.partition(":")
     if not sep or not method or "=" in method:
-        raise argparse.ArgumentTypeError(f"expected METHOD:KEY=VALUE, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected ROW:KEY=VALUE, got {text!r}")
     return (method, *_setting(setting))
 
 
 def _wsol(args: argparse.Namespace) -> int:
     import json
 
-    from torch.utils.data import DataLoader
-
-    from saliencylab import methods
-    from saliencylab.bench.wsol import evaluate_wsol, evaluate_wsol_baseline, method_explain, pxap, wsol_table
+    from saliencylab.bench.wsol import run_wsol, wsol_table
     from saliencylab.data.imagenet import ImageNetDataset
     from saliencylab.data.openimages import OpenImagesDataset
-    from saliencylab.types import collate
 
-    _check_methods(args.methods)
-    settings: dict[str, dict[str, object]] = {name: {} for name in args.methods}
-    for method, key, value in args.set:
-        if method not in settings:
-            raise ValueError(f"--set {method}:{key}=... names a method that is not benchmarked "
-                             f"({', '.join(args.methods)})")
-        settings[method][key] = value
+    rows = _bench_rows(args.methods, args.set, [])
     classifier, description = _load_classifier(args)
-    classifier.to(args.device)
     size = _classifier_size(args, description)
-    loader = DataLoader(ImageNetDataset(args.val_json, args.boxes, size=size), batch_size=args.batch_size,
-                        collate_fn=collate)
+    val = ImageNetDataset(args.val_json, args.boxes, size=size)
     test = None
     if args.openimages:
         root = Path(args.openimages)
-        test = DataLoader(OpenImagesDataset(root / "dataset", root / "metadata", size=size,
-                                            class_names=classifier.class_names),
-                          batch_size=args.batch_size, collate_fn=collate)
-    boxes = {"boxes_inclusive": not args.paper_quirks, "unclipped_area": args.paper_quirks,
-             "max_box_acc": args.max_box_acc, "device": args.device}
-    rows = {name: evaluate_wsol_baseline(name, classifier, loader, **boxes).summary() for name in args.baselines}
-    for name in args.methods:
-        method = methods.build(name, classifier, **settings[name])
-        explain = method_explain(method, normalize=method.output_range != "unit")
-        rows[name] = evaluate_wsol(explain, classifier, loader, one_pixel_smaller=args.paper_quirks, **boxes).summary()
-        if test is not None:
-            rows[name]["PxAP"] = pxap(explain, test, device=args.device)
-    print(wsol_table(rows), end="")
+        test = OpenImagesDataset(root / "dataset", root / "metadata", size=size, class_names=classifier.class_names)
+    identity = {"classifier": args.classifier, "model": args.model,
+                **{name: getattr(args, name) for name in MODEL_OPTIONS if getattr(args, name) is not None}}
+    table = run_wsol(classifier, val, rows, args.out, baselines=tuple(args.baselines), test=test,
+                     max_box_acc=args.max_box_acc, paper_quirks=args.paper_quirks, batch_size=args.batch_size,
+                     device=args.device, progress=not args.no_progress,
+                     description={"classifier": identity, "dataset": {"val": args.val_json, "boxes": args.boxes,
+                                                                      "openimages": args.openimages}})
+    print(wsol_table(table), end="")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        Path(args.json).write_text(json.dumps(table, indent=2))
+    print(f"per-image scores: {Path(args.out) / 'val'}" + (f", {Path(args.out) / 'pxap'}" if test is not None else ""))
     return 0
 
 
@@ -716,8 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
     speed.set_defaults(run=_speed)
 
     wsol = bench.add_parser("wsol", help="WSOL table (LE, OM, F1, SM, ...; PxAP) of methods and baselines (paper 001)")
-    wsol.add_argument("methods", nargs="+", metavar="METHOD", help="registered methods; masker masks are scored as "
-                                                                   "they are, other maps min-max normalised")
+    wsol.add_argument("methods", nargs="+", metavar="METHOD",
+                      help="registered methods (or NAME=METHOD, e.g. fix=masker); masks (output range unit) are "
+                           "scored as they are, other maps min-max normalised")
     _add_evaluation_options(wsol)
     wsol.add_argument("--boxes", required=True, metavar="FILE", help="their box JSON (e.g. META/val_bboxes.json)")
     wsol.add_argument("--baselines", nargs="*", default=["center", "max", "min", "ground_truth"],
@@ -726,10 +712,14 @@ def build_parser() -> argparse.ArgumentParser:
     wsol.add_argument("--openimages", metavar="ROOT",
                       help="add PxAP on the OpenImages test split under ROOT/dataset and ROOT/metadata "
                            "(the wsolevaluation layout; default: no PxAP)")
-    wsol.add_argument("--set", type=_method_setting, action="append", default=[], metavar="METHOD:KEY=VALUE",
-                      help="a method's hyper-parameter, e.g. --set masker:checkpoint=runs/fix (repeatable)")
+    wsol.add_argument("--set", type=_method_setting, action="append", default=[], metavar="ROW:KEY=VALUE",
+                      help="a row's hyper-parameter, e.g. --set masker:checkpoint=runs/fix (repeatable)")
     wsol.add_argument("--batch-size", type=int, metavar="B", default=32, help="images per batch (default 32)")
     wsol.add_argument("--json", metavar="FILE", help="also write the rows to this JSON file")
+    wsol.add_argument("--out", default="runs/wsol", metavar="DIR",
+                      help="the engine's folders: OUT/val (and OUT/pxap) with per-image scores; rerun to resume "
+                           "(default runs/wsol)")
+    wsol.add_argument("--no-progress", action="store_true")
     wsol.add_argument("--paper-quirks", action="store_true",
                       help="the original's arithmetic on real ImageNet boxes: box ends read as half-open, predicted "
                            "boxes one pixel smaller, ground-truth areas not clipped (default: off)")

@@ -46,3 +46,8 @@ def merge_max(maps: Tensor) -> Tensor:
     valid = ~maps.isnan()
     merged = maps.nan_to_num(nan=-torch.inf).amax(dim=1, keepdim=True)
     return torch.where(valid.any(dim=1, keepdim=True), merged, torch.nan)
+
+
+def to_unit(maps: Tensor, output_range: str) -> Tensor:
+    """Maps in [0,1]: as they are when the method's ``output_range`` is ``"unit"`` (a mask), else min-max normalised."""
+    return maps if output_range == "unit" else normalize_minmax(maps)

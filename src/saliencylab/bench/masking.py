@@ -18,26 +18,29 @@ numbers in the ``"masking"`` entry of ``results.json``.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from saliencylab import methods, presets, viz
 from saliencylab.bench import report, sanity, wsol
+from saliencylab.bench.run import Row
 from saliencylab.data.imagenet import ImageNetDataset
 from saliencylab.data.module import InMemory, SaliencyDataModule
 from saliencylab.data.openimages import OpenImagesDataset
 from saliencylab.data.synthetic_imagenet import write_synthetic_imagenet
 from saliencylab.data.synthetic import SyntheticConfig
-from saliencylab.maps import normalize_minmax
-from saliencylab.metrics.wsol import baseline, inclusive_to_half_open, predicted_boxes
+from saliencylab.maps import to_unit
+from saliencylab.metrics.wsol import inclusive_to_half_open, predicted_boxes
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.load import load_trained_classifier
 from saliencylab.models.masker import load_trained_masker
+from saliencylab.targets import from_multi_hot
 from saliencylab.training.masker import fit_masker
 from saliencylab.types import Batch, collate
 
@@ -95,44 +98,42 @@ def prepare_masker(name: str, folder: Path, metadata: Path, classifier_dir: Path
     return description
 
 
-def _explainers(classifier: Classifier, folders: dict[str, Path]) -> dict[str, wsol.Explain]:
-    """explain(batch) -> masks in [0,1] for Grad-CAM (min-max normalised) and each trained masker (as they are)."""
+def _methods(classifier: Classifier, folders: dict[str, Path]) -> dict[str, methods.Method]:
+    """Grad-CAM and each trained masker (masker ``name`` reads its checkpoint ``folders[name]``)."""
     built = {"gradcam": methods.build("gradcam", classifier)}
     for name, folder in folders.items():
         built[name] = methods.build("masker", classifier, checkpoint=str(folder))
-    return {name: wsol.method_explain(method, normalize=method.output_range != "unit") for name, method in built.items()}
+    return built
 
 
-def _center(batch: Batch) -> Tensor:
-    return baseline("center", len(batch), batch.images.shape[-2:], batch.images.device)[0]
+def label_masks(method: methods.Method, batch: Batch) -> Tensor:
+    """(B,1,H,W) in [0,1]: each image's map of its label class (min-max normalised unless it is a mask)."""
+    return to_unit(method.attribute(batch.images, from_multi_hot(batch.labels)[:, :1]), method.output_range)
 
 
-def wsol_rows(classifier: Classifier, explainers: dict[str, wsol.Explain], val: Dataset, test: Dataset,
-              device: torch.device, batch_size: int) -> dict[str, dict]:
-    """WSOL summaries on ``val`` of the baselines and each explainer, with PxAP on ``test`` (not for
-    max/min/ground_truth, which have no pixel map to rank)."""
-    val_loader = DataLoader(val, batch_size=batch_size, collate_fn=collate)
-    test_loader = DataLoader(test, batch_size=batch_size, collate_fn=collate)
-    rows = {}
-    for name in wsol.BASELINES:
-        rows[name] = wsol.evaluate_wsol_baseline(name, classifier, val_loader, device=device).summary()
-    rows["center"]["PxAP"] = wsol.pxap(_center, test_loader, device=device)
-    for name, explain in explainers.items():
-        rows[name] = wsol.evaluate_wsol(explain, classifier, val_loader, device=device).summary()
-        rows[name]["PxAP"] = wsol.pxap(explain, test_loader, device=device)
-        print(f"  {name:18s} LE {rows[name]['LE']:.3f}   OM {rows[name]['OM']:.3f}   F1 {rows[name]['F1']:.3f}   "
-              f"PxAP {rows[name]['PxAP']:.1f}")
-    return rows
+def wsol_rows(classifier: Classifier, folders: dict[str, Path], val: Dataset, test: Dataset, out_dir: Path,
+              device: torch.device, batch_size: int, progress: bool) -> dict[str, dict]:
+    """The WSOL table on ``val`` of the baselines, Grad-CAM and the maskers ``folders``, with PxAP on ``test``
+    (engine folders under ``out_dir``; recomputed on every run: the maskers may have been retrained)."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    rows = {"gradcam": Row("gradcam"), **{name: Row("masker", {"checkpoint": str(folder)})
+                                         for name, folder in folders.items()}}
+    table = wsol.run_wsol(classifier, val, rows, out_dir, test=test, batch_size=batch_size, device=device,
+                          progress=progress, description={"classifier": "demo", "dataset": "synthetic imagenet"})
+    for name in rows:
+        print(f"  {name:18s} LE {table[name]['LE']:.3f}   OM {table[name]['OM']:.3f}   F1 {table[name]['F1']:.3f}   "
+              f"PxAP {table[name]['PxAP']:.1f}")
+    return table
 
 
-def data_randomization(explainers: dict[str, wsol.Explain], batch: Batch) -> dict:
+def data_randomization(built: dict[str, methods.Method], batch: Batch) -> dict:
     """Mean similarity of the FIX masker's masks to a second trained FIX masker's and to the random-label one's."""
-    masks = {name: explainers[name](batch)[:, 0] for name in ("fix", "fix_seed2", "fix_random_labels")}
+    masks = {name: label_masks(built[name], batch)[:, 0] for name in ("fix", "fix_seed2", "fix_random_labels")}
     result = {"images": len(batch), "reference": "fix"}
     for key, other in (("trained_vs_trained", "fix_seed2"), ("trained_vs_random_labels", "fix_random_labels")):
         scores = sanity.compare_maps(masks["fix"], masks[other])
         result[key] = {"model": other, **{m: float(v.nanmean()) for m, v in scores.items()}}
-    print(f"  data randomisation, Spearman to the FIX masker: second trained masker "
+    print(f"  data randomization, Spearman to the FIX masker: second trained masker "
           f"{result['trained_vs_trained']['spearman']:.3f}, random-label masker "
           f"{result['trained_vs_random_labels']['spearman']:.3f}")
     return result
@@ -143,7 +144,7 @@ def cascading_checks(classifier: Classifier, folders: dict[str, Path], batch: Ba
 
     The gradient and FIX explain ``classifier``; CA explains (and randomises) its co-trained classifier.
     """
-    targets = wsol.single_labels(batch)[:, None]
+    targets = from_multi_hot(batch.labels)[:, :1]
     co_trained = load_trained_classifier(folders["ca"])[0].to(batch.images.device)
     built = {"gradient": (methods.build("gradient", classifier), classifier),
              "fix": (methods.build("masker", classifier, checkpoint=str(folders["fix"])), classifier),
@@ -153,8 +154,7 @@ def cascading_checks(classifier: Classifier, folders: dict[str, Path], batch: Ba
         method, model = built[name]
 
         def explain(_model: Classifier, images: Tensor, wanted: Tensor, method=method) -> Tensor:
-            maps = method.attribute(images, wanted)
-            return maps if method.output_range == "unit" else normalize_minmax(maps)
+            return to_unit(method.attribute(images, wanted), method.output_range)
 
         result = sanity.cascading_randomization(explain, model, batch.images, targets)
         figure = sanity.plot_randomization(result, figures / f"masking_sanity_{name}.png",
@@ -165,15 +165,15 @@ def cascading_checks(classifier: Classifier, folders: dict[str, Path], batch: Ba
     return section
 
 
-def mask_figure(explainers: dict[str, wsol.Explain], batch: Batch, path: Path) -> str:
-    """Rows: the image with its boxes (green), then each explainer's mask with its predicted box (white)."""
+def mask_figure(built: dict[str, methods.Method], batch: Batch, path: Path) -> str:
+    """Rows: the image with its boxes (green), then each method's mask with its predicted box (white)."""
     gt = [inclusive_to_half_open(boxes) for boxes in batch.boxes]
     rows = [[viz.draw_boxes(viz.to_uint8_image(image), boxes, (0, 255, 0))] for image, boxes in zip(batch.images, gt)]
-    for explain in explainers.values():
-        masks = explain(batch)[:, 0].clamp(0, 1)
+    for method in built.values():
+        masks = label_masks(method, batch)[:, 0].clamp(0, 1)
         for row, image, mask, box in zip(rows, batch.images, masks, predicted_boxes(masks)):
             row.append(viz.draw_boxes(viz.overlay(image, mask), box))
-    return report.save_png(viz.grid(rows, ["image", *explainers]), path)
+    return report.save_png(viz.grid(rows, ["image", *built]), path)
 
 
 def masking_section(run_dir: Path, classifier: Classifier, classifier_dir: Path, config: SyntheticConfig,
@@ -202,15 +202,15 @@ def masking_section(run_dir: Path, classifier: Classifier, classifier_dir: Path,
                          "epochs": description["epochs"], "seed": description["hyper_parameters"]["seed"],
                          "train_seconds": description.get("train_seconds")}
     classifier = classifier.to(device)
-    explainers = _explainers(classifier, folders)
-    rows = wsol_rows(classifier, {name: explainers[name] for name in ("gradcam", "fix", "ca")}, val, test, device,
-                     batch_size)
+    built = _methods(classifier, folders)
+    rows = wsol_rows(classifier, {name: folders[name] for name in ("fix", "ca")}, val, test, out_dir / "bench", device,
+                     batch_size, progress)
     val_batch = collate([val[i] for i in range(len(val))]).to(device)
-    drt = data_randomization(explainers, val_batch)
+    drt = data_randomization(built, val_batch)
     sanity_batch = evenly_spaced(val, sanity_images).to(device)
     checks = cascading_checks(classifier, folders, sanity_batch, figures)
     figure_batch = evenly_spaced(val, figure_images).to(device)
-    figure = mask_figure(explainers, figure_batch, figures / "masking_masks.png")
+    figure = mask_figure(built, figure_batch, figures / "masking_masks.png")
     return {"dataset": {"root": str(root), "train": config.train, "val": len(val), "test": len(test),
                         "image_size": size},
             "maskers": maskers, "wsol": rows, "baselines": list(wsol.BASELINES), "data_randomization": drt,

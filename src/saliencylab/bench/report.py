@@ -152,21 +152,20 @@ def _class_specific(results: dict, out_dir: Path) -> str:
 
 
 WSOL_COLUMNS = ("LE", "OM", "F1", "SM", "sm_acc", "top1", "avg_mask", "PxAP", "MaxBoxAcc", "MaxBoxAccV2")
-WSOL_LOWER = ("LE", "OM", "SM")
-WSOL_OPTIONAL = ("MaxBoxAcc", "MaxBoxAccV2")
-"""Columns shown only when some row has them (``bench wsol --max-box-acc``)."""
-
+"""The WSOL columns the report shows (directions: bench.wsol.LOWER_IS_BETTER; MaxBoxAcc only when computed)."""
 
 def _wsol_table(rows: dict[str, dict], baselines: list[str]) -> str:
     """``baselines`` in grey; bold: the best method (not baseline) per column, where a direction is defined."""
-    columns = [c for c in WSOL_COLUMNS if c not in WSOL_OPTIONAL or any(c in row for row in rows.values())]
+    from saliencylab.bench.wsol import BOX_COLUMNS, LOWER_IS_BETTER  # imported here: bench.wsol -> run -> report
+
+    columns = [c for c in WSOL_COLUMNS if c not in BOX_COLUMNS or any(c in row for row in rows.values())]
     methods_only = {name: row for name, row in rows.items() if name not in baselines}
     best = {}
-    for column in ("LE", "OM", "F1", "SM", "PxAP", *WSOL_OPTIONAL):
+    for column in ("LE", "OM", "F1", "SM", "PxAP", *BOX_COLUMNS):
         values = [v for row in methods_only.values() for v in [row.get(column)] if v is not None and math.isfinite(v)]
         if values:
-            best[column] = min(values) if column in WSOL_LOWER else max(values)
-    head = "".join(f"<th>{c}{' ↓' if c in WSOL_LOWER else ' ↑' if c in best else ''}</th>" for c in columns)
+            best[column] = min(values) if column in LOWER_IS_BETTER else max(values)
+    head = "".join(f"<th>{c}{' ↓' if c in LOWER_IS_BETTER else ' ↑' if c in best else ''}</th>" for c in columns)
     lines = []
     for name, row in rows.items():
         cells = "".join(

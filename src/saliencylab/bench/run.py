@@ -53,26 +53,43 @@ def _reference_ground_truth(batch: Batch, targets: Tensor) -> Tensor:
                                                tuple(batch.images.shape[-2:])).float()
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A reference row: ``masks(batch, targets)`` -> (B,K,H,W) in [0,1], made from the batch itself, and, for
+    WSOL's special rows, ``box`` (name of a ``metrics.wsol.baseline``) giving the box the original scores
+    instead of the box of the mask's largest component. Scored like a method's masks, except that
+    ``official_localization_error`` counts every image as correctly classified (as the original's special rows)."""
+
+    masks: Callable[[Batch, Tensor], Tensor]
+    description: str
+    box: str | None = None
+
+
+def _baseline_masks(name: str) -> Callable[[Batch, Tensor], Tensor]:
+    def masks(batch: Batch, targets: Tensor) -> Tensor:
+        mask, _ = wsol.baseline(name, len(batch), batch.images.shape[-2:], batch.images.device)
+        return mask[:, None].expand(-1, targets.shape[1], -1, -1)
+    return masks
+
+
 def _constant(value: float) -> Callable[[Batch, Tensor], Tensor]:
     def fill(batch: Batch, targets: Tensor) -> Tensor:
         return torch.full((len(batch), targets.shape[1], *batch.images.shape[-2:]), value, device=batch.images.device)
     return fill
 
 
-def _center_box(batch: Batch, targets: Tensor) -> Tensor:
-    masks, _ = wsol.baseline("center", len(batch), batch.images.shape[-2:], batch.images.device)
-    return masks[:, None].expand(-1, targets.shape[1], -1, -1)
-
-
-REFERENCES: dict[str, tuple[Callable[[Batch, Tensor], Tensor], str]] = {
-    "zeros": (_constant(0.0), "the empty mask (NN-Explainer's reference '0'; WSOL's 'min')"),
-    "half": (_constant(0.5), "the constant mask 0.5 (NN-Explainer's reference '0.5')"),
-    "ones": (_constant(1.0), "the full mask (NN-Explainer's reference '1'; WSOL's 'max')"),
-    "ground_truth": (_reference_ground_truth, "each target class's ground-truth pixels (segmentation, else boxes)"),
-    "center_box": (_center_box, "WSOL's center baseline: the square 33:191 of a 224 image, scaled to the image"),
+REFERENCES: dict[str, Reference] = {
+    "zeros": Reference(_baseline_masks("min"), "the empty mask (NN-Explainer's reference '0'; WSOL's 'min')", "min"),
+    "half": Reference(_constant(0.5), "the constant mask 0.5 (NN-Explainer's reference '0.5')"),
+    "ones": Reference(_baseline_masks("max"), "the full mask (NN-Explainer's reference '1'; WSOL's 'max': the whole "
+                                              "image as its box)", "max"),
+    "ground_truth": Reference(_reference_ground_truth, "each target class's ground-truth pixels (segmentation, else "
+                                                      "boxes); WSOL: the largest ground-truth box as its box",
+                              "ground_truth"),
+    "center_box": Reference(_baseline_masks("center"), "WSOL's center baseline: the square 33:191 of a 224 image, "
+                                                       "scaled to the image", "center"),
 }
-"""Reference rows: masks in [0,1] made from the batch itself, scored like a method's masks.
-Their ``official_localization_error`` counts every image as correctly classified (WSOL special rows)."""
+"""Reference rows, by name."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +170,14 @@ def _check_identity(path: Path, identity: dict) -> None:
         write_atomic(path, json.dumps(identity, indent=2))
 
 
+def _class_names(classifier: Classifier, dataset: Dataset) -> list[str]:
+    """The classifier's class names, else the dataset's, else class_0, class_1, ..."""
+    names = classifier.class_names or getattr(dataset, "class_names", None)
+    if names:
+        return list(names)
+    return [f"class_{i}" for i in range(classifier.num_classes or len(dataset[0].labels))]
+
+
 def _pad_rows(rows: list[list[float]], width: int) -> list[list[float]]:
     return [r + [math.nan] * (width - len(r)) for r in rows]
 
@@ -185,7 +210,7 @@ def run_benchmark(classifier: Classifier, dataset: Dataset, rows: Sequence[str] 
     _check_identity(out_dir / "run.json", {
         "schema": SCHEMA, "classifier": (description or {}).get("classifier"),
         "dataset": (description or {}).get("dataset"), "images": len(dataset), "targets": targets,
-        "batch_size": batch_size, "seed": seed, "options": options, "class_names": list(classifier.class_names)})
+        "batch_size": batch_size, "seed": seed, "options": options, "class_names": _class_names(classifier, dataset)})
     classifier = classifier.to(device).eval()
     work: dict[int, list[str]] = {}
     for name, row in rows.items():
@@ -219,21 +244,27 @@ def _score_batch(path: Path, row: Row, built: dict, name: str, classifier: Class
     """Explain one batch with one row, score it, write its file atomically."""
     targets = batch_targets(targets_rule, batch, classifier).to(batch.images.device)
     start = time.perf_counter()
-    if row.method in REFERENCES:
-        maps, masks, reference = REFERENCES[row.method][0](batch, targets), True, True
+    reference = REFERENCES.get(row.method)
+    if reference is not None:
+        maps, masks = reference.masks(batch, targets), True
         maps = maps.masked_fill((targets == PAD)[..., None, None], float("nan"))
     else:
         if name not in built:
             built[name] = methods.build(row.method, classifier, **row.settings)
         maps = built[name].attribute(batch.images, targets)
-        masks, reference = built[name].output_range == "unit", False
+        masks = built[name].output_range == "unit"
     if maps.is_cuda:
         torch.cuda.synchronize(maps.device)
     seconds = time.perf_counter() - start
     scores = score_maps(maps, targets, batch, classifier, metric_names, maps_are_masks=masks, seed=seed + first,
-                        options={**options, "reference": reference})
+                        options={**options, **reference_options(reference)})
     write_atomic(path, json.dumps({"images": batch.image_ids, "first": first, "targets": targets.cpu().tolist(),
                                    "seconds": seconds, "scores": {m: v.tolist() for m, v in scores.items()}}))
+
+
+def reference_options(reference: Reference | None) -> dict[str, object]:
+    """The metric options of a reference row (see :class:`MetricInputs`): ``reference``, ``reference_box``."""
+    return {} if reference is None else {"reference": True, "reference_box": reference.box}
 
 
 def score_maps(maps: Tensor, targets: Tensor, batch: Batch, classifier: Classifier | None, metric_names: Sequence[str],

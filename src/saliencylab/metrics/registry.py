@@ -49,7 +49,8 @@ class MetricInputs:
     ``maps_are_masks``: the method's maps already are masks in [0,1] (used as they are, not min-max
     normalised). ``seed`` seeds stochastic metrics (the engine derives it from the position of the
     batch's first image, so results do not depend on sharding). ``options``: protocol switches
-    (``tolerance`` px, ``boxes_inclusive``, ``one_pixel_smaller``, ``unclipped_area``).
+    (``tolerance`` px, ``boxes_inclusive``, ``one_pixel_smaller``, ``unclipped_area``, ``original_protocol``;
+    for reference rows ``reference`` and ``reference_box``).
     """
 
     maps: Tensor
@@ -153,7 +154,16 @@ class MetricInputs:
 
     @cached_property
     def predicted_boxes(self) -> Tensor:
-        """(B,4) half-open box of each mask's largest component, binarised at its mean."""
+        """(B,4) half-open box of each mask's largest component, binarised at its mean; for a WSOL special
+        row (``options["reference_box"]``) the box the original scores for it: max, min or center, or for
+        ground_truth the image's largest ground-truth box clipped to the image (the original scores each one in turn)."""
+        box = self.options.get("reference_box")
+        if box == "ground_truth":
+            height, width = self.size
+            largest = torch.stack([b[wsol.box_area(b).argmax()] for b in self.gt_boxes]).float()
+            return torch.minimum(largest.clamp(min=0), largest.new_tensor([width, height, width, height]))
+        if box:
+            return wsol.baseline(box, len(self.batch), self.size, self.maps.device)[1]
         return wsol.predicted_boxes(self.wsol_mask, bool(self.options.get("one_pixel_smaller", False)))
 
     @cached_property

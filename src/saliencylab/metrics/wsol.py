@@ -117,7 +117,8 @@ def _as_gt(gt_boxes: Sequence[Tensor], batch_size: int, device: torch.device) ->
 
 # ---------------------------------------------------------------- boxes
 
-def _area(boxes: Tensor) -> Tensor:
+def box_area(boxes: Tensor) -> Tensor:
+    """Area (…,) of half-open boxes (…,4) x1,y1,x2,y2: (x2 − x1)(y2 − y1)."""
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
@@ -213,7 +214,7 @@ def _gt_geometry(gt_boxes: Sequence[Tensor], batch_size: int, size: tuple[int, i
     """-> gt boxes clipped to the image (B,N,4), the area used in the denominators (B,N), valid (B,N)."""
     gt, valid = _as_gt(gt_boxes, batch_size, device)
     clipped = _clip(gt, size)
-    return clipped, _area(gt) if unclipped_area else _area(clipped), valid
+    return clipped, box_area(gt) if unclipped_area else box_area(clipped), valid
 
 
 def _best(values: Tensor, valid: Tensor) -> Tensor:
@@ -232,7 +233,7 @@ def _pairwise_iou(pred: Tensor, gt: Tensor, gt_area: Tensor) -> Tensor:
     low = torch.maximum(pred[:, None, :2], gt[..., :2])
     high = torch.minimum(pred[:, None, 2:], gt[..., 2:])
     inter = (high - low).clamp(min=0).prod(-1)
-    return _iou(inter, _area(pred)[:, None], gt_area)
+    return _iou(inter, box_area(pred)[:, None], gt_area)
 
 
 def box_iou(boxes: Tensor, gt_boxes: Sequence[Tensor], size: Sequence[int], unclipped_area: bool = False) -> Tensor:
@@ -321,7 +322,7 @@ def ground_truth_localization(gt_boxes: Sequence[Tensor], size: Sequence[int],
     size = _check_size(size)
     device = next((b.device for b in gt_boxes if isinstance(b, Tensor)), torch.device("cpu"))
     gt, area, valid = _gt_geometry(gt_boxes, len(gt_boxes), size, unclipped_area, device)
-    inside = _area(gt)
+    inside = box_area(gt)
     iou = _iou(inside, inside, area).masked_fill(~valid, math.nan).float()
     f1 = _f1(inside, inside, area)
     return {"iou": iou, "localization_error": _localization_error(iou, None),
@@ -372,7 +373,7 @@ def saliency_metric_wsol(classifier: Callable[[Tensor], Tensor], images: Tensor,
         raise ValueError(f"labels must hold one class per image, (B,) or an int, got shape {tuple(labels.shape)}")
     labels = labels.to(logits.device)
     sm2 = logits.log_softmax(1).gather(1, labels)[:, 0]
-    sm1 = (_area(boxes) / (height * width)).clamp(SM_MIN_AREA, 1.0).log().float().to(sm2.device)
+    sm1 = (box_area(boxes) / (height * width)).clamp(SM_MIN_AREA, 1.0).log().float().to(sm2.device)
     correct = (logits.argmax(1) == labels[:, 0]).float()
     return {"sm": sm1 - sm2, "sm1": sm1, "sm2": sm2, "sm_correct": correct}
 
