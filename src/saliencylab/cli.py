@@ -599,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(run=_explain)
 
     train = commands.add_parser("train-explainer",
-                                help="train an NN-Explainer / RT-Saliency / FCNN explainer from a preset (spec 000)")
+                                help="train an NN-Explainer / RT-Saliency / FCNN explainer from a preset (NN-Explainer, Stalder et al. 2022)")
     _add_classifier_options(train)
     train.add_argument("--out", required=True, help="output folder: explainer.safetensors, explainer.json, checkpoints/")
     train.add_argument("--preset", default="synthetic",
@@ -616,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train_explainer)
 
     fit = commands.add_parser("train-classifier", help="train a zoo classifier (small_cnn, vgg16, resnet18, resnet50, "
-                                                      "alexnet) with BCE, Adam and early stopping (spec 000 §3)")
+                                                      "alexnet) with BCE, Adam and early stopping (the NN-Explainer authors' recipe)")
     fit.add_argument("--out", required=True, metavar="DIR",
                      help="output folder: classifier.safetensors, classifier.json, checkpoints/")
     fit.add_argument("--preset", default="synthetic", metavar="NAME",

@@ -1,4 +1,5 @@
-"""Weakly-supervised localisation (WSOL) metrics of masking-based saliency (spec 001 §4.2-§4.5).
+"""Weakly-supervised localisation (WSOL) metrics of masking-based saliency (Phang et al.,
+"Investigating and Simplifying Masking-based Saliency Methods", evaluation section, and the authors' released code).
 
 Conventions
   masks     (B,H,W) or (B,1,H,W) float in [0,1], one continuous mask per image (NaN is rejected:
@@ -8,7 +9,7 @@ Conventions
             This is the original code's arithmetic (and torchvision's); ``Sample.boxes`` use inclusive
             corners, convert them with :func:`inclusive_to_half_open`. Corners are rounded to whole pixels.
   gt_boxes  list of B tensors (N_b,4), half-open, the ground-truth boxes of each image. They may reach
-            past the image (spec §4.3 keeps them unclipped); their pixels are clipped to it.
+            past the image (the authors' code keeps them unclipped); their pixels are clipped to it.
   size      (H,W) of the images the boxes belong to.
 Per-image metrics return (B,) float32 on the input's device; NaN means undefined (an image without a
 gt box), never a silent 0 or 1. A gt box of zero area scores IoU 0 and F1 0, as in the original.
@@ -30,7 +31,7 @@ from saliencylab.targets import as_targets
 IOU_THRESHOLD = 0.5
 """A box localises an object when IoU > 0.5 (strict)."""
 EPS = 1e-6
-"""Stabiliser of the soft F1 (spec 001 §4.4)."""
+"""Stabiliser of the soft F1 (the masking-saliency authors' code)."""
 SM_MIN_AREA = 0.05
 """Area floor of the saliency metric (Dabkowski & Gal 2017)."""
 CENTER_BOX_224 = (33, 191)
@@ -335,7 +336,7 @@ def ground_truth_localization(gt_boxes: Sequence[Tensor], size: Sequence[int],
 def saliency_metric_wsol(classifier: Callable[[Tensor], Tensor], images: Tensor, boxes: Tensor,
                          labels: Tensor | int, input_size: Sequence[int] | None = None,
                          fill: Sequence[float] | Tensor | None = None) -> dict[str, Tensor]:
-    """Dabkowski & Gal's saliency metric on box crops (spec 001 §4.4); lower SM is better.
+    """Dabkowski & Gal's saliency metric on box crops (as the masking-saliency authors' code scores it); lower SM is better.
 
     Each image (B,3,H,W in [0,1], unnormalised) is cropped to its half-open box (B,4), resized to
     ``input_size`` (default (H,W)) with bicubic ``F.interpolate`` (align_corners=False, no clamp) and
@@ -455,7 +456,7 @@ def baseline(name: str, batch_size: int, size: Sequence[int],
 def cam_thresholds(interval: float = 0.01) -> Tensor:
     """The sweep of wsolevaluation's ``cam_curve_interval``: 0, interval, ... below 1, (T,) float64.
 
-    The default 0.01 gives the 100 thresholds 0, 0.01, ..., 0.99 (spec 001 §4.5; wsolevaluation's own
+    The default 0.01 gives the 100 thresholds 0, 0.01, ..., 0.99 (the masking-saliency authors' setting; wsolevaluation's own
     default is 0.001).
     """
     if not 0 < interval < 1:
