@@ -104,7 +104,7 @@ def test_demo_masking_section(demo_run):
         assert (out / entry["figure"]).is_file()
     assert (out / section["figure"]).is_file()
     page = (out / "report.html").read_text()
-    assert "Masking-based saliency (paper 001)" in page and "<p>LE: fix " in page
+    assert "Masking-based saliency (Phang et al. 2020)" in page and "<p>LE: fix " in page
 
 
 def test_report_states_the_masking_verdicts_from_the_numbers(demo_run):
