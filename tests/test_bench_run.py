@@ -109,7 +109,6 @@ def test_a_folder_of_other_settings_is_refused(project, tmp_path):
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         run(project, tmp_path / "other", rows=("nope",))
     with pytest.raises(ValueError, match="metric 'localization_error' needs"):
-        folder = load_dataset(f"folder:{tmp_path}", class_names=CLASSES, image_size=48) if False else None
         images = project[0] / "data" / "voc" / "VOCdevkit" / "VOC2007" / "JPEGImages"
         folder = load_dataset(f"folder:{images}", class_names=CLASSES, image_size=48)
         run_benchmark(classifier, folder, ["gradcam"], tmp_path / "f", metric_names=["localization_error"],
@@ -188,3 +187,18 @@ def test_cli_errors_are_messages(project, tmp_path, capsys):
     assert "--set names row 'rise', which is not benchmarked (gradcam)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*base, "--data", f"voc:{root}", "--shard", "2/2"])
+
+
+def test_a_stale_run_is_cleared_and_a_current_one_kept(project, tmp_path):
+    from saliencylab.bench.run import clear_if_stale, weights_stamp
+
+    folder = project[0] / "classifier"
+    description = {"classifier": weights_stamp(folder), "dataset": "voc"}
+    assert list(description["classifier"]) == [str(folder / "classifier.safetensors")]
+    _, classifier, dataset = project
+    run_benchmark(classifier, dataset, ["zeros"], tmp_path / "out", metric_names=["mean_f1"], progress=False,
+                  description=description)
+    clear_if_stale(tmp_path / "out", description)
+    assert (tmp_path / "out" / "scores" / "zeros").is_dir()  # same networks: kept, to resume
+    clear_if_stale(tmp_path / "out", {**description, "classifier": {"retrained": "0" * 64}})
+    assert not (tmp_path / "out").exists()

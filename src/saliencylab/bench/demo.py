@@ -17,7 +17,7 @@ from saliencylab import methods, presets, viz
 from saliencylab.bench import report
 from saliencylab.bench.class_specific import class_specific_matrix
 from saliencylab.bench.masking import masking_section, wsol_data_config
-from saliencylab.bench.run import Row, run_benchmark
+from saliencylab.bench.run import Row, clear_if_stale, run_benchmark, weights_stamp
 from saliencylab.bench.speed import settings_for
 from saliencylab.data import COCODataset, RandomHorizontalFlip, Resize, VOCDataset
 from saliencylab.data.module import InMemory, SaliencyDataModule
@@ -138,10 +138,11 @@ def evaluate_methods(classifier: Classifier, test: Dataset, out_dir: Path, train
                 for name in names}
     rows = {name: Row(name, settings[name], slow_images if name in SLOW else None) for name in names}
     rows.update({name: Row(reference) for name, reference in REFERENCE_ROWS.items()})
-    shutil.rmtree(out_dir / "bench", ignore_errors=True)  # scores of an earlier classifier or explainer are stale
+    description = {"classifier": weights_stamp(out_dir / "classifier", *trained.values()),
+                   "dataset": "synthetic voc test"}
+    clear_if_stale(out_dir / "bench", description)  # scores of a retrained classifier or explainer
     results = run_benchmark(classifier, test, rows, out_dir / "bench", metric_names=DEMO_METRICS,
-                            description={"classifier": str(out_dir / "classifier"), "dataset": "synthetic voc test"},
-                            batch_size=batch_size, device=device, progress=progress)
+                            description=description, batch_size=batch_size, device=device, progress=progress)
     figure_batch = collate([test[i] for i in range(min(figure_images, len(test)))])
     comparison = [[viz.to_uint8_image(figure_batch.images[i]), viz.segmentation_to_rgb(figure_batch.segmentation[i])]
                   for i in range(len(figure_batch))]
@@ -210,7 +211,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, fresh: bool = False, device: 
     started = time.perf_counter()
     out_dir = Path(out_dir)
     if fresh:
-        for sub in ("data", "classifier", "masking", *FITTED):
+        for sub in ("data", "classifier", "masking", "bench", *FITTED):
             shutil.rmtree(out_dir / sub, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch_device = pick_device(device)

@@ -18,7 +18,6 @@ numbers in the ``"masking"`` entry of ``results.json``.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -29,7 +28,7 @@ from torch.utils.data import Dataset
 
 from saliencylab import methods, presets, viz
 from saliencylab.bench import report, sanity, wsol
-from saliencylab.bench.run import Row
+from saliencylab.bench.run import Row, clear_if_stale, weights_stamp
 from saliencylab.data.imagenet import ImageNetDataset
 from saliencylab.data.module import InMemory, SaliencyDataModule
 from saliencylab.data.openimages import OpenImagesDataset
@@ -111,15 +110,17 @@ def label_masks(method: methods.Method, batch: Batch) -> Tensor:
     return to_unit(method.attribute(batch.images, from_multi_hot(batch.labels)[:, :1]), method.output_range)
 
 
-def wsol_rows(classifier: Classifier, folders: dict[str, Path], val: Dataset, test: Dataset, out_dir: Path,
-              device: torch.device, batch_size: int, progress: bool) -> dict[str, dict]:
+def wsol_rows(classifier: Classifier, classifier_dir: Path, folders: dict[str, Path], val: Dataset, test: Dataset,
+              out_dir: Path, device: torch.device, batch_size: int, progress: bool) -> dict[str, dict]:
     """The WSOL table on ``val`` of the baselines, Grad-CAM and the maskers ``folders``, with PxAP on ``test``
-    (engine folders under ``out_dir``; recomputed on every run: the maskers may have been retrained)."""
-    shutil.rmtree(out_dir, ignore_errors=True)
+    (engine folders under ``out_dir``, kept while the classifier and maskers are the same)."""
     rows = {"gradcam": Row("gradcam"), **{name: Row("masker", {"checkpoint": str(folder)})
                                          for name, folder in folders.items()}}
+    description = {"classifier": weights_stamp(classifier_dir, *folders.values()), "dataset": "synthetic imagenet"}
+    for split in ("val", "pxap"):
+        clear_if_stale(out_dir / split, description)
     table = wsol.run_wsol(classifier, val, rows, out_dir, test=test, batch_size=batch_size, device=device,
-                          progress=progress, description={"classifier": "demo", "dataset": "synthetic imagenet"})
+                          progress=progress, description=description)
     for name in rows:
         print(f"  {name:18s} LE {table[name]['LE']:.3f}   OM {table[name]['OM']:.3f}   F1 {table[name]['F1']:.3f}   "
               f"PxAP {table[name]['PxAP']:.1f}")
@@ -203,8 +204,8 @@ def masking_section(run_dir: Path, classifier: Classifier, classifier_dir: Path,
                          "train_seconds": description.get("train_seconds")}
     classifier = classifier.to(device)
     built = _methods(classifier, folders)
-    rows = wsol_rows(classifier, {name: folders[name] for name in ("fix", "ca")}, val, test, out_dir / "bench", device,
-                     batch_size, progress)
+    rows = wsol_rows(classifier, classifier_dir, {name: folders[name] for name in ("fix", "ca")}, val, test,
+                     out_dir / "bench", device, batch_size, progress)
     val_batch = collate([val[i] for i in range(len(val))]).to(device)
     drt = data_randomization(built, val_batch)
     sanity_batch = evenly_spaced(val, sanity_images).to(device)

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import csv
 import datetime
+import hashlib
 import html
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -168,6 +170,22 @@ def _check_identity(path: Path, identity: dict) -> None:
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(identity, indent=2))
+
+
+def weights_stamp(*folders: str | Path) -> dict[str, str]:
+    """SHA-256 of every ``*.safetensors`` file in ``folders``: a run description that changes when a network is retrained."""
+    return {str(path): hashlib.sha256(path.read_bytes()).hexdigest()
+            for folder in folders for path in sorted(Path(folder).glob("*.safetensors"))}
+
+
+def clear_if_stale(out_dir: str | Path, description: dict) -> None:
+    """Remove ``out_dir`` when its run.json records another classifier or dataset than ``description`` (the
+    scores of networks since retrained); a run of the same description is kept, to resume."""
+    run_file = Path(out_dir) / "run.json"
+    if run_file.is_file():
+        recorded = json.loads(run_file.read_text())
+        if any(recorded.get(key) != json.loads(json.dumps(description.get(key))) for key in ("classifier", "dataset")):
+            shutil.rmtree(out_dir)
 
 
 def _class_names(classifier: Classifier, dataset: Dataset) -> list[str]:
