@@ -91,3 +91,24 @@ def test_explain_refuses_to_mix_settings_and_needs_labels_or_predictions(project
         ImageFolder(folder, CLASSES)[0]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ImageFolder(tmp_path / "nowhere", CLASSES)
+
+
+def test_image_ids_never_leave_the_output_folder(project, tmp_path):
+    from saliencylab.bench.export import safe_file_name
+
+    classifier = build_classifier("small_cnn", len(CLASSES), class_names=CLASSES, width=4)
+    dataset = ImageFolder(project / "data" / "voc" / "VOCdevkit" / "VOC2007" / "JPEGImages", CLASSES)
+    dataset.ids = ["../../escaped", "/abs/path", "plain_name-1.x"] + dataset.ids[3:6]
+    dataset.files = dataset.files[:6]
+    out = tmp_path / "inner" / "out"
+    manifest = explain_to_disk("gradcam", classifier, dataset, out, targets="top1", progress=False)
+    written = {p.resolve() for p in tmp_path.rglob("*.npz")}
+    assert written and all(p.is_relative_to(out.resolve()) for p in written)
+    assert manifest["images"]["plain_name-1.x"]["file"] == "maps/plain_name-1.x.npz"
+    assert safe_file_name("../x") != safe_file_name("..-x") and "/" not in safe_file_name("/abs/path")
+    maps, _ = load_maps(out, "../../escaped")
+    assert maps.shape[0] == 1
+    manifest["images"]["../../escaped"]["file"] = "../../../elsewhere.npz"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="lies outside"):
+        load_maps(out, "../../escaped")

@@ -4,7 +4,8 @@ Layout of ``out_dir``::
 
     manifest.json      {"schema": "saliencylab.maps/1", "method", "hyperparameters", "targets",
                         "class_names", "images": {image_id: {"file": "maps/<id>.npz", "targets": [...]}}}
-    maps/<id>.npz      maps (K,H,W) float32 (raw, NaN for padded targets), targets (K,) int64
+    maps/<name>.npz    maps (K,H,W) float32 (raw, NaN for padded targets), targets (K,) int64; <name> is the
+                       image id when it is a plain file name, else a safe name with a hash (``safe_file_name``)
 
 Every file is written to a temporary name and renamed when complete, and the manifest lists an
 image only after its file is complete, so an interrupted run never leaves a partial file behind
@@ -12,8 +13,10 @@ and a re-run computes only what is missing.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,7 @@ from saliencylab.targets import from_multi_hot, top_k_predicted
 from saliencylab.types import Batch, collate
 
 SCHEMA = "saliencylab.maps/1"
+SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 TARGET_RULES = ("labels", "top1", "top3", "top5")
 
 
@@ -91,7 +95,7 @@ def explain_to_disk(name: str, classifier: Classifier, dataset: Dataset, out_dir
         batch_classes = batch_targets(targets, batch, classifier)
         maps = method.attribute(batch.images, batch_classes)
         for image_id, image_maps, image_targets in zip(batch.image_ids, maps, batch_classes):
-            relative = f"maps/{image_id}.npz"
+            relative = f"maps/{safe_file_name(str(image_id))}.npz"
             _save_maps(out_dir / relative, image_maps, image_targets)
             manifest["images"][str(image_id)] = {"file": relative, "targets": image_targets.tolist()}
         write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=1))
@@ -99,11 +103,25 @@ def explain_to_disk(name: str, classifier: Classifier, dataset: Dataset, out_dir
     return manifest
 
 
+def safe_file_name(image_id: str) -> str:
+    """A file name for a dataset's image identifier that stays inside its folder: the identifier itself when
+    it is a plain name (letters, digits, ``._-``, not starting with a dot), else its readable characters and
+    a hash of the whole identifier (so ``../x`` and ``..-x`` differ)."""
+    if SAFE_NAME.fullmatch(image_id) and not image_id.startswith("."):
+        return image_id
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", image_id).strip("._")[:80]
+    return f"{readable}-{hashlib.sha256(image_id.encode()).hexdigest()[:16]}"
+
+
 def load_maps(out_dir: str | Path, image_id: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The maps (K,H,W) and targets (K,) written for ``image_id``."""
+    """The maps (K,H,W) and targets (K,) written for ``image_id``; ValueError for a manifest entry whose file
+    lies outside ``out_dir`` (a manifest is never trusted to point elsewhere)."""
     out_dir = Path(out_dir)
     manifest = _load_manifest(out_dir / "manifest.json")
     if manifest is None or image_id not in manifest["images"]:
         raise KeyError(f"no maps for image {image_id!r} in {out_dir}")
-    with np.load(out_dir / manifest["images"][image_id]["file"]) as data:
+    path = (out_dir / manifest["images"][image_id]["file"]).resolve()
+    if not path.is_relative_to(out_dir.resolve()):
+        raise ValueError(f"{out_dir / 'manifest.json'}: the file of image {image_id!r} lies outside {out_dir}")
+    with np.load(path) as data:
         return torch.from_numpy(data["maps"]), torch.from_numpy(data["targets"])
