@@ -66,3 +66,13 @@ def test_merge_max_ignores_padded_maps():
     assert merged[1].isnan().all()
     with pytest.raises(ValueError, match=r"\(B,K,H,W\)"):
         merge_max(torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_images_with_nan_or_inf_are_refused(bad):
+    from saliencylab.models.classifier import check_images
+
+    images = torch.rand(2, 3, 8, 8)
+    images[1, 0, 3, 3] = bad
+    with pytest.raises(ValueError, match="finite values in \\[0,1\\]"):
+        check_images(images)

@@ -50,8 +50,8 @@ def check_images(images: Tensor) -> None:
         raise TypeError(f"images must be a float tensor with values in [0,1], got dtype {images.dtype}")
     if images.numel():
         low, high = (float(v) for v in images.detach().aminmax())
-        if low < 0.0 or high > 1.0:
-            raise ValueError(f"images must be unnormalised with values in [0,1], got range [{low:.3f}, {high:.3f}]; "
+        if not (low >= 0.0 and high <= 1.0):  # also False for NaN, which aminmax propagates
+            raise ValueError(f"images must be unnormalised with finite values in [0,1], got range [{low:.3f}, {high:.3f}]; "
                              "the Classifier applies mean/std itself")
 
 
