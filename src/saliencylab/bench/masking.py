@@ -226,6 +226,6 @@ def masking_section(run_dir: Path, classifier: Classifier, classifier_dir: Path,
     figure_batch = evenly_spaced(val, figure_images).to(device)
     figure = mask_figure(explainers, figure_batch, figures / "masking_masks.png")
     return {"dataset": {"root": str(root), "train": config.train, "val": len(val), "test": len(test),
-                        "image_size": size},
+                        "image_size": config.image_size},
             "maskers": maskers, "wsol": rows, "baselines": list(wsol.BASELINES), "data_randomization": drt,
             "sanity": checks, "figure": figure, "seconds": time.perf_counter() - started}
