@@ -230,9 +230,7 @@ def reproduce(paper: str, out_dir: str | Path | None = None, *, fresh: bool = Fa
                "elapsed_seconds": time.perf_counter() - started}
     report.write_json(results, out_dir / "results.json")
     report.write_atomic(out_dir / "report.html", html_page(results))
-    for entry in results["claims"]:
-        print(f"  [{'holds' if entry['holds'] else 'FAILS'}] {entry['id']}: "
-              + ", ".join(f"{row} {value:.3f}" for row, value in entry["ours"].items()))
+    print(claims_table(results["claims"]))
     print(f"  wrote results.json and report.html in {results['elapsed_seconds']:.0f} s")
     return results
 
