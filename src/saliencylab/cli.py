@@ -458,6 +458,29 @@ def _bench_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from saliencylab.bench.reproduce import reproduce
+    from saliencylab.data.synthetic import SyntheticConfig
+
+    _quiet_lightning()
+    options: dict[str, object] = {"epochs": args.epochs}
+    if args.paper == "000":
+        overrides: dict[str, dict] = {}
+        for method, key, value in args.set:
+            overrides.setdefault(method, {})[key] = value
+        options.update(images=args.images, explainer_epochs=args.explainer_epochs, overrides=overrides)
+    elif args.set or args.images != 50 or args.explainer_epochs is not None:
+        raise ValueError("--set, --images and --explainer-epochs apply to paper 000 only")
+    if args.paper == "001":
+        options["masker_epochs"] = args.masker_epochs
+    config = SyntheticConfig(image_size=args.image_size, train=args.train, val=args.val, test=args.test, seed=args.seed)
+    out = args.out or str(Path("runs") / "reproduce" / args.paper)
+    reproduce(args.paper, out, fresh=args.fresh, device=args.device, config=config, progress=not args.no_progress,
+              **options)
+    print(f"open {Path(out) / 'report.html'} in a browser")
+    return 0
+
+
 def _methods(_args: argparse.Namespace) -> int:
     from saliencylab import methods
 
@@ -770,6 +793,22 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("shards", nargs="+", metavar="SHARD", help="shard folders")
     merge.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
     merge.set_defaults(run=_bench_merge)
+
+    reproduce = commands.add_parser("reproduce", help="train what a paper trains on the synthetic data, score it at "
+                                    "the paper's settings, check the paper's claims (000 NN-Explainer, 001 masking)")
+    reproduce.add_argument("paper", choices=["000", "001"], help="000: NN-Explainer; 001: masking-based saliency")
+    reproduce.add_argument("--out", help="output folder (default runs/reproduce/PAPER)")
+    reproduce.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")
+    reproduce.add_argument("--epochs", type=int, default=15, help="most classifier epochs; early stopping ends sooner")
+    reproduce.add_argument("--images", type=int, default=50,
+                           help="000: test images every compared method is scored on (default 50)")
+    reproduce.add_argument("--explainer-epochs", type=int, help="000: most explainer epochs (default: the preset's 30)")
+    reproduce.add_argument("--set", action="append", type=_method_setting, default=[], metavar="METHOD:KEY=VALUE",
+                           help="000: replace a paper setting (e.g. rise:num_masks=1000); recorded as a deviation")
+    reproduce.add_argument("--masker-epochs", type=int, default=20, help="001: epochs of each masker (default 20, "
+                           "the synthetic presets')")
+    _add_data_options(reproduce)
+    reproduce.set_defaults(run=_reproduce)
 
     commands.add_parser("methods", help="list the attribution methods").set_defaults(run=_methods)
     commands.add_parser("metrics", help="list the metrics").set_defaults(run=_metrics)

@@ -6,6 +6,7 @@ import datetime
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -77,6 +78,20 @@ CLASS_SPECIFIC = ("explainer", "gradcam", "rise", "rt_saliency")
 """Methods whose class-specific matrices the demo computes (Stalder et al. 2022 compare these four)."""
 
 
+def prepare_data(out_dir: Path, config: SyntheticConfig, batch_size: int,
+                 progress: bool) -> tuple[Path, SaliencyDataModule]:
+    """Write (or reuse) the synthetic set under ``out_dir/data``; its root and the train/val/test splits
+    (VOC format, resized to ``config.image_size``; the test split checked against the COCO export)."""
+    data_root = write_synthetic(out_dir / "data", config, progress=progress)
+    size, voc_root = config.image_size, data_root / "voc"
+    train = InMemory(VOCDataset(voc_root, "train", CLASSES, transform=Resize(size)), RandomHorizontalFlip())
+    val = InMemory(VOCDataset(voc_root, "val", CLASSES, transform=Resize(size)))
+    test = InMemory(VOCDataset(voc_root, "test", CLASSES, segmentation_only=True, transform=Resize(size)))
+    check_formats_agree(test, COCODataset(data_root / "coco" / "test",
+                                          data_root / "coco" / "annotations" / "instances_test.json"))
+    return data_root, SaliencyDataModule(train, val, test, batch_size=batch_size)
+
+
 def prepare_classifier(out_dir: Path, config: SyntheticConfig, datamodule: SaliencyDataModule, epochs: int,
                        progress: bool) -> tuple[Classifier, dict]:
     """Train the demo classifier, or reuse the one trained on the same data."""
@@ -94,11 +109,11 @@ def prepare_classifier(out_dir: Path, config: SyntheticConfig, datamodule: Salie
 
 
 def prepare_explainers(out_dir: Path, config: SyntheticConfig, datamodule: SaliencyDataModule,
-                       epochs: int | None, progress: bool) -> dict[str, str]:
-    """Fit each FITTED explainer against the demo classifier (preset ``synthetic``), or reuse it; name -> folder."""
+                       epochs: int | None, progress: bool, variants: Sequence[str] = FITTED) -> dict[str, str]:
+    """Fit each of ``variants`` against the demo classifier (preset ``synthetic``), or reuse it; name -> folder."""
     preset = presets.load("explainer", "synthetic")["explainer"]
     folders = {}
-    for variant in FITTED:
+    for variant in variants:
         folder = out_dir / variant
         description_file = folder / "explainer.json"
         stamp = {"data": dataclasses.asdict(config), "preset": preset, "epochs": epochs}
@@ -217,15 +232,8 @@ def run_demo(out_dir: str | Path = "runs/demo", *, fresh: bool = False, device: 
     torch_device = pick_device(device)
 
     print(f"[1/6] synthetic data -> {out_dir / 'data'}")
-    data_root = write_synthetic(out_dir / "data", config, progress=progress)
-    size = config.image_size
-    voc_root = data_root / "voc"
-    train = InMemory(VOCDataset(voc_root, "train", CLASSES, transform=Resize(size)), RandomHorizontalFlip())
-    val = InMemory(VOCDataset(voc_root, "val", CLASSES, transform=Resize(size)))
-    test = InMemory(VOCDataset(voc_root, "test", CLASSES, segmentation_only=True, transform=Resize(size)))
-    check_formats_agree(test, COCODataset(data_root / "coco" / "test",
-                                          data_root / "coco" / "annotations" / "instances_test.json"))
-    datamodule = SaliencyDataModule(train, val, test, batch_size=batch_size)
+    data_root, datamodule = prepare_data(out_dir, config, batch_size, progress)
+    size, test = config.image_size, datamodule.test
 
     print(f"[2/6] classifier -> {out_dir / 'classifier'}")
     classifier, description = prepare_classifier(out_dir, config, datamodule, epochs, progress)

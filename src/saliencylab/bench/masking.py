@@ -97,7 +97,32 @@ def prepare_masker(name: str, folder: Path, metadata: Path, classifier_dir: Path
     return description
 
 
-def _methods(classifier: Classifier, folders: dict[str, Path]) -> dict[str, methods.Method]:
+def prepare_single_label(run_dir: Path, config: SyntheticConfig, progress: bool) -> tuple[Path, Dataset, Dataset]:
+    """Write (or reuse) the single-label set under ``run_dir/masking/data``; its root, the val split (ImageNet
+    layout, boxes) and the test split (OpenImages layout, segmentation), resized to ``config.image_size``."""
+    root = write_synthetic_imagenet(run_dir / "masking" / "data", config, progress=progress)
+    metadata, size = root / "imagenet" / "metadata", config.image_size
+    val = InMemory(ImageNetDataset(metadata / "val.json", metadata / "val_bboxes.json", size=size))
+    test = InMemory(OpenImagesDataset(root / "openimages" / "dataset", root / "openimages" / "metadata", size=size))
+    return root, val, test
+
+
+def prepare_maskers(run_dir: Path, root: Path, classifier_dir: Path, config: SyntheticConfig, epochs: int,
+                    progress: bool) -> tuple[dict[str, Path], dict[str, dict]]:
+    """Train (or reuse) every masker of :data:`MASKERS` under ``run_dir/masking``; name -> folder, name -> summary."""
+    folders = {name: run_dir / "masking" / name for name in MASKERS}
+    maskers = {}
+    for name, folder in folders.items():
+        description = prepare_masker(name, folder, root / "imagenet" / "metadata", classifier_dir, asdict(config),
+                                     epochs, progress)
+        preset, labels, _ = MASKERS[name]
+        maskers[name] = {"folder": str(folder), "preset": preset, "labels": labels, "mode": description["mode"],
+                         "epochs": description["epochs"], "seed": description["hyper_parameters"]["seed"],
+                         "train_seconds": description.get("train_seconds")}
+    return folders, maskers
+
+
+def masker_methods(classifier: Classifier, folders: dict[str, Path]) -> dict[str, methods.Method]:
     """Grad-CAM and each trained masker (masker ``name`` reads its checkpoint ``folders[name]``)."""
     built = {"gradcam": methods.build("gradcam", classifier)}
     for name, folder in folders.items():
@@ -188,22 +213,11 @@ def masking_section(run_dir: Path, classifier: Classifier, classifier_dir: Path,
     data-randomisation test the whole val split.
     """
     started = time.perf_counter()
-    out_dir, figures = run_dir / "masking", run_dir / "figures"
-    root = write_synthetic_imagenet(out_dir / "data", config, progress=progress)
-    metadata = root / "imagenet" / "metadata"
-    size = config.image_size
-    val = InMemory(ImageNetDataset(metadata / "val.json", metadata / "val_bboxes.json", size=size))
-    test = InMemory(OpenImagesDataset(root / "openimages" / "dataset", root / "openimages" / "metadata", size=size))
-    folders = {name: out_dir / name for name in MASKERS}
-    maskers = {}
-    for name, folder in folders.items():
-        description = prepare_masker(name, folder, metadata, classifier_dir, asdict(config), epochs, progress)
-        preset, labels, _ = MASKERS[name]
-        maskers[name] = {"folder": str(folder), "preset": preset, "labels": labels, "mode": description["mode"],
-                         "epochs": description["epochs"], "seed": description["hyper_parameters"]["seed"],
-                         "train_seconds": description.get("train_seconds")}
+    figures = run_dir / "figures"
+    root, val, test = prepare_single_label(run_dir, config, progress)
+    folders, maskers = prepare_maskers(run_dir, root, classifier_dir, config, epochs, progress)
     classifier = classifier.to(device)
-    built = _methods(classifier, folders)
+    built = masker_methods(classifier, folders)
     rows = wsol_rows(classifier, classifier_dir, {name: folders[name] for name in ("fix", "ca")}, val, test,
                      out_dir / "bench", device, batch_size, progress)
     val_batch = collate([val[i] for i in range(len(val))]).to(device)
@@ -213,6 +227,6 @@ def masking_section(run_dir: Path, classifier: Classifier, classifier_dir: Path,
     figure_batch = evenly_spaced(val, figure_images).to(device)
     figure = mask_figure(built, figure_batch, figures / "masking_masks.png")
     return {"dataset": {"root": str(root), "train": config.train, "val": len(val), "test": len(test),
-                        "image_size": size},
+                        "image_size": config.image_size},
             "maskers": maskers, "wsol": rows, "baselines": list(wsol.BASELINES), "data_randomization": drt,
             "sanity": checks, "figure": figure, "seconds": time.perf_counter() - started}

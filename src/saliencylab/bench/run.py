@@ -445,6 +445,13 @@ def table(results: dict) -> str:
 
 def html_report(results: dict) -> str:
     """A self-contained page: the table with confidence intervals, then per-class means of per-target metrics."""
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>saliencylab benchmark</title>
+<style>{STYLE}</style></head><body><h1>saliencylab benchmark</h1>
+{html_tables(results)}</body></html>"""
+
+
+def html_tables(results: dict) -> str:
+    """The body of :func:`html_report`: what was run, the table, the per-class tables (HTML fragment)."""
     run = results["run"]
     names = list(results["metrics"])
     head = "".join(f'<th title="{html.escape(results["metrics"][m]["description"])}">{html.escape(m)}'
@@ -462,11 +469,9 @@ def html_report(results: dict) -> str:
             for row, entry in results["rows"].items())
         per_class.append(f"<h3>{html.escape(m)} per class</h3><table><tr><th>row</th>"
                          + "".join(f"<th>{html.escape(c)}</th>" for c in classes) + f"</tr>{cells}</table>")
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>saliencylab benchmark</title>
-<style>{STYLE}</style></head><body><h1>saliencylab benchmark</h1>
-<p>Dataset <code>{html.escape(str(run['dataset']))}</code>, {run['images']} images; classifier
+    return f"""<p>Dataset <code>{html.escape(str(run['dataset']))}</code>, {run['images']} images; classifier
 <code>{html.escape(str(run['classifier']))}</code>; targets: {html.escape(run['targets'])}. Each cell: the metric's
 value over the images [95 % bootstrap interval]; ↑ higher is better, ↓ lower is better. Created
 {html.escape(results['created'])} with saliencylab {html.escape(results['saliencylab_version'])}.</p>
 <table><tr><th>row</th>{head}<th>images</th></tr>{body}</table>
-{''.join(per_class)}</body></html>"""
+{''.join(per_class)}"""
