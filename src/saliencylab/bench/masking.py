@@ -219,7 +219,7 @@ def masking_section(run_dir: Path, classifier: Classifier, classifier_dir: Path,
     classifier = classifier.to(device)
     built = masker_methods(classifier, folders)
     rows = wsol_rows(classifier, classifier_dir, {name: folders[name] for name in ("fix", "ca")}, val, test,
-                     out_dir / "bench", device, batch_size, progress)
+                     run_dir / "masking" / "bench", device, batch_size, progress)
     val_batch = collate([val[i] for i in range(len(val))]).to(device)
     drt = data_randomization(built, val_batch)
     sanity_batch = evenly_spaced(val, sanity_images).to(device)
