@@ -17,7 +17,6 @@ from saliencylab.data.imagenet import ImageNetDataset
 from saliencylab.data.synthetic_imagenet import write_synthetic_imagenet
 from saliencylab.data.openimages import OpenImagesDataset
 from saliencylab.data.synthetic import SyntheticConfig
-from saliencylab.data.synthetic_imagenet import write_synthetic_imagenet
 from saliencylab.models.classifier import Classifier
 from saliencylab import metrics
 from saliencylab.models.zoo import build_classifier

@@ -13,7 +13,7 @@ from saliencylab.data.imagenet import ImageNetDataset
 from saliencylab.data.module import InMemory, SaliencyDataModule
 from saliencylab.data.synthetic import CLASSES, SyntheticConfig, generate
 from saliencylab.data.synthetic_imagenet import write_synthetic_imagenet
-from saliencylab.models.load import load_trained_classifier, save_classifier
+from saliencylab.models.load import load_trained_classifier
 from saliencylab.models.masker import (Masker, classifier_features, default_layers, layer_channels,
                                       load_trained_masker)
 from saliencylab.models.zoo import build_classifier

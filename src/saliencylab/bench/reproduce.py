@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import saliencylab
-from saliencylab.bench import report, wsol
+from saliencylab.bench import report
 from saliencylab.bench.demo import pick_device, prepare_classifier, prepare_data, prepare_explainers
 from saliencylab.bench.masking import (data_randomization, masker_methods, prepare_maskers, prepare_single_label,
                                        wsol_data_config)
