@@ -6,7 +6,7 @@ from torch import nn
 
 from saliencylab import Classifier, methods
 from saliencylab.maps import normalize_minmax
-from saliencylab.methods.layers import to_grid
+from saliencylab.models.classifier import Layout, infer_layout
 from saliencylab.models.zoo import SmallCNN
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
@@ -85,6 +85,20 @@ def test_cam_rejects_models_that_do_not_end_in_gap_linear():
     classifier = Classifier(nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 2)), layers={"f": "0"})
     with pytest.raises(ValueError, match="in_features=2"):
         methods.build("cam", classifier).attribute(torch.rand(1, 3, 8, 8), 0)
+
+
+def test_cam_rejects_a_hidden_linear_even_when_logits_are_tiny():
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 3))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), head)
+    with torch.no_grad():  # logits of order 1e-6: an absolute tolerance of 1e-4 would accept any Linear
+        head[4].weight.mul_(1e-6)
+        head[4].bias.zero_()
+    classifier = Classifier(model, layers={"f": "0"})
+    with pytest.raises(ValueError, match="global average pooling"):
+        methods.build("cam", classifier).attribute(torch.rand(2, 3, 8, 8), 1)
+    head[2], head[3] = nn.Identity(), nn.Identity()  # now GAP -> the tiny Linear: accepted
+    assert torch.isfinite(methods.build("cam", classifier).attribute(torch.rand(2, 3, 8, 8), 1)).all()
 
 
 class SmoothHead(nn.Module):
@@ -211,10 +225,14 @@ def test_tokens_and_their_gradient_are_reshaped_alike():
 
 def test_explicit_layouts():
     x = torch.arange(2 * 5 * 6, dtype=torch.float32).view(2, 5, 6)  # 1 prefix + 2x2 patches, D=6
-    grid = to_grid(x, "tokens", nn.Module())
+    layout = infer_layout(x, (32, 32), nn.Module(), declared="tokens")
+    assert layout == Layout("tokens", 1, 2, 2)
+    grid = layout.to_grid(x)
     assert grid.shape == (2, 6, 2, 2) and torch.equal(grid[:, :, 0, 1], x[:, 2])
+    assert torch.equal(layout.from_grid(grid)[:, 1:], x[:, 1:]) and not layout.from_grid(grid)[:, 0].any()
     nhwc = torch.rand(2, 3, 4, 5)
-    assert torch.equal(to_grid(nhwc, "nhwc", nn.Module()), nhwc.permute(0, 3, 1, 2))
+    assert torch.equal(Layout("nhwc").to_grid(nhwc), nhwc.permute(0, 3, 1, 2))
+    assert torch.equal(Layout("nhwc").from_grid(Layout("nhwc").to_grid(nhwc)), nhwc)
     classifier = Classifier(tiny_vit(), layers={"tokens": "blocks.1"}, layouts={"tokens": "tokens"})
     assert classifier.layer_layout() == "tokens"
     assert methods.build("gradcam", classifier).attribute(torch.rand(1, 3, 32, 32), 0).shape == (1, 1, 32, 32)

@@ -4,6 +4,7 @@ from torch import nn
 
 from saliencylab import Classifier, methods
 from saliencylab.methods.hessian import location_quadratic_forms
+from saliencylab.models.classifier import Layout
 
 
 class SmoothHead(nn.Module):
@@ -26,7 +27,7 @@ def test_location_quadratic_forms_equal_the_full_hessians_diagonal_blocks():
     activation = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
     head = head.double()
     score = head(activation).sum()
-    grad, quadratic = location_quadratic_forms(score, activation, location_batch=4)
+    grad, quadratic = location_quadratic_forms(score, activation, Layout("nchw"), location_batch=4)
     full = torch.autograd.functional.hessian(lambda a: head(a).sum(), activation.detach()).view(2, 9, 2, 9)
     values = activation.detach().view(2, 9)
     expected = torch.stack([values[:, l] @ full[:, l, :, l] @ values[:, l] for l in range(9)]).view(3, 3)

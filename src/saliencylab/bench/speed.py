@@ -2,7 +2,10 @@
 
 For every method: images/s, seconds per image, peak memory, and the ratio of its time to its
 minimum pass count (``method.passes``) × the time of one classifier forward (+ backward) on the
-same batch. A ratio of 1.15 means 15 % overhead over that minimum.
+same batch. A ratio of 1.15 means 15 % overhead over that minimum. The methods and the unit passes
+run interleaved, in rounds (one unit forward, one unit forward+backward, then every method once),
+so a machine's changing load hits them alike; each round gives one ratio against that round's unit
+times, and a row reports the median ratio and the lowest and highest (the spread).
 """
 from __future__ import annotations
 
@@ -56,6 +59,8 @@ class SpeedRow:
     peak_memory_mb: float
     minimum_seconds_per_image: float
     ratio: float
+    ratio_low: float
+    ratio_high: float
     settings: dict
 
 
@@ -100,25 +105,19 @@ def peak_memory(device: torch.device) -> Iterator[list[float]]:
         result[0] = max(peak[0] - start, 0) / 2 ** 20
 
 
-def timed(run: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall time of ``run`` over ``repeats`` runs after one warm-up."""
+def timed(run: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call of ``run`` (synchronised on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
     run()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
-def unit_times(classifier: Classifier, images: Tensor, repeats: int) -> tuple[float, float]:
-    """Seconds of one forward, and of one backward to the input, of the whole batch."""
-    device = images.device
-
+def unit_passes(classifier: Classifier, images: Tensor) -> tuple[Callable[[], None], Callable[[], None]]:
+    """One forward, and one forward + backward to the input, of the whole batch."""
     def forward() -> None:
         with torch.no_grad():
             classifier(images)
@@ -127,10 +126,7 @@ def unit_times(classifier: Classifier, images: Tensor, repeats: int) -> tuple[fl
         inputs = images.clone().requires_grad_(True)
         torch.autograd.grad(classifier(inputs)[:, 0].sum(), inputs)
 
-    with scoped_eval(classifier):
-        forward_time = timed(forward, device, repeats)
-        backward_time = max(timed(forward_backward, device, repeats) - forward_time, 0.0)
-    return forward_time, backward_time
+    return forward, forward_backward
 
 
 def run_speed(model: str = "small_cnn", size: int = 96, batch: int = 8, names: Sequence[str] | None = None,
@@ -138,41 +134,61 @@ def run_speed(model: str = "small_cnn", size: int = 96, batch: int = 8, names: S
               progress: Callable[[str], None] = print) -> list[SpeedRow]:
     """Time every method (or ``names``) on a random-weight ``model`` with ``batch`` images of ``size`` px.
 
-    Trained explainers and the masker are timed with random-weight networks (light explainer, masker).
+    One warm-up call each (peak memory is taken there), then ``repeats`` (>= 3) interleaved rounds;
+    medians over rounds. Trained explainers and the masker are timed with random-weight networks.
     """
+    if repeats < 3:
+        raise ValueError(f"repeats must be >= 3 (a median and a spread), got {repeats}")
     torch_device = torch.device(device)
     torch.manual_seed(0)
     classifier = build_classifier(model, num_classes).to(torch_device).eval()
     images = torch.rand(batch, 3, size, size, device=torch_device)
     targets = torch.randint(num_classes, (batch, 1))
-    forward_time, backward_time = unit_times(classifier, images, repeats)
-    progress(f"{model} at {size} px, batch {batch} on {torch_device}: forward {forward_time / batch * 1e3:.2f} ms/image, "
-             f"backward {backward_time / batch * 1e3:.2f} ms/image")
-    rows = []
+    built, peaks = {}, {}
     for name in names or methods.names():
-        chosen = settings_for(name, settings)
         extra = {}
         if "explainer" in methods.hyperparameters(name):  # timing needs a network, not a trained one
             extra["explainer"] = build_explainer("light", num_classes).to(torch_device)
         if "masker" in methods.hyperparameters(name):
             extra["masker"] = Masker(["auto"], layer_channels(classifier, ["auto"])).to(torch_device)
-        method = methods.build(name, classifier, **chosen, **extra)
+        built[name] = methods.build(name, classifier, **settings_for(name, settings), **extra)
+    forward, forward_backward = unit_passes(classifier, images)
+    with scoped_eval(classifier):
+        forward(), forward_backward()
+    for name, method in built.items():
         with peak_memory(torch_device) as peak:
-            seconds = timed(lambda: method.attribute(images, targets), torch_device, repeats)
+            method.attribute(images, targets)
+        peaks[name] = peak[0]
+    units, times = [], {name: [] for name in built}
+    for _ in range(repeats):
+        with scoped_eval(classifier):
+            round_forward = timed(forward, torch_device)
+            units.append((round_forward, max(timed(forward_backward, torch_device) - round_forward, 0.0)))
+        for name, method in built.items():
+            times[name].append(timed(lambda: method.attribute(images, targets), torch_device))
+    forward_time, backward_time = (statistics.median(u[i] for u in units) for i in (0, 1))
+    progress(f"{model} at {size} px, batch {batch} on {torch_device}: forward {forward_time / batch * 1e3:.2f} ms/image, "
+             f"backward {backward_time / batch * 1e3:.2f} ms/image (medians of {repeats} interleaved rounds)")
+    rows = []
+    for name, method in built.items():
         passes = method.passes(size, size)
-        minimum = (passes.forward * forward_time + passes.backward * backward_time) / batch
-        per_image = seconds / batch
-        row = SpeedRow(name, 1 / per_image, per_image, peak[0], minimum,
-                       per_image / minimum if minimum > 0 else float("nan"), chosen)
+        minima = [passes.forward * f + passes.backward * b for f, b in units]
+        ratios = sorted(t / m for t, m in zip(times[name], minima)) if min(minima) > 0 else [float("nan")]
+        per_image = statistics.median(times[name]) / batch
+        row = SpeedRow(name, 1 / per_image, per_image, peaks[name], statistics.median(minima) / batch,
+                       statistics.median(ratios), ratios[0], ratios[-1], settings_for(name, settings))
         rows.append(row)
         progress(format_row(row))
     return rows
 
 
 def format_row(row: SpeedRow) -> str:
-    ratio = "–" if row.ratio != row.ratio else f"{row.ratio:.2f}"
+    ratio, spread = "–", ""
+    if row.ratio == row.ratio:
+        ratio, spread = f"{row.ratio:.2f}", f"{row.ratio_low:.2f}–{row.ratio_high:.2f}"
     return (f"{row.method:24s} {row.images_per_second:10.2f} {row.seconds_per_image * 1e3:12.2f} "
-            f"{row.peak_memory_mb:10.1f} {row.minimum_seconds_per_image * 1e3:12.2f} {ratio:>7s}")
+            f"{row.peak_memory_mb:10.1f} {row.minimum_seconds_per_image * 1e3:12.2f} {ratio:>7s} {spread:>11s}")
 
 
-HEADER = f"{'method':24s} {'images/s':>10s} {'ms/image':>12s} {'peak MiB':>10s} {'min ms/img':>12s} {'ratio':>7s}"
+HEADER = (f"{'method':24s} {'images/s':>10s} {'ms/image':>12s} {'peak MiB':>10s} {'min ms/img':>12s} {'ratio':>7s} "
+          f"{'spread':>11s}")

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Callable, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from saliencylab.models.classifier import Classifier, captured_output, check_images, scoped_eval
 from saliencylab.targets import PAD, as_targets, check_class_range, valid_pairs
@@ -66,6 +69,17 @@ def selected_scores(classifier: Classifier, logits: Tensor, classes: Tensor) -> 
     """Scores (N,) of class ``classes[i]`` for row i, after the classifier's score function."""
     check_class_range(classes, logits.shape[1])
     return classifier.apply_score(logits).gather(1, classes.view(-1, 1)).squeeze(1)
+
+
+@contextmanager
+def math_attention() -> Iterator[None]:
+    """Run ``scaled_dot_product_attention`` (timm and torchvision ViT/Swin attention) on its math kernel.
+
+    The fused kernels (flash, memory-efficient) have no double backward; second-order methods
+    (gradient-Hessian, Grad-CAM++ with ``derivatives="general"``) run their forward under this.
+    """
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
 
 
 @dataclass(frozen=True)

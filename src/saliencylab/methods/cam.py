@@ -1,9 +1,9 @@
 """Class activation maps from a feature layer: CAM, Grad-CAM and its variants, Score-CAM.
 
-Every method reads the layer ``layer`` (``"auto"``: see ``Classifier.layer_path``) through
-``saliencylab.methods.layers.to_grid``, so CNN maps, channels-last maps (Swin) and ViT/DeiT
-tokens all become (N,C',h,w) grids; gradients are taken w.r.t. the raw layer output and
-reshaped identically. Maps are raw (no min-max normalisation) and upsampled bilinearly with
+Every method reads the layer ``layer`` (``"auto"``: see ``Classifier.layer_path``) through its
+``Classifier.read_layout`` (:class:`~saliencylab.models.classifier.Layout`), so CNN maps,
+channels-last maps (Swin, ConvNeXt block internals) and ViT/DeiT/BEiT tokens all become
+(N,C',h,w) grids; gradients are taken w.r.t. the raw layer output and reshaped identically. Maps are raw (no min-max normalisation) and upsampled bilinearly with
 half-pixel centres to the input size.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saliencylab.methods.base import Method, Passes, captured_output, register, scoped_eval, selected_scores
-from saliencylab.methods.layers import to_grid
+from saliencylab.methods.base import (Method, Passes, captured_output, math_attention, register, scoped_eval,
+                                      selected_scores)
 from saliencylab.models.classifier import Classifier
 
 DERIVATIVES = ("exp", "general")
@@ -32,9 +32,9 @@ def single_output(outputs: list[Tensor], layer: str) -> Tensor:
     return outputs[0]
 
 
-def grid(classifier: Classifier, layer: str, output: Tensor) -> Tensor:
-    """A raw layer output (or its gradient) as (N,C',h,w), in the layer's layout."""
-    return to_grid(output, classifier.layer_layout(layer), classifier.model)
+def grid(classifier: Classifier, layer: str, output: Tensor, size: tuple[int, int]) -> Tensor:
+    """A raw output of ``layer`` for images of ``size`` (H,W) as (N,C',h,w), in the layer's layout."""
+    return classifier.read_layout(layer, output, size).to_grid(output)
 
 
 def raw_output(classifier: Classifier, layer: str, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -47,7 +47,7 @@ def raw_output(classifier: Classifier, layer: str, images: Tensor) -> tuple[Tens
 def layer_activation(classifier: Classifier, layer: str, images: Tensor) -> tuple[Tensor, Tensor]:
     """Activation grid (N,C',h,w) of ``layer`` and the logits (N,classes), without gradients."""
     output, logits = raw_output(classifier, layer, images)
-    return grid(classifier, layer, output), logits
+    return grid(classifier, layer, output, images.shape[-2:]), logits
 
 
 def probe(classifier: Classifier, layer: str, height: int, width: int) -> Tensor:
@@ -68,7 +68,8 @@ def layer_activation_and_gradient(classifier: Classifier, layer: str, images: Te
         activation = single_output(outputs, layer)
         score = selected_scores(classifier, logits, classes).sum()
         (grad,) = torch.autograd.grad(score, activation)
-    return grid(classifier, layer, activation.detach()), grid(classifier, layer, grad)
+    layout = classifier.read_layout(layer, activation, images.shape[-2:])
+    return layout.to_grid(activation.detach()), layout.to_grid(grad)
 
 
 @contextmanager
@@ -96,10 +97,12 @@ def diagonal_derivatives(classifier: Classifier, layer: str, images: Tensor, cla
 
     One copy of an image per layer element e, whose output gets ``t·onehot(e)`` added; as the
     copies are independent (eval mode), d^n score_copy / dt_copy^n are the diagonal entries.
-    Exact, but one forward and three backward passes per element, chunked by ``max_batch``.
+    Exact, but one forward and three backward passes per element, chunked by ``max_batch``; runs
+    under the math attention kernel (:func:`math_attention`) so transformers can be differentiated thrice.
     """
     module = classifier.layer(layer)
-    shape = raw_output(classifier, layer, images[:1])[0].shape[1:]
+    sample = raw_output(classifier, layer, images[:1])[0]
+    layout, shape = classifier.read_layout(layer, sample, images.shape[-2:]), sample.shape[1:]
     size = shape.numel()
     rows = torch.arange(len(images), device=images.device).repeat_interleave(size)
     elements = torch.arange(size, device=images.device).repeat(len(images))
@@ -108,13 +111,13 @@ def diagonal_derivatives(classifier: Classifier, layer: str, images: Tensor, cla
         chunk = slice(start, start + max_batch)
         step = torch.zeros(len(rows[chunk]), device=images.device, requires_grad=True)
         shift = (step[:, None] * F.one_hot(elements[chunk], size).to(step)).view(-1, *shape)
-        with torch.enable_grad(), shifted_output(module, shift):
+        with torch.enable_grad(), shifted_output(module, shift), math_attention():
             score = selected_scores(classifier, classifier(images[rows[chunk]]), classes[rows[chunk]])
             first = derivative(score, step)
             second = derivative(first, step)
             third = derivative(second, step)
         derivatives[:, chunk] = torch.stack([first, second, third]).detach()
-    return tuple(grid(classifier, layer, d.view(len(images), *shape)) for d in derivatives)
+    return tuple(layout.to_grid(d.view(len(images), *shape)) for d in derivatives)
 
 
 def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -253,7 +256,8 @@ class CAM(LayerCAM):
 
     Needs a model that ends in global average pooling of ``layer`` followed by one nn.Linear (the
     last nn.Linear whose in_features equals the layer's channels); checked on every batch (the
-    logits must equal the Linear applied to the layer's spatial mean), else a ValueError. No ReLU,
+    logits must equal the Linear applied to the layer's spatial mean to within 1e-4 of the size of the
+    Linear's terms Σ_k|w_ck ā_k| + |b_c|, a relative test that tiny logits cannot pass), else a ValueError. No ReLU,
     as in Zhou et al. (negative evidence stays negative). Explains the logit: the classifier's
     score function is not applied. Forward pass only.
     """
@@ -263,11 +267,11 @@ class CAM(LayerCAM):
         selected_scores(self.classifier, logits, classes)  # checks the class range
         linear = self.final_linear(activation.shape[1])
         weights = linear.weight[classes]  # (N,C')
-        pooled = (weights * activation.mean((2, 3))).sum(1)
-        if linear.bias is not None:
-            pooled = pooled + linear.bias[classes]
+        terms = weights * activation.mean((2, 3))
+        bias = linear.bias[classes] if linear.bias is not None else torch.zeros_like(terms[:, 0])
         expected = logits.gather(1, classes.view(-1, 1)).squeeze(1)
-        if not torch.allclose(pooled, expected, rtol=1e-3, atol=1e-4):
+        scale = terms.abs().sum(1) + bias.abs()  # rounding error grows with the terms, not with a fixed atol
+        if not ((terms.sum(1) + bias - expected).abs() <= 1e-4 * scale + 1e-30).all():
             raise ValueError(f"cam needs the model to end in global average pooling of layer {self.layer!r} "
                              "followed by one nn.Linear, but its logits differ from that Linear applied to the "
                              "layer's spatial mean; choose the last feature map before pooling or use gradcam")
@@ -320,5 +324,6 @@ class ScoreCAM(LayerCAM):
         return upsample(maps.flatten(0, 1), (height, width)).view(batch, -1, height, width).float()
 
     def passes(self, height: int, width: int) -> Passes:
-        channels = grid(self.classifier, self.layer, probe(self.classifier, self.layer, height, width)).shape[1]
+        channels = grid(self.classifier, self.layer, probe(self.classifier, self.layer, height, width),
+                        (height, width)).shape[1]
         return Passes(1 + channels, 0)

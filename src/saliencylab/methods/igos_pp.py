@@ -44,6 +44,9 @@ class IGOSPlusPlus(Method):
     m = m_d·m_i. The step follows the gradient of (path loss)/2 + regulariser (as the official
     code), with a per-pair backtracking line search on path loss + regulariser: α from
     ``alpha=1000``, Armijo β = 1e-4, decay 0.2, stopping below 1e-5; masks are clamped to [0,1].
+    Work per iteration: one forward and backward of the 4·``steps`` path images per pair, then 1 to 12
+    forward-only trials of them (the line search; its starting objective is the gradient pass's own),
+    so ``passes`` declares the least, 2 forwards and 1 backward per path image and iteration.
     Baseline b: the image blurred by a Gaussian of σ = 50 px, kernel 51 px at 224 px, scaled with
     min(H,W)/224. Path noise N(0, 0.2) in the normalised space (0.2·std in [0,1] space) is added
     to every path image. Deviation: one (steps,3,H,W) noise draw per iteration from ``seed``,
@@ -118,45 +121,47 @@ class IGOSPlusPlus(Method):
             noise = (torch.randn(self.steps, 3, *size, generator=generator) * self.noise).to(images) * std
             del_mask.requires_grad_(True)
             ins_mask.requires_grad_(True)
-            _, (grad_del, grad_ins) = self.path_loss(images, baselines, classes, noise, del_mask, ins_mask, True)
+            loss, (grad_del, grad_ins) = self.path_loss(images, baselines, classes, noise, del_mask, ins_mask, True)
             with torch.enable_grad():
-                reg_del, reg_ins = torch.autograd.grad(self.regularizer(normalized, del_mask, ins_mask).sum(),
-                                                       (del_mask, ins_mask))
+                regularizer = self.regularizer(normalized, del_mask, ins_mask)
+                reg_del, reg_ins = torch.autograd.grad(regularizer.sum(), (del_mask, ins_mask))
             del_mask, ins_mask = del_mask.detach(), ins_mask.detach()
             grad_del, grad_ins = grad_del / 2 + reg_del, grad_ins / 2 + reg_ins
             step = self.line_search(images, baselines, normalized, classes, noise, (del_mask, ins_mask),
-                                    (grad_del, grad_ins)).view(-1, 1, 1, 1)
+                                    (grad_del, grad_ins), loss + regularizer.detach()).view(-1, 1, 1, 1)
             del_mask = (del_mask - step * grad_del).clamp(0, 1)
             ins_mask = (ins_mask - step * grad_ins).clamp(0, 1)
         return 1 - upsample_corners(del_mask * ins_mask, size).squeeze(1)
 
     def line_search(self, images: Tensor, baselines: Tensor, normalized: Tensor, classes: Tensor, noise: Tensor,
-                    masks: tuple[Tensor, Tensor], grads: tuple[Tensor, Tensor], beta: float = 1e-4,
+                    masks: tuple[Tensor, Tensor], grads: tuple[Tensor, Tensor], base: Tensor, beta: float = 1e-4,
                     decay: float = 0.2, min_alpha: float = 1e-5) -> Tensor:
-        """Per-pair backtracking (Armijo) step sizes (P,), as the official ``line_search``."""
+        """Per-pair backtracking (Armijo) step sizes (P,), as the official ``line_search``.
 
-        def objective(index: Tensor, step: Tensor | None) -> Tensor:
-            del_mask, ins_mask = masks[0][index], masks[1][index]
-            if step is not None:
-                del_mask = (del_mask - step.view(-1, 1, 1, 1) * grads[0][index]).clamp(0, 1)
-                ins_mask = (ins_mask - step.view(-1, 1, 1, 1) * grads[1][index]).clamp(0, 1)
+        ``base`` (P,): the objective at the current masks (the gradient pass's path loss + regulariser, same
+        noise). A pair leaves the search once its step is accepted or has decayed below ``min_alpha`` (that
+        last step is returned unevaluated, as its test could not change it): at most
+        ceil(log(alpha/min_alpha)/log(1/decay)) = 12 trial evaluations at the defaults, at least one.
+        """
+
+        def objective(index: Tensor, step: Tensor) -> Tensor:
+            del_mask = (masks[0][index] - step.view(-1, 1, 1, 1) * grads[0][index]).clamp(0, 1)
+            ins_mask = (masks[1][index] - step.view(-1, 1, 1, 1) * grads[1][index]).clamp(0, 1)
             loss, _ = self.path_loss(images[index], baselines[index], classes[index], noise, del_mask, ins_mask, False)
             return loss + self.regularizer(normalized[index], del_mask, ins_mask)
 
         with torch.no_grad():
             every = torch.arange(len(images), device=images.device)
-            base = objective(every, None)
             slope = -beta * (grads[0].square() + grads[1].square()).flatten(1).sum(1)
             alphas = torch.full((len(images),), self.alpha, device=images.device)
             active = torch.ones(len(images), dtype=torch.bool, device=images.device)
             while active.any():
                 index = every[active]
-                losses = objective(index, alphas[index])
-                keep = (losses > base[index] + alphas[index] * slope[index]) & (alphas[index] >= min_alpha)
-                active[index] = keep
-                alphas[index[keep]] *= decay
+                failed = objective(index, alphas[index]) > base[index] + alphas[index] * slope[index]
+                alphas[index[failed]] *= decay
+                active[index] = failed & (alphas[index] >= min_alpha)
         return alphas
 
     def passes(self, height: int, width: int) -> Passes:
         rows = self.iterations * self.terms * self.steps
-        return Passes(forward=3 * rows, backward=rows)  # gradient, line-search base and at least one trial
+        return Passes(forward=2 * rows, backward=rows)  # the gradient pass and at least one line-search trial

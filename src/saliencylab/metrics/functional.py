@@ -39,9 +39,10 @@ def _check_maps(maps: Tensor, unit: bool = False) -> None:
     if maps.dim() != 4:
         raise ValueError(f"maps must have shape (B,K,H,W), got {tuple(maps.shape)}; "
                          "for one map per image add the target axis with maps[:, None]")
-    if unit:
-        finite = maps[~maps.isnan()]
-        if finite.numel() and (float(finite.min()) < 0.0 or float(finite.max()) > 1.0):
+    if unit and maps.numel():
+        low, high = (float(v) for v in maps.nan_to_num(nan=0.0).aminmax())  # one pass; NaN (undefined) is no error
+        if low < 0.0 or high > 1.0:
+            finite = maps[~maps.isnan()]
             raise ValueError(
                 f"this metric needs masks in [0,1], got values in [{float(finite.min()):.4g}, "
                 f"{float(finite.max()):.4g}]; rescale raw maps first, e.g. saliencylab.maps.normalize_minmax")
@@ -52,7 +53,7 @@ def _check_gt(maps: Tensor, gt: Tensor) -> Tensor:
     if gt.shape != maps.shape:
         raise ValueError(f"gt must have the shape of maps {tuple(maps.shape)}, got {tuple(gt.shape)}")
     gt = gt.to(maps.device, torch.float32)
-    if gt.isnan().any() or (gt.numel() and (float(gt.min()) < 0.0 or float(gt.max()) > 1.0)):
+    if gt.numel() and not (0.0 <= float(gt.min()) and float(gt.max()) <= 1.0):  # NaN fails both comparisons
         raise ValueError(f"gt must be bool or hold values in [0,1], got values in [{float(gt.min()):.4g}, "
                          f"{float(gt.max()):.4g}]; build it with saliencylab.metrics.ground_truth "
                          "(class_masks_from_segmentation, class_masks_from_boxes)")
@@ -89,30 +90,29 @@ def _undefined(score: Tensor, undefined: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------- pointing games
 
-def _dilate(gt: Tensor, tolerance: float) -> Tensor:
-    """Pixels closer than ``tolerance`` (Euclidean, strict <) to a gt pixel: (B,K,H,W) bool -> same.
-
-    The disk is the union of horizontal runs, one per row offset dy; each run is a window sum of
-    a cumulative sum along x, so the cost is O(tolerance * H * W) with no large kernel.
-    """
+def _disk(tolerance: float, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Integer offsets (dy, dx), each (O,), strictly closer than ``tolerance`` (Euclidean) to the origin."""
     if tolerance <= 0:
         raise ValueError(f"tolerance must be > 0 pixels, got {tolerance}")
-    height, width = gt.shape[-2:]
     r = math.ceil(tolerance) - 1  # largest integer offset strictly below the tolerance
-    padded = F.pad(gt.to(torch.int32), (r + 1, r, r, r))  # one extra zero column before the cumsum
-    csum = padded.cumsum(-1)
-    out = torch.zeros_like(gt, dtype=torch.bool)
-    for dy in range(-r, r + 1):
-        half = max(dx for dx in range(r + 1) if dx * dx + dy * dy < tolerance * tolerance)
-        rows = csum[..., r + dy: r + dy + height, :]
-        window = rows[..., r + 1 + half: r + 1 + half + width] - rows[..., r - half: r - half + width]
-        out |= window > 0
-    return out
+    steps = torch.arange(-r, r + 1, device=device)
+    dy, dx = torch.meshgrid(steps, steps, indexing="ij")
+    inside = dy * dy + dx * dx < tolerance * tolerance
+    return dy[inside], dx[inside]
 
 
 def _hits(gt: Tensor, points: Tensor, tolerance: float) -> Tensor:
-    """gt (B,K,H,W) bool, points (B,K,S) flat pixel indices -> (B,K,S) bool: a gt pixel lies within the tolerance."""
-    return _dilate(gt, tolerance).flatten(2).gather(-1, points)
+    """gt (B,K,H,W) bool, points (B,K,S) flat pixel indices -> (B,K,S) bool: a gt pixel lies within the tolerance.
+
+    Reads only the disk of radius < ``tolerance`` around each point (O(S·tolerance²) per pair), never the whole gt.
+    """
+    height, width = gt.shape[-2:]
+    dy, dx = _disk(tolerance, gt.device)
+    y = (points // width).unsqueeze(-1) + dy  # (B,K,S,O)
+    x = (points % width).unsqueeze(-1) + dx
+    inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
+    flat = (y.clamp(0, height - 1) * width + x.clamp(0, width - 1)).flatten(2)
+    return (gt.flatten(2).gather(-1, flat).view_as(inside) & inside).any(-1)
 
 
 def _check_pointing(maps: Tensor, gt: Tensor, skip: Tensor | None, peak: bool = True) -> tuple[Tensor, Tensor]:
@@ -141,7 +141,7 @@ def pointing_game(maps: Tensor, gt: Tensor, tolerance: float = 15.0, skip: Tenso
     The protocol's score is the mean of per-class accuracies: :func:`aggregate.class_mean`.
     """
     gt, undefined = _check_pointing(maps, gt, skip)
-    points = maps.flatten(2).nan_to_num(nan=-math.inf).argmax(-1, keepdim=True)
+    points = maps.flatten(2).argmax(-1, keepdim=True)  # a NaN map points anywhere: its score is NaN
     return _undefined(_hits(gt, points, tolerance).squeeze(-1), undefined)
 
 
@@ -315,13 +315,16 @@ def pixel_auc(maps: Tensor, gt: Tensor, ignore: Tensor | None = None) -> Tensor:
     m, s, w, undefined = _prepare(maps, gt, ignore)
     counted = w.flatten(2) > 0
     scores = m.flatten(2).masked_fill(~counted, math.inf)  # ignored pixels rank above every mask value
-    ordered = scores.sort(-1).values
-    # Average rank (1-based) of each value, doubled to stay integer: first + last position + 1.
-    twice_rank = (torch.searchsorted(ordered, scores) + torch.searchsorted(ordered, scores, right=True) + 1)
-    positive = (s.flatten(2) > 0) & counted
+    ordered, order = scores.sort(-1)
+    # Average rank (1-based) of each run of tied values, doubled to stay integer: first + last position + 2.
+    position = torch.arange(ordered.shape[-1], device=ordered.device).expand_as(ordered)
+    change = ordered[..., 1:] != ordered[..., :-1]
+    first = position.where(F.pad(change, (1, 0), value=True), 0).cummax(-1).values
+    last = position.where(F.pad(change, (0, 1), value=True), ordered.shape[-1] - 1).flip(-1).cummin(-1).values.flip(-1)
+    positive = ((s.flatten(2) > 0) & counted).gather(-1, order)
     num_pos = positive.sum(-1)
     num_neg = counted.sum(-1) - num_pos
-    twice_u = (twice_rank * positive).sum(-1) - num_pos * (num_pos + 1)
+    twice_u = ((first + last + 2) * positive).sum(-1) - num_pos * (num_pos + 1)
     auc = twice_u.float() / (2 * num_pos * num_neg).float()
     return _undefined(auc, undefined | (num_pos == 0) | (num_neg == 0))
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -11,6 +12,102 @@ from saliencylab.types import IMAGENET_MEAN, IMAGENET_STD
 
 SCORES = ("logit", "softmax", "sigmoid")
 LAYOUTS = ("auto", "nchw", "nhwc", "tokens")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one layer's output reads as a (B,C,h,w) grid, and back.
+
+    ``kind``: ``"nchw"`` (CNN maps), ``"nhwc"`` (channels-last: Swin stages, ConvNeXt block
+    internals) or ``"tokens"`` ((B,N,D): ``prefix`` class/distillation tokens first, then the
+    ``height`` x ``width`` patches in row-major order).
+    """
+
+    kind: str
+    prefix: int = 0
+    height: int = 0
+    width: int = 0
+
+    def to_grid(self, output: Tensor) -> Tensor:
+        """A raw layer output (or its gradient) -> (B,C,h,w)."""
+        if self.kind == "nchw":
+            return output
+        if self.kind == "nhwc":
+            return output.permute(0, 3, 1, 2)
+        return output[:, self.prefix:].transpose(1, 2).reshape(output.shape[0], output.shape[2], self.height, self.width)
+
+    def from_grid(self, grid: Tensor) -> Tensor:
+        """(B,C,h,w) -> the layer's raw layout; prefix tokens are zero (a grid holds no value for them)."""
+        if self.kind == "nchw":
+            return grid
+        if self.kind == "nhwc":
+            return grid.permute(0, 2, 3, 1)
+        patches = grid.flatten(2).transpose(1, 2)
+        return torch.cat([patches.new_zeros(grid.shape[0], self.prefix, grid.shape[1]), patches], dim=1)
+
+
+def _fits(height: int, width: int, size: tuple[int, int]) -> bool:
+    """Whether a height x width grid is the input ``size`` (H,W) shrunk by one stride for both axes (to within rounding)."""
+    big_h, big_w = size
+    return 0 < height <= big_h and 0 < width <= big_w and abs(width * big_h - height * big_w) < min(big_h, big_w)
+
+
+def _channels_last_hint(module: nn.Module | None, model: nn.Module, channels: int) -> bool:
+    """A tie-break for a (B,a,b,c) output whose both readings fit: timm's ``output_fmt="NHWC"``, or a
+    LayerNorm / Linear module over the last axis (a channels-last norm or projection)."""
+    if getattr(model, "output_fmt", "NCHW") == "NHWC":
+        return True
+    if isinstance(module, nn.LayerNorm):
+        return tuple(module.normalized_shape) == (channels,)
+    return isinstance(module, nn.Linear) and module.out_features == channels
+
+
+def _patch_grid(patches: int, size: tuple[int, int], model: nn.Module) -> tuple[int, int] | None:
+    """(h,w) with h*w = patches: timm's ``patch_embed.grid_size`` when it matches, else the divisor pair fitting ``size``."""
+    grid = tuple(getattr(getattr(model, "patch_embed", None), "grid_size", ()) or ())
+    if len(grid) == 2 and grid[0] * grid[1] == patches:
+        return int(grid[0]), int(grid[1])
+    pairs = [(h, patches // h) for h in range(1, patches + 1) if patches % h == 0 and _fits(h, patches // h, size)]
+    return pairs[0] if len(pairs) == 1 else None
+
+
+def infer_layout(output: Tensor, size: tuple[int, int], model: nn.Module, module: nn.Module | None = None,
+                 declared: str = "auto") -> Layout:
+    """The layout of ``output``, a layer's output for input images of ``size`` (H,W).
+
+    4D: the two axes that are the input shrunk by one stride are the grid ((B,C,h,w) or (B,h,w,C));
+    when both readings fit (C equal to a grid side) timm's ``output_fmt`` or a channels-last
+    LayerNorm/Linear module decides, else NCHW. 3D tokens (B,N,D): timm's ``num_prefix_tokens``, or
+    torchvision's ``class_token`` (1), else the fewest leading tokens whose remainder tiles the input's
+    aspect ratio; the patch grid is timm's ``patch_embed.grid_size`` or the divisor pair fitting ``size``.
+    ``declared`` (one of LAYOUTS) forces the kind.
+    """
+    if declared not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {declared!r}")
+    dims = {3: "tokens", 4: "4D"}.get(output.dim())
+    if dims is None:
+        raise ValueError(f"a layer read as a grid must output a (B,C,h,w) map, a channels-last (B,h,w,C) map or "
+                         f"(B,N,D) tokens, got shape {tuple(output.shape)}")
+    if declared != "auto" and (declared == "tokens") != (dims == "tokens"):
+        raise ValueError(f"layout {declared!r} needs a {3 if declared == 'tokens' else 4}D layer output, "
+                         f"got shape {tuple(output.shape)}")
+    if dims == "4D":
+        if declared != "auto":
+            return Layout(declared)
+        first, nchw, nhwc = output.shape[1:], _fits(*output.shape[2:], size), _fits(*output.shape[1:3], size)
+        if nchw != nhwc:
+            return Layout("nhwc" if nhwc else "nchw")
+        return Layout("nhwc" if _channels_last_hint(module, model, int(first[-1])) else "nchw")
+    tokens = output.shape[1]
+    prefix = getattr(model, "num_prefix_tokens", None)
+    if prefix is None and isinstance(getattr(model, "class_token", None), Tensor):
+        prefix = 1
+    for start in [prefix] if prefix is not None else range(tokens):
+        grid = _patch_grid(tokens - start, size, model)
+        if grid is not None:
+            return Layout("tokens", start, *grid)
+    raise ValueError(f"cannot lay {tokens} tokens on a patch grid of a {size[0]}x{size[1]} input "
+                     f"({prefix if prefix is not None else 'any number of'} prefix tokens)")
 
 
 @contextmanager
@@ -65,9 +162,9 @@ class Classifier(nn.Module):
     the first entry is the default ("auto") layer; with none named, "auto" is chosen by
     :func:`find_feature_layer`.
     ``layouts``: how a layer's output reads as a (B,C,h,w) grid, keyed by layer name or module
-    path: ``"auto"`` (default: from the output's dims and the model, see
-    ``saliencylab.methods.layers``), ``"nchw"``, ``"nhwc"`` (channels-last, e.g. Swin) or
-    ``"tokens"`` ((B,N,D): prefix tokens dropped, patches reshaped to their grid).
+    path: ``"auto"`` (default: inferred from the output's shape, the input size and the module, see
+    :func:`infer_layout`), ``"nchw"``, ``"nhwc"`` (channels-last, e.g. Swin) or ``"tokens"``
+    ((B,N,D): prefix tokens dropped, patches reshaped to their grid).
     """
 
     def __init__(
@@ -147,6 +244,10 @@ class Classifier(nn.Module):
             name = next(iter(self.layers))
         return self.layouts.get(name, self.layouts.get(path, "auto"))
 
+    def read_layout(self, name: str, output: Tensor, size: tuple[int, int]) -> Layout:
+        """The :class:`Layout` of ``output``, layer ``name``'s output for input images of ``size`` (H,W)."""
+        return infer_layout(output, tuple(size), self.model, self.layer(name), self.layer_layout(name))
+
     @property
     def num_classes(self) -> int | None:
         return len(self.class_names) if self.class_names is not None else None
@@ -161,27 +262,31 @@ class Classifier(nn.Module):
         return masks * images + (1 - masks) * fill
 
 
+def input_size(model: nn.Module) -> tuple[int, int]:
+    """The (H,W) a model is built for: timm's ``patch_embed.img_size``, torchvision ViT's ``image_size``, else 224x224."""
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None) or getattr(model, "image_size", None) or 224
+    return tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+
+
 def find_feature_layer(model: nn.Module, size: tuple[int, int] | None = None) -> str:
     """The module path a CAM explains by default, found by one forward of a 1x3xHxW zero image.
 
-    Token models (timm ViT/DeiT: ``model.blocks`` whose last block outputs (B,N,D)): the last
-    block's ``norm1`` (its input to attention, as pytorch-grad-cam recommends: the last block's
-    own output reaches a class-token head only through the class token), else that block.
-    Otherwise the last module, run exactly once, whose output is a (B,C,h,w) map with h,w > 1
-    ((B,h,w,C) for timm's channels-last models, ``output_fmt="NHWC"``: Swin), i.e. the last
-    feature map before global pooling. ``size``: (H,W), default ``model.patch_embed.img_size``
-    (timm) or 224x224.
+    Token models (timm ViT/DeiT/BEiT ``blocks``, torchvision ViT ``encoder.layers``: the last
+    Sequential/ModuleList whose every block outputs (B,N,D) tokens): the last block's first
+    LayerNorm (its input to attention, as pytorch-grad-cam recommends: the last block's own output
+    reaches a class-token head only through the class token), else that block. Otherwise the last
+    module with parameters, run exactly once, whose output reads (:func:`infer_layout`) as a grid
+    with h,w > 1: the last feature map before global pooling, NCHW (CNNs, ConvNeXt) or
+    channels-last (Swin's final norm). ``size``: (H,W), default :func:`input_size`.
     """
-    size = size or tuple(getattr(getattr(model, "patch_embed", None), "img_size", None) or (224, 224))
-    channels_last = getattr(model, "output_fmt", "NCHW") == "NHWC"
-    shapes: dict[str, list[tuple[int, ...]]] = {}
+    size = tuple(size or input_size(model))
+    outputs: dict[str, list[object]] = {}
 
     def record(name: str):
-        return lambda _m, _i, out: shapes.setdefault(name, []).append(
-            tuple(out.shape) if isinstance(out, Tensor) else ())
+        return lambda _m, _i, out: outputs.setdefault(name, []).append(out if isinstance(out, Tensor) else None)
 
-    modules = [(name, m) for name, m in model.named_modules() if name]
-    handles = [m.register_forward_hook(record(name)) for name, m in modules]
+    modules = {name: m for name, m in model.named_modules() if name}
+    handles = [m.register_forward_hook(record(name)) for name, m in modules.items()]
     try:
         param = next(model.parameters(), None)
         dummy = torch.zeros(1, 3, *size, device=param.device if param is not None else None)
@@ -193,23 +298,29 @@ def find_feature_layer(model: nn.Module, size: tuple[int, int] | None = None) ->
     finally:
         for handle in handles:
             handle.remove()
-    blocks = getattr(model, "blocks", None)
-    if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks):
-        last = f"blocks.{len(blocks) - 1}"
-        if [len(s) for s in shapes.get(last, [])] == [3]:
-            norm1 = getattr(blocks[-1], "norm1", None)
-            return f"{last}.norm1" if isinstance(norm1, nn.Module) and len(shapes.get(f"{last}.norm1", [])) == 1 else last
+    once = {name: calls[0] for name, calls in outputs.items() if len(calls) == 1 and calls[0] is not None}
+    order = list(outputs)  # modules in the order their forward finished
 
-    def spatial(calls: list[tuple[int, ...]]) -> bool:
-        if len(calls) != 1 or len(calls[0]) != 4:
+    def tokens(name: str) -> bool:
+        return name in once and once[name].dim() == 3
+
+    stacks = [name for name, m in modules.items() if isinstance(m, (nn.Sequential, nn.ModuleList)) and len(m)
+              and all(tokens(f"{name}.{child}") for child, _ in m.named_children())]
+    if stacks:
+        lasts = [f"{name}.{list(modules[name].named_children())[-1][0]}" for name in stacks]
+        last = max(lasts, key=order.index)
+        norms = [f"{last}.{child}" for child, m in modules[last].named_children() if isinstance(m, nn.LayerNorm)]
+        return norms[0] if norms and tokens(norms[0]) else last
+
+    def spatial(name: str) -> bool:
+        if name not in once or once[name].dim() != 4 or next(modules[name].parameters(), None) is None:
             return False
-        height, width = calls[0][1:3] if channels_last else calls[0][2:]
-        return height > 1 and width > 1
+        grid = infer_layout(once[name], size, model, modules[name]).to_grid(once[name])
+        return grid.shape[2] > 1 and grid.shape[3] > 1
 
-    candidates = [name for name, _ in modules if spatial(shapes.get(name, []))]
+    candidates = [name for name in modules if spatial(name)]
     if not candidates:
-        raise ValueError("could not choose a CAM layer automatically: no module outputs a (B,C,h,w) feature map "
-                         f"with h,w > 1 (nor (B,N,D) tokens of model.blocks) for a 1x3x{size[0]}x{size[1]} image; "
+        raise ValueError("could not choose a CAM layer automatically: no module with parameters outputs a feature "
+                         f"map with h,w > 1 (nor tokens of a stack of blocks) for a 1x3x{size[0]}x{size[1]} image; "
                          "pass layer='<module path>' or name one with Classifier(layers={'features': '<path>'})")
-    order = list(shapes)  # modules in the order their forward finished
     return max(candidates, key=order.index)

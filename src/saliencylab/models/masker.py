@@ -12,7 +12,7 @@ upsampled to the resolution of ResNet's layer1 and the mask piecewise constant o
 original upsamples that x4 to 224, here to the input's exact size, so any H,W works).
 ``head_stride=None`` uses the finest chosen layer's resolution instead.
 Default layers: ResNet's ``layer3`` + ``layer4`` (the paper's "layers 4 and 5"); other backbones
-name theirs (any of ``Classifier.layers`` or a dotted module path; layers must output (B,C,h,w)).
+name theirs (any of ``Classifier.layers`` or a dotted module path; any layout ``Classifier.read_layout`` reads).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saliencylab.models.classifier import Classifier, captured_output, scoped_eval
+from saliencylab.models.classifier import Classifier, captured_output, input_size, scoped_eval
 from saliencylab.models.io import load_described_network
 
 DEFAULT_LAYERS = ("layer3", "layer4")
@@ -43,32 +43,35 @@ def default_layers(classifier: Classifier) -> tuple[str, ...]:
 
 
 def classifier_features(classifier: Classifier, x: Tensor, layers: Sequence[str]) -> tuple[Tensor, list[Tensor]]:
-    """Logits (B,C) of *normalised* images x (B,3,H,W) and the output (B,C_l,h_l,w_l) of each layer, in order.
+    """Logits (B,C) of *normalised* images x (B,3,H,W) and the output of each layer as a (B,C_l,h_l,w_l) grid, in order.
 
-    Forward hooks on ``classifier.layer(name)`` record the outputs and are always removed. The
-    features keep their graph: detach them before a masker sees them.
+    Forward hooks on ``classifier.layer(name)`` record the outputs and are always removed; each is read
+    in its layout (``Classifier.read_layout``: CNN maps, channels-last maps, tokens). The features keep
+    their graph: detach them before a masker sees them.
     """
     with ExitStack() as hooks:
         recorded = [hooks.enter_context(captured_output(classifier.layer(name))) for name in layers]
         logits = classifier.model(x)
     features = []
     for name, calls in zip(layers, recorded):
-        if len(calls) != 1 or not isinstance(calls[0], Tensor) or calls[0].dim() != 4:
+        if len(calls) != 1 or not isinstance(calls[0], Tensor) or calls[0].dim() not in (3, 4):
             shapes = [tuple(c.shape) if isinstance(c, Tensor) else type(c).__name__ for c in calls]
-            raise ValueError(f"masker layer {name!r} must run once per forward and output a (B,C,h,w) map, "
-                             f"got {shapes}")
-        features.append(calls[0])
+            raise ValueError(f"masker layer {name!r} must run once per forward and output a (B,C,h,w) map, a "
+                             f"channels-last map or (B,N,D) tokens, got {shapes}")
+        features.append(classifier.read_layout(name, calls[0], x.shape[-2:]).to_grid(calls[0]))
     return logits, features
 
 
-def layer_channels(classifier: Classifier, layers: Sequence[str], size: int = 224) -> list[int]:
-    """Channel count of each layer's output, from one eval-mode forward of a 1x3x``size``x``size`` zero image.
+def layer_channels(classifier: Classifier, layers: Sequence[str], size: int | None = None) -> list[int]:
+    """Channel count of each layer's grid, from one eval-mode forward of a 1x3x``size``x``size`` zero image
+    (default: the size the model is built for, :func:`~saliencylab.models.classifier.input_size`).
 
     Every module's train/eval and requires_grad flags are restored afterwards.
     """
     param = next(classifier.parameters(), None)
+    height, width = (size, size) if size else input_size(classifier.model)
     with scoped_eval(classifier), torch.no_grad():
-        zeros = torch.zeros(1, 3, size, size, device=param.device if param is not None else None)
+        zeros = torch.zeros(1, 3, height, width, device=param.device if param is not None else None)
         _, features = classifier_features(classifier, zeros, layers)
     return [int(f.shape[1]) for f in features]
 
