@@ -189,16 +189,25 @@ def test_cli_errors_are_messages(project, tmp_path, capsys):
         main([*base, "--data", f"voc:{root}", "--shard", "2/2"])
 
 
-def test_a_stale_run_is_cleared_and_a_current_one_kept(project, tmp_path):
-    from saliencylab.bench.run import clear_if_stale, weights_stamp
+def test_a_stale_run_is_refused_or_replaced_and_a_current_one_kept(project, tmp_path):
+    from saliencylab.bench.run import weights_stamp
 
+    _, classifier, dataset = project
     folder = project[0] / "classifier"
     description = {"classifier": weights_stamp(folder), "dataset": "voc"}
     assert list(description["classifier"]) == [str(folder / "classifier.safetensors")]
-    _, classifier, dataset = project
-    run_benchmark(classifier, dataset, ["zeros"], tmp_path / "out", metric_names=["mean_f1"], progress=False,
-                  description=description)
-    clear_if_stale(tmp_path / "out", description)
-    assert (tmp_path / "out" / "scores" / "zeros").is_dir()  # same networks: kept, to resume
-    clear_if_stale(tmp_path / "out", {**description, "classifier": {"retrained": "0" * 64}})
-    assert not (tmp_path / "out").exists()
+
+    def bench(described: dict, **kwargs) -> dict:
+        return run_benchmark(classifier, dataset, ["zeros"], tmp_path / "out", metric_names=["mean_f1"],
+                             progress=False, description=described, **kwargs)
+
+    bench(description)
+    batch = tmp_path / "out" / "scores" / "zeros" / "000000.json"
+    stamp = batch.stat().st_mtime_ns
+    bench(description, replace_stale=True)  # same networks: kept, nothing recomputed
+    assert batch.stat().st_mtime_ns == stamp
+    retrained = {**description, "classifier": {"retrained": "0" * 64}}
+    with pytest.raises(ValueError, match="other settings \\(classifier differ\\)"):
+        bench(retrained)
+    bench(retrained, replace_stale=True)
+    assert batch.stat().st_mtime_ns != stamp

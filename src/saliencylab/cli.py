@@ -203,6 +203,13 @@ def _load_classifier(args: argparse.Namespace) -> tuple[Classifier, dict]:
     return load_classifier(args.model, **options)
 
 
+def _classifier_identity(args: argparse.Namespace) -> dict[str, object]:
+    """What names the classifier on the command line (--classifier, or --model and its options): the engine
+    records it and refuses to resume a run of another classifier."""
+    return {"classifier": args.classifier, "model": args.model,
+            **{name: getattr(args, name) for name in MODEL_OPTIONS if getattr(args, name) is not None}}
+
+
 def _classifier_dir(args: argparse.Namespace, classifier: Classifier, description: dict) -> str:
     """--classifier DIR, or the --model classifier saved to OUT/classifier (a trained network records the
     folder of the classifier it explains, to rebuild it)."""
@@ -371,13 +378,12 @@ def _wsol(args: argparse.Namespace) -> int:
     if args.openimages:
         root = Path(args.openimages)
         test = OpenImagesDataset(root / "dataset", root / "metadata", size=size, class_names=classifier.class_names)
-    identity = {"classifier": args.classifier, "model": args.model,
-                **{name: getattr(args, name) for name in MODEL_OPTIONS if getattr(args, name) is not None}}
     table = run_wsol(classifier, val, rows, args.out, baselines=tuple(args.baselines), test=test,
                      max_box_acc=args.max_box_acc, paper_quirks=args.paper_quirks, batch_size=args.batch_size,
                      device=args.device, progress=not args.no_progress,
-                     description={"classifier": identity, "dataset": {"val": args.val_json, "boxes": args.boxes,
-                                                                      "openimages": args.openimages}})
+                     description={"classifier": _classifier_identity(args),
+                                  "dataset": {"val": args.val_json, "boxes": args.boxes,
+                                              "openimages": args.openimages}})
     print(wsol_table(table), end="")
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=2))
@@ -433,10 +439,9 @@ def _bench_run(args: argparse.Namespace) -> int:
     classifier, description = _load_classifier(args)
     dataset = load_dataset(args.data, class_names=classifier.class_names, image_size=_classifier_size(args, description),
                            options=dict(args.data_set))
-    identity = {"classifier": args.classifier, "model": args.model,
-                **{name: getattr(args, name) for name in MODEL_OPTIONS if getattr(args, name) is not None}}
     results = run_benchmark(classifier, dataset, rows, args.out, metric_names=args.metrics,
-                            description={"classifier": identity, "dataset": {"data": args.data, **dict(args.data_set)}},
+                            description={"classifier": _classifier_identity(args),
+                                         "dataset": {"data": args.data, **dict(args.data_set)}},
                             targets=args.targets, batch_size=args.batch_size, shard=args.shard, seed=args.seed,
                             options=dict(args.option), device=args.device, progress=not args.no_progress,
                             bootstrap=args.bootstrap)

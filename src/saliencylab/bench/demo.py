@@ -18,7 +18,7 @@ from saliencylab import methods, presets, viz
 from saliencylab.bench import report
 from saliencylab.bench.class_specific import class_specific_matrix
 from saliencylab.bench.masking import masking_section, wsol_data_config
-from saliencylab.bench.run import Row, clear_if_stale, run_benchmark, weights_stamp
+from saliencylab.bench.run import Row, run_benchmark, weights_stamp
 from saliencylab.bench.speed import settings_for
 from saliencylab.data import COCODataset, RandomHorizontalFlip, Resize, VOCDataset
 from saliencylab.data.module import InMemory, SaliencyDataModule
@@ -155,9 +155,9 @@ def evaluate_methods(classifier: Classifier, test: Dataset, out_dir: Path, train
     rows.update({name: Row(reference) for name, reference in REFERENCE_ROWS.items()})
     description = {"classifier": weights_stamp(out_dir / "classifier", *trained.values()),
                    "dataset": "synthetic voc test"}
-    clear_if_stale(out_dir / "bench", description)  # scores of a retrained classifier or explainer
     results = run_benchmark(classifier, test, rows, out_dir / "bench", metric_names=DEMO_METRICS,
-                            description=description, batch_size=batch_size, device=device, progress=progress)
+                            description=description, batch_size=batch_size, device=device, progress=progress,
+                            replace_stale=True)
     figure_batch = collate([test[i] for i in range(min(figure_images, len(test)))])
     comparison = [[viz.to_uint8_image(figure_batch.images[i]), viz.segmentation_to_rgb(figure_batch.segmentation[i])]
                   for i in range(len(figure_batch))]

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from saliencylab import methods, presets, viz
 from saliencylab.bench import report, sanity, wsol
-from saliencylab.bench.run import Row, clear_if_stale, weights_stamp
+from saliencylab.bench.run import Row, weights_stamp
 from saliencylab.data.imagenet import ImageNetDataset
 from saliencylab.data.module import InMemory, SaliencyDataModule
 from saliencylab.data.openimages import OpenImagesDataset
@@ -142,10 +142,8 @@ def wsol_rows(classifier: Classifier, classifier_dir: Path, folders: dict[str, P
     rows = {"gradcam": Row("gradcam"), **{name: Row("masker", {"checkpoint": str(folder)})
                                          for name, folder in folders.items()}}
     description = {"classifier": weights_stamp(classifier_dir, *folders.values()), "dataset": "synthetic imagenet"}
-    for split in ("val", "pxap"):
-        clear_if_stale(out_dir / split, description)
     table = wsol.run_wsol(classifier, val, rows, out_dir, test=test, batch_size=batch_size, device=device,
-                          progress=progress, description=description)
+                          progress=progress, description=description, replace_stale=True)
     for name in rows:
         print(f"  {name:18s} LE {table[name]['LE']:.3f}   OM {table[name]['OM']:.3f}   F1 {table[name]['F1']:.3f}   "
               f"PxAP {table[name]['PxAP']:.1f}")

@@ -29,7 +29,7 @@ from saliencylab.bench import report
 from saliencylab.bench.demo import pick_device, prepare_classifier, prepare_data, prepare_explainers
 from saliencylab.bench.masking import (data_randomization, masker_methods, prepare_maskers, prepare_single_label,
                                        wsol_data_config)
-from saliencylab.bench.run import Row, clear_if_stale, html_tables, run_benchmark, weights_stamp
+from saliencylab.bench.run import Row, html_tables, run_benchmark, weights_stamp
 from saliencylab.data.synthetic import SyntheticConfig
 from saliencylab.types import collate
 
@@ -115,9 +115,9 @@ def reproduce_000(out_dir: Path, *, config: SyntheticConfig, device: torch.devic
         settings[method] = {**settings[method], **changed}
     rows = {name: Row(name, values, images) for name, values in settings.items()}
     stamp = {"classifier": weights_stamp(out_dir / "classifier", trained["explainer"]), "dataset": "synthetic voc test"}
-    clear_if_stale(out_dir / "bench", stamp)
     bench = run_benchmark(classifier, datamodule.test, rows, out_dir / "bench", metric_names=METRICS_000,
-                          description=stamp, batch_size=batch_size, device=device, progress=progress)
+                          description=stamp, batch_size=batch_size, device=device, progress=progress,
+                          replace_stale=True)
     return {"claims": claims_000(bench), "settings": settings, "deviations": overrides or {},
             "classifier": {"test": description["test"], "epochs": description["epochs"]}, "bench": {"test": bench}}
 
@@ -185,9 +185,7 @@ def reproduce_001(out_dir: Path, *, config: SyntheticConfig, device: torch.devic
             "ca": Row("masker", {"checkpoint": str(folders["ca"])}), "gradcam": Row("gradcam"),
             "center": Row("center_box")}
     stamp = {"classifier": weights_stamp(out_dir / "classifier", *folders.values()), "dataset": str(root)}
-    for folder in ("bench_val", "bench_pxap"):
-        clear_if_stale(out_dir / folder, stamp)
-    common = dict(description=stamp, batch_size=batch_size, device=device, progress=progress)
+    common = dict(description=stamp, batch_size=batch_size, device=device, progress=progress, replace_stale=True)
     bench_val = run_benchmark(classifier, val, rows, out_dir / "bench_val", metric_names=METRICS_001, **common)
     bench_pxap = run_benchmark(classifier, test, rows, out_dir / "bench_pxap", metric_names=["pxap"], **common)
     classifier = classifier.to(device)

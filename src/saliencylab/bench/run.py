@@ -178,7 +178,7 @@ def weights_stamp(*folders: str | Path) -> dict[str, str]:
             for folder in folders for path in sorted(Path(folder).glob("*.safetensors"))}
 
 
-def clear_if_stale(out_dir: str | Path, description: dict) -> None:
+def _clear_if_stale(out_dir: Path, description: dict) -> None:
     """Remove ``out_dir`` when its run.json records another classifier or dataset than ``description`` (the
     scores of networks since retrained); a run of the same description is kept, to resume."""
     run_file = Path(out_dir) / "run.json"
@@ -204,15 +204,17 @@ def run_benchmark(classifier: Classifier, dataset: Dataset, rows: Sequence[str] 
                   out_dir: str | Path, *, metric_names: Sequence[str] | None = None, description: dict | None = None,
                   targets: str = "labels", batch_size: int = 16, shard: tuple[int, int] = (0, 1), seed: int = 0,
                   options: dict[str, object] | None = None, device: torch.device | str = "cpu",
-                  progress: bool = True, bootstrap: int = 1000) -> dict:
+                  progress: bool = True, bootstrap: int = 1000, replace_stale: bool = False) -> dict:
     """Score every row on ``dataset`` with every metric; write ``out_dir`` (see the module docstring); return
     the aggregated results (:func:`aggregate`).
 
     classifier: the explained model; dataset: Samples of one size (resized by the loader); rows: method or
     reference names, or name -> :class:`Row`; metric_names: registered metrics (None: every one the
     dataset supports); description: what the classifier and dataset are (recorded in run.json and
-    compared on resume); targets: "labels" or "top1"/"top3"/"top5"; options: metric protocol switches
-    (see :class:`MetricInputs`). Resumable and shardable as the module docstring says.
+    compared on resume; ``weights_stamp`` makes it change when a network is retrained); targets: "labels"
+    or "top1"/"top3"/"top5"; options: metric protocol switches (see :class:`MetricInputs`).
+    Resumable and shardable as the module docstring says. A folder holding a run of another classifier or
+    dataset is refused, or with ``replace_stale`` removed and computed anew (callers that retrain networks).
     """
     index, count = shard
     if count < 1 or not 0 <= index < count:
@@ -225,6 +227,8 @@ def run_benchmark(classifier: Classifier, dataset: Dataset, rows: Sequence[str] 
     metric_names = check_metrics(metric_names, dataset)
     out_dir = Path(out_dir)
     options = dict(options or {})
+    if replace_stale:
+        _clear_if_stale(out_dir, description or {})
     _check_identity(out_dir / "run.json", {
         "schema": SCHEMA, "classifier": (description or {}).get("classifier"),
         "dataset": (description or {}).get("dataset"), "images": len(dataset), "targets": targets,

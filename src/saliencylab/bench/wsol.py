@@ -64,11 +64,13 @@ def summary(entry: dict) -> dict[str, float]:
 def run_wsol(classifier: Classifier, val: Dataset, methods: dict[str, Row], out_dir: str | Path, *,
              baselines: tuple[str, ...] = tuple(BASELINES), test: Dataset | None = None, max_box_acc: bool = False,
              paper_quirks: bool = False, batch_size: int = 32, device: torch.device | str = "cpu",
-             progress: bool = True, description: dict | None = None) -> dict[str, dict[str, float]]:
+             progress: bool = True, description: dict | None = None,
+             replace_stale: bool = False) -> dict[str, dict[str, float]]:
     """The WSOL table of ``baselines`` and ``methods`` (row name -> engine Row) on ``val`` (single-label Samples
     with boxes), plus PxAP on ``test`` (Samples with a segmentation, e.g. OpenImagesDataset) when given.
 
-    Writes the engine's folders ``out_dir/val`` and ``out_dir/pxap`` (resumable); returns row -> column -> value.
+    Writes the engine's folders ``out_dir/val`` and ``out_dir/pxap`` (resumable; ``description`` and
+    ``replace_stale`` as :func:`run_benchmark`'s); returns row -> column -> value.
     """
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
@@ -76,7 +78,7 @@ def run_wsol(classifier: Classifier, val: Dataset, methods: dict[str, Row], out_
     rows = {**{name: Row(BASELINES[name]) for name in baselines}, **methods}
     metric_names = [*COLUMNS.values(), *(BOX_COLUMNS.values() if max_box_acc else ())]
     common = dict(description=description, batch_size=batch_size, device=device, progress=progress,
-                  options=paper_quirk_options(paper_quirks))
+                  options=paper_quirk_options(paper_quirks), replace_stale=replace_stale)
     out_dir = Path(out_dir)
     results = run_benchmark(classifier, val, rows, out_dir / "val", metric_names=metric_names, **common)
     table = {name: summary(entry) for name, entry in results["rows"].items()}
