@@ -345,7 +345,8 @@ def _sanity(args: argparse.Namespace) -> int:
         print(f"wrote {stem}.json")
         return 0
     test = cascading_randomization if args.mode == "cascading" else independent_randomization
-    result = test(explain, classifier, images, targets, seed=args.seed, layers=args.layers)
+    result = test(explain, classifier, images, targets, seed=args.seed, layers=args.layers,
+                  progress=not args.no_progress)
     Path(f"{stem}.json").write_text(json.dumps(result.to_dict(), indent=2))
     plot_randomization(result, f"{stem}.png", title=f"{args.mode} randomisation: {args.method}")
     print(f"{'layer':16s}" + "".join(f"{m:>14s}" for m in MEASURES))
@@ -713,6 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     sanity.add_argument("--seed", type=int, metavar="N", default=0, help="seed of the random weights (default 0)")
     sanity.add_argument("--out", default="runs/sanity", metavar="DIR",
                         help="output folder for sanity_<mode>_<method>.json (and .png) (default runs/sanity)")
+    sanity.add_argument("--no-progress", action="store_true")
     sanity.set_defaults(run=_sanity)
 
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="benchmark", required=True)

@@ -27,6 +27,7 @@ from PIL import Image
 from skimage.feature import hog
 from skimage.metrics import structural_similarity
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from saliencylab.bench.report import save_png
 from saliencylab.models.classifier import Classifier, check_images
@@ -236,7 +237,7 @@ class RandomizationResult:
 
 
 def _randomization(mode: str, explain: Explain, classifier: Classifier, images: Tensor, targets: Targets,
-                   seed: int, layers: Sequence[str] | None) -> RandomizationResult:
+                   seed: int, layers: Sequence[str] | None, progress: bool) -> RandomizationResult:
     check_images(images)
     all_layers = randomization_layers(classifier)
     layers = all_layers if layers is None else list(layers)
@@ -250,7 +251,7 @@ def _randomization(mode: str, explain: Explain, classifier: Classifier, images: 
     try:
         gold = explain(classifier, images, targets)
         rows = [compare_maps(gold, explain(classifier, images, targets))]
-        for layer in layers:
+        for layer in tqdm(layers, desc=f"{mode} randomization", unit="layer", disable=not progress):
             randomize_layer(classifier, layer, generator)
             rows.append(compare_maps(gold, explain(classifier, images, targets)))
             if mode == "independent":
@@ -263,24 +264,27 @@ def _randomization(mode: str, explain: Explain, classifier: Classifier, images: 
 
 
 def cascading_randomization(explain: Explain, classifier: Classifier, images: Tensor, targets: Targets,
-                            seed: int = 0, layers: Sequence[str] | None = None) -> RandomizationResult:
+                            seed: int = 0, layers: Sequence[str] | None = None,
+                            progress: bool = False) -> RandomizationResult:
     """Randomise layers one after another from the output side, keeping earlier ones random.
 
     ``explain(classifier, images, targets)`` returns maps (B,H,W) or (B,K,H,W) in [0,1] (see the
     module docstring); pass explicit ``targets`` so every run explains the same classes.
     ``layers``: a subset of :func:`randomization_layers` in the order to randomise (default all).
-    ``seed`` fixes the new weights; the original weights are restored afterwards, always.
+    ``seed`` fixes the new weights; the original weights are restored afterwards, always. ``progress``:
+    a progress bar over the layers.
     """
-    return _randomization("cascading", explain, classifier, images, targets, seed, layers)
+    return _randomization("cascading", explain, classifier, images, targets, seed, layers, progress)
 
 
 def independent_randomization(explain: Explain, classifier: Classifier, images: Tensor, targets: Targets,
-                              seed: int = 0, layers: Sequence[str] | None = None) -> RandomizationResult:
+                              seed: int = 0, layers: Sequence[str] | None = None,
+                              progress: bool = False) -> RandomizationResult:
     """Randomise one layer at a time (restored after its run); arguments as :func:`cascading_randomization`.
 
     With the same seed and layers, each layer gets the same new weights as in the cascading test.
     """
-    return _randomization("independent", explain, classifier, images, targets, seed, layers)
+    return _randomization("independent", explain, classifier, images, targets, seed, layers, progress)
 
 
 def plot_randomization(result: RandomizationResult, path: Path | str, title: str = "") -> Path:
