@@ -139,3 +139,15 @@ def test_sanity_randomizes_the_classifier_a_ca_masker_reads(root, classifier_dir
     result = json.loads((tmp_path / "sanity_cascading_masker.json").read_text())
     assert result["mean"]["ssim"][0] == pytest.approx(1.0)
     assert result["mean"]["ssim"][1] < 1.0 - 1e-6  # its input layer re-initialised: the masks change
+
+
+def test_sanity_and_bench_speed_refuse_impossible_counts(root, classifier_dir, capsys):
+    val_json = root / "imagenet" / "metadata" / "val.json"
+    assert main(["sanity", "gradient", "--classifier", str(classifier_dir), "--val-json", str(val_json),
+                 "--images", "100000", "--no-progress"]) == 2
+    assert "--images 100000, but" in capsys.readouterr().err
+    for flag in ("--size", "--batch", "--repeats"):
+        assert main(["bench", "speed", flag, "0"]) == 2
+        assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
+    assert main(["bench", "speed", "--methods", "nope"]) == 2
+    assert "unknown method(s) nope" in capsys.readouterr().err

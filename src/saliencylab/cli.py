@@ -54,6 +54,10 @@ def _speed(args: argparse.Namespace) -> int:
 
     from saliencylab.bench.speed import HEADER, run_speed
 
+    for flag, value in (("--size", args.size), ("--batch", args.batch), ("--repeats", args.repeats)):
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    _check_methods(args.methods or [])
     print(HEADER)
     rows = run_speed(args.model, args.size, args.batch, args.methods, args.settings, args.device, args.repeats,
                      progress=lambda line: print(line, flush=True))
@@ -314,7 +318,11 @@ def _sanity(args: argparse.Namespace) -> int:
         raise ValueError("--layers belongs to --mode cascading or independent")
     classifier, description = _load_classifier(args)
     classifier.to(args.device)
-    batch = evenly_spaced(ImageNetDataset(args.val_json, size=_classifier_size(args, description)), args.images)
+    dataset = ImageNetDataset(args.val_json, size=_classifier_size(args, description))
+    if args.images > len(dataset):
+        raise ValueError(f"--images {args.images}, but {args.val_json} lists {len(dataset)} images; "
+                         f"pass --images {len(dataset)} or fewer")
+    batch = evenly_spaced(dataset, args.images)
     images = batch.images.to(args.device)
     targets = batch.labels.argmax(dim=1).to(args.device)
     settings = dict(args.set)
