@@ -48,13 +48,6 @@ SCHEMA = "saliencylab.bench/1"
 CONFIDENCE = 0.95
 
 
-def _reference_ground_truth(batch: Batch, targets: Tensor) -> Tensor:
-    if batch.segmentation is not None:
-        return ground_truth.class_masks_from_segmentation(batch.segmentation, targets).float()
-    return ground_truth.class_masks_from_boxes(batch.boxes, batch.box_labels, targets,
-                                               tuple(batch.images.shape[-2:])).float()
-
-
 @dataclass(frozen=True)
 class Reference:
     """A reference row: ``masks(batch, targets)`` -> (B,K,H,W) in [0,1], made from the batch itself, and, for
@@ -85,9 +78,9 @@ REFERENCES: dict[str, Reference] = {
     "half": Reference(_constant(0.5), "the constant mask 0.5 (NN-Explainer's reference '0.5')"),
     "ones": Reference(_baseline_masks("max"), "the full mask (NN-Explainer's reference '1'; WSOL's 'max': the whole "
                                               "image as its box)", "max"),
-    "ground_truth": Reference(_reference_ground_truth, "each target class's ground-truth pixels (segmentation, else "
-                                                      "boxes); WSOL: the largest ground-truth box as its box",
-                              "ground_truth"),
+    "ground_truth": Reference(lambda batch, targets: ground_truth.class_masks(batch, targets).float(),
+                              "each target class's ground-truth pixels (segmentation, else boxes); WSOL: the "
+                              "largest ground-truth box as its box", "ground_truth"),
     "center_box": Reference(_baseline_masks("center"), "WSOL's center baseline: the square 33:191 of a 224 image, "
                                                        "scaled to the image", "center"),
 }
@@ -370,7 +363,8 @@ def aggregate(out_dir: str | Path, bootstrap: int = 1000, rows: Sequence[str] | 
             score = {"value": metric.reduce(scores, targets), "ci": _bootstrap(metric.reduce, scores, targets, bootstrap),
                      "defined": int((~scores.isnan()).sum())}
             if metric.per == "target":
-                score["per_class"] = {class_names[c]: metrics.class_mean(scores, targets, len(class_names))[0][c].item()
+                per_class = metrics.class_mean(scores, targets, len(class_names))[0]
+                score["per_class"] = {class_names[c]: per_class[c].item()
                                       for c in sorted(set(targets[targets != PAD].tolist()))}
                 per_pair += [(folder.name, ids[i], int(targets[i, k]), name, float(scores[i, k]))
                              for i in range(len(ids)) for k in range(width) if targets[i, k] != PAD]

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from saliencylab.targets import PAD, as_targets
-from saliencylab.types import VOID
+from saliencylab.types import VOID, Batch
 
 
 def _check_segmentation(segmentation: Tensor) -> None:
@@ -101,3 +101,10 @@ def all_difficult(box_labels: list[Tensor], difficult: list[Tensor], targets: Te
     flags = torch.cat([d.to(device).bool() for d in difficult])
     num_boxes = owners.sum(-1)
     return (num_boxes > 0) & ((owners & flags).sum(-1) == num_boxes)
+
+
+def class_masks(batch: Batch, targets: Tensor) -> Tensor:
+    """(B,K,H,W) bool pixels of each target's class: from the batch's segmentation, else its filled boxes."""
+    if batch.segmentation is not None:
+        return class_masks_from_segmentation(batch.segmentation, targets)
+    return class_masks_from_boxes(batch.boxes, batch.box_labels, targets, tuple(batch.images.shape[-2:]))

@@ -68,9 +68,7 @@ class MetricInputs:
     @cached_property
     def class_masks(self) -> Tensor:
         """(B,K,H,W) bool pixels of each target's class: from the segmentation, else the filled boxes."""
-        if self.batch.segmentation is not None:
-            return ground_truth.class_masks_from_segmentation(self.batch.segmentation, self.targets)
-        return ground_truth.class_masks_from_boxes(self.batch.boxes, self.batch.box_labels, self.targets, self.size)
+        return ground_truth.class_masks(self.batch, self.targets)
 
     @cached_property
     def skip(self) -> Tensor:
