@@ -8,6 +8,7 @@ device, NaN for padded targets.
 from __future__ import annotations
 
 import inspect
+import os
 from dataclasses import dataclass
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,13 +56,38 @@ def hyperparameters(name: str) -> dict[str, object]:
     return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
-def build(name: str, classifier: Classifier, **kwargs: object) -> "Method":
-    """Instantiate the registered method ``name`` bound to ``classifier``; unknown kwargs are an error."""
+_SIMPLE_TYPES = {"int": (int,), "float": (int, float), "str": (str, os.PathLike), "bool": (bool,),
+                 "None": (type(None),)}
+"""Annotations whose values :func:`check_hyperparameters` checks, and what they accept (paths as str)."""
+
+
+def _has_type(value: object, names: list[str]) -> bool:
+    """Whether ``value`` has one of the simple types ``names`` (a bool is no number)."""
+    if isinstance(value, bool):
+        return "bool" in names
+    return any(isinstance(value, _SIMPLE_TYPES[name]) for name in names)
+
+
+def check_hyperparameters(name: str, settings: dict[str, object]) -> None:
+    """ValueError unless every key of ``settings`` is a hyper-parameter of method ``name`` and every value of
+    one annotated with simple types (int, float, str, bool, None and their unions) has one of them."""
     allowed = hyperparameters(name)
-    unknown = sorted(set(kwargs) - set(allowed))
+    unknown = sorted(set(settings) - set(allowed))
     if unknown:
-        raise TypeError(f"method {name!r} has no hyper-parameter(s) {', '.join(unknown)}; "
-                        f"it takes: {', '.join(f'{k}={v!r}' for k, v in allowed.items())}")
+        raise ValueError(f"method {name!r} has no hyper-parameter(s) {', '.join(unknown)}; "
+                         f"it takes: {', '.join(f'{k}={v!r}' for k, v in allowed.items())}")
+    annotations = {p.name: p.annotation for p in inspect.signature(get(name).__init__).parameters.values()}
+    for key, value in settings.items():
+        names = [part.strip() for part in str(annotations[key]).split("|")]
+        if set(names) <= set(_SIMPLE_TYPES) and not _has_type(value, names):
+            raise ValueError(f"method {name!r}: {key} must be {' or '.join(names)} (default {allowed[key]!r}), "
+                             f"got {value!r} ({type(value).__name__})")
+
+
+def build(name: str, classifier: Classifier, **kwargs: object) -> "Method":
+    """Instantiate the registered method ``name`` bound to ``classifier``; unknown kwargs or values of the
+    wrong type are an error (:func:`check_hyperparameters`)."""
+    check_hyperparameters(name, kwargs)
     return get(name)(classifier, **kwargs)
 
 
