@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import warnings
@@ -54,9 +55,6 @@ def _speed(args: argparse.Namespace) -> int:
 
     from saliencylab.bench.speed import HEADER, run_speed
 
-    for flag, value in (("--size", args.size), ("--batch", args.batch), ("--repeats", args.repeats)):
-        if value < 1:
-            raise ValueError(f"{flag} must be at least 1, got {value}")
     _check_methods(args.methods or [])
     print(HEADER)
     rows = run_speed(args.model, args.size, args.batch, args.methods, args.settings, args.device, args.repeats,
@@ -306,8 +304,6 @@ def _sanity(args: argparse.Namespace) -> int:
     from saliencylab.models.load import load_trained_classifier
 
     _check_methods([args.method])
-    if args.images < 1:
-        raise ValueError(f"--images must be at least 1, got {args.images}")
     data_test = args.mode == "data"
     if data_test and not args.other_set and args.other_classifier is None:
         raise ValueError("--mode data compares two sets of maps: give --other-set KEY=VALUE (e.g. the checkpoint of a "
@@ -595,6 +591,9 @@ def _add_evaluation_options(parser: argparse.ArgumentParser, size_note: str = ""
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saliencylab", description="Explain image classifiers and measure the explanations.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error in your input too (before the command: "
+                             "saliencylab --debug explain ...)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="synthetic data -> classifier -> every method and metric -> report")
@@ -834,13 +833,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+USER_ERRORS = (ValueError, OSError)
+"""What a user's input causes, and so ends a command with exit code 2 and one message (no traceback unless
+--debug): ValueError, which saliencylab raises for a value, option, file content or setting that is not what
+was expected (its message names the file, field or option and what was expected), and OSError, a file that
+is missing or cannot be read or written (permissions, a read-only or full disk). Any other exception
+(TypeError, KeyError, RuntimeError, ...) is a bug in saliencylab or a library and keeps its traceback."""
+
+POSITIVE_OPTIONS = ("image_size", "batch_size", "batch", "size", "repeats", "epochs", "images", "slow_images",
+                    "masker_epochs", "explainer_epochs", "examples_per_class", "bootstrap", "train", "num_classes")
+"""Integer options (dest names) that must be at least 1 when given."""
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """ValueError for an integer option below 1 or an --out that is not a folder."""
+    for name in POSITIVE_OPTIONS:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    out = getattr(args, "out", None)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} is a file; expected a folder (new or one this command wrote before)")
+
+
+def _user_message(error: Exception) -> str:
+    """The one-line message of a user error: ours as raised; a system OSError with the file it names."""
+    if isinstance(error, OSError) and error.filename is not None:
+        files = f"{error.filename}" + (f" -> {error.filename2}" if error.filename2 is not None else "")
+        hint = {errno.ENOSPC: "; free some space or choose another --out",
+                errno.EROFS: "; expected a writable folder: choose another --out",
+                errno.EACCES: "; expected a file or folder you may read and write"}.get(error.errno, "")
+        return f"{files}: {error.strerror}{hint}"
+    return str(error)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """Warnings on the command line: one line each, without the source line."""
+    print(f"saliencylab: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; 0 on success, 2 (with one message on stderr) on a user error (:data:`USER_ERRORS`)."""
     args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except (ValueError, FileNotFoundError, TypeError, RuntimeError) as err:
-        print(f"saliencylab {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    command = " ".join(filter(None, (args.command, getattr(args, "benchmark", None))))
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            _check_options(args)
+            return args.run(args)
+        except USER_ERRORS as err:
+            if args.debug:
+                raise
+            print(f"saliencylab {command}: error: {_user_message(err)}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from saliencylab.data.base import AnnotatedDataset, build_sample, clip_boxes, read_image, write_image
+from saliencylab.files import read_json
 from saliencylab.types import BACKGROUND, VOID, Sample
 
 _FILE_KEYS = ("images", "annotations", "categories")
@@ -118,12 +119,7 @@ def _check_values(data: dict, path: Path) -> None:
 
 def _load_coco(annotation_file: Path) -> COCO:
     """A pycocotools COCO index of an instances file, checked for the keys and ids the loader uses."""
-    if not annotation_file.is_file():
-        raise FileNotFoundError(f"COCO annotation file {annotation_file} not found")
-    try:
-        data = json.loads(annotation_file.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"COCO annotation file {annotation_file} is not valid JSON: {error}") from None
+    data = read_json(annotation_file, "COCO annotation file")
     _check_keys([data], _FILE_KEYS, "the top level", annotation_file)
     _check_keys(data["images"], _IMAGE_KEYS, "image", annotation_file)
     _check_keys(data["categories"], _CATEGORY_KEYS, "category", annotation_file)

@@ -29,6 +29,7 @@ import numpy as np
 
 from saliencylab.data.base import IMAGE_EXTENSIONS
 from saliencylab.data.voc import parse_annotation
+from saliencylab.files import read_json
 
 BOX_KEYS = ("xmin", "ymin", "xmax", "ymax")
 
@@ -79,19 +80,10 @@ def write_metadata(path: str | Path, metadata: ImageNetMetadata) -> Path:
     return path
 
 
-def _load_json(path: Path, what: str) -> object:
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{what} {path} is not valid JSON: {error}") from None
-
-
 def read_metadata(path: str | Path) -> ImageNetMetadata:
     """Read and check a metadata JSON (see the module docstring)."""
     path = Path(path)
-    data = _load_json(path, "metadata file")
+    data = read_json(path, "metadata file")
 
     def fail(expected: str) -> ValueError:
         return ValueError(f"metadata file {path}: expected {expected}")
@@ -127,7 +119,7 @@ def write_boxes(path: str | Path, boxes: dict[str, list[list[int]]]) -> Path:
 def read_boxes(path: str | Path) -> dict[str, list[list[int]]]:
     """Read a box JSON: image key -> list of [xmin, ymin, xmax, ymax] integers."""
     path = Path(path)
-    data = _load_json(path, "box file")
+    data = read_json(path, "box file")
     if not isinstance(data, dict):
         raise ValueError(f"box file {path}: expected an object mapping image keys to lists of boxes")
     boxes = {}

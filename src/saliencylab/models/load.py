@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
-from saliencylab.files import write_atomic
+from saliencylab.files import read_json, write_atomic
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.io import load_weights, save_state_dict
 from saliencylab.models.zoo import build_classifier
@@ -52,7 +52,7 @@ def load_trained_classifier(out_dir: str | Path) -> tuple[Classifier, dict]:
     if not description_file.is_file():
         raise FileNotFoundError(f"{description_file} not found: train a classifier with fit_classifier (or "
                                 "saliencylab train-classifier), or write one with save_classifier")
-    description = json.loads(description_file.read_text())
+    description = read_json(description_file, "classifier description", ("arch", "num_classes", "class_names"))
     weights = out_dir / "classifier.safetensors"
     names = description["class_names"] or None
     if description["arch"].partition(":")[0] in LIBRARIES:
