@@ -131,10 +131,13 @@ class Method:
     - ``output_range``: one of OUTPUT_RANGES (default ``"raw"``);
     - ``per_class``: False for a class-agnostic method, whose map is the same for every target
       of an image (default True);
-    - ``trained``: True when the method needs a trained network (``checkpoint=``; default False).
+    - ``trained``: True when the method needs a trained network (``checkpoint=``; default False);
+    - ``layer``: the classifier layer the maps are read from (CAM methods set their ``layer=``), whose
+      grid must be at least 2x2 for the images given; None (default): only the forward pass must work.
     """
 
     name: ClassVar[str] = ""
+    layer: str | None = None
     output_range: str = "raw"
     per_class: bool = True
     trained: bool = False
@@ -151,6 +154,12 @@ class Method:
     def attribute(self, images: Tensor, targets: int | list[int] | Tensor) -> Tensor:
         """Maps (B,K,H,W) float32 for images (B,3,H,W) in [0,1] and targets (B,K) (see saliencylab.targets)."""
         check_images(images)
+        if not self.classifier.fits(*images.shape[2:], self.layer):
+            minimum = self.classifier.minimum_size(self.layer)
+            reason = ("a forward pass fails at every square side up to 1024" if minimum is None else
+                      f"expected at least {minimum}x{minimum}" + ("" if self.layer is None else
+                      f" (below it layer {self.layer!r} is a single cell: the maps would be constant)"))
+            raise ValueError(f"images of {images.shape[2]}x{images.shape[3]} do not fit this classifier; {reason}")
         targets = as_targets(targets, images.shape[0], self.classifier.num_classes)
         with scoped_eval(self.classifier):
             maps = self.attribute_targets(images.detach(), targets.to(images.device))
