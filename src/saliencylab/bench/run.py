@@ -22,7 +22,6 @@ import hashlib
 import html
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +37,7 @@ import saliencylab
 from saliencylab import methods, metrics
 from saliencylab.bench.export import batch_targets
 from saliencylab.bench.report import STYLE
-from saliencylab.files import write_atomic
+from saliencylab.files import atomic_path, write_atomic
 from saliencylab.metrics import ground_truth, wsol
 from saliencylab.metrics.registry import MetricInputs
 from saliencylab.models.classifier import Classifier
@@ -407,12 +406,10 @@ def _write_outputs(out_dir: Path, results: dict, per_pair: list[tuple]) -> None:
         ("scores.csv", ["row", "image", "target", "metric", "score"],
          [[r, i, t, m, _number(v)] for r, i, t, m, v in per_pair]),
     ]:
-        tmp = out_dir / f"{name}.tmp"
-        with tmp.open("w", newline="", encoding="utf-8") as handle:
+        with atomic_path(out_dir / name) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(header)
             writer.writerows(lines)
-        os.replace(tmp, out_dir / name)
     write_atomic(out_dir / "report.html", html_report(results))
 
 

@@ -18,7 +18,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from saliencylab.data.base import AnnotatedDataset, build_sample, clip_boxes, read_image, write_image
-from saliencylab.files import read_json
+from saliencylab.files import read_json, write_atomic
 from saliencylab.types import BACKGROUND, VOID, Sample
 
 _FILE_KEYS = ("images", "annotations", "categories")
@@ -81,7 +81,7 @@ def write_coco(annotation_file: str | Path, image_dir: str | Path, samples: list
     }
     annotation_file = Path(annotation_file)
     annotation_file.parent.mkdir(parents=True, exist_ok=True)
-    annotation_file.write_text(json.dumps(data))
+    write_atomic(annotation_file, json.dumps(data))
     return annotation_file
 
 

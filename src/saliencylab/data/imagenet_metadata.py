@@ -29,7 +29,7 @@ import numpy as np
 
 from saliencylab.data.base import IMAGE_EXTENSIONS
 from saliencylab.data.voc import parse_annotation
-from saliencylab.files import read_json
+from saliencylab.files import read_json, write_atomic
 
 BOX_KEYS = ("xmin", "ymin", "xmax", "ymax")
 
@@ -75,7 +75,7 @@ def write_metadata(path: str | Path, metadata: ImageNetMetadata) -> Path:
     """Write ``metadata`` as a metadata JSON; return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"root": metadata.root, "samples": [list(s) for s in metadata.samples],
+    write_atomic(path, json.dumps({"root": metadata.root, "samples": [list(s) for s in metadata.samples],
                                 "classes": metadata.classes, "class_to_idx": metadata.class_to_idx}))
     return path
 
@@ -112,7 +112,7 @@ def write_boxes(path: str | Path, boxes: dict[str, list[list[int]]]) -> Path:
     """Write a box JSON: image key -> list of [xmin, ymin, xmax, ymax]; return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({key: [dict(zip(BOX_KEYS, box)) for box in value] for key, value in boxes.items()}))
+    write_atomic(path, json.dumps({key: [dict(zip(BOX_KEYS, box)) for box in value] for key, value in boxes.items()}))
     return path
 
 

@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from saliencylab.data.base import AnnotatedDataset, build_sample, clip_boxes, read_image, write_image
+from saliencylab.files import write_atomic
 from saliencylab.types import BACKGROUND, VOID, Sample
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -161,7 +162,7 @@ def _write_xml(path: Path, sample: Sample, class_names: list[str], year: str) ->
 
 def _write_lines(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{line}\n" for line in lines))
+    write_atomic(path, "".join(f"{line}\n" for line in lines))
 
 
 def write_voc(root: str | Path, samples: list[Sample], class_names: list[str], splits: dict[str, list[str]],

@@ -10,7 +10,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from saliencylab.files import read_json
+from saliencylab.files import atomic_path, read_json
 
 
 def load_state_dict(path: str | Path, prefix: str = "") -> dict[str, Tensor]:
@@ -45,9 +45,8 @@ def save_state_dict(state: dict[str, Tensor], path: str | Path) -> Path:
     """Write a state dict as safetensors (atomically: a partial file never replaces a good one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
     return path
 
 
