@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from saliencylab.files import write_atomic
+
 if TYPE_CHECKING:
     from saliencylab.data.module import SaliencyDataModule
     from saliencylab.models.classifier import Classifier
@@ -60,7 +62,7 @@ def _speed(args: argparse.Namespace) -> int:
     rows = run_speed(args.model, args.size, args.batch, args.methods, args.settings, args.device, args.repeats,
                      progress=lambda line: print(line, flush=True))
     if args.json:
-        Path(args.json).write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        write_atomic(args.json, json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
     return 0
 
 
@@ -156,7 +158,8 @@ def _train_classifier(args: argparse.Namespace) -> int:
     data = {"source": args.voc or args.coco_train_json or args.train_json, "image_size": size,
             "batch_size": batch_size}
     _, scores = fit_classifier(datamodule, args.out, num_classes=len(class_names), class_names=class_names,
-                               accelerator=args.device, progress=not args.no_progress, data=data, **settings)
+                               accelerator=args.device, progress=not args.no_progress, data=data,
+                               resume=_resume(args), **settings)
     shown = "  ".join(f"{k} {v:.4f}" for k, v in scores.items()) or "no test set"
     print(f"test: {shown}")
     print(f"wrote {Path(args.out) / 'classifier.safetensors'} and classifier.json; use it with --classifier {args.out}")
@@ -172,7 +175,8 @@ def _train_explainer(args: argparse.Namespace) -> int:
     datamodule = _training_datamodule(args, size, batch_size, classifier.class_names)
     target = ({"num_classes": classifier.num_classes} if settings.get("variant") == "fcnn"
               else {"classifier_dir": _classifier_dir(args, classifier, description)})
-    fit_explainer(datamodule, args.out, accelerator=args.device, progress=not args.no_progress, **target, **settings)
+    fit_explainer(datamodule, args.out, accelerator=args.device, progress=not args.no_progress, resume=_resume(args),
+                  **target, **settings)
     print(f"wrote {Path(args.out) / 'explainer.safetensors'} and explainer.json; use it as "
           f"methods.build({settings.get('variant', 'explainer')!r}, classifier, checkpoint={str(args.out)!r})")
     return 0
@@ -260,7 +264,7 @@ def _train_masker(args: argparse.Namespace) -> int:
                          f"{description['source']} has {description['num_classes']}")
     datamodule = SaliencyDataModule(train, val, batch_size=batch_size, num_workers=args.workers)
     module = fit_masker(datamodule, out, classifier_dir=_classifier_dir(args, classifier, description),
-                        accelerator=args.device, progress=not args.no_progress, **settings)
+                        resume=_resume(args), accelerator=args.device, progress=not args.no_progress, **settings)
     print(f"trained a {module.hparams.mode} masker on {len(train)} images; wrote {out / 'masker.safetensors'} "
           f"and masker.json{' (and its co-trained classifier)' if module.hparams.mode == 'ca' else ''}; use it as "
           f"methods.build('masker', classifier, checkpoint={str(out)!r})")
@@ -341,7 +345,7 @@ def _sanity(args: argparse.Namespace) -> int:
         values = compare_maps(explain(classifier, images, targets),
                               explain(other.to(args.device), images, targets, other_settings))
         mean = {m: float(values[m].nanmean()) for m in MEASURES}
-        Path(f"{stem}.json").write_text(json.dumps({
+        write_atomic(f"{stem}.json", json.dumps({
             "mode": "data", "method": args.method, "classifier": description["source"], "settings": settings,
             "other_classifier": args.other_classifier or description["source"], "other_settings": other_settings,
             "mean": mean, "per_image": {m: values[m].tolist() for m in MEASURES}}, indent=2))
@@ -351,7 +355,7 @@ def _sanity(args: argparse.Namespace) -> int:
     test = cascading_randomization if args.mode == "cascading" else independent_randomization
     result = test(explain, classifier, images, targets, seed=args.seed, layers=args.layers,
                   progress=not args.no_progress)
-    Path(f"{stem}.json").write_text(json.dumps(result.to_dict(), indent=2))
+    write_atomic(f"{stem}.json", json.dumps(result.to_dict(), indent=2))
     plot_randomization(result, f"{stem}.png", title=f"{args.mode} randomisation: {args.method}")
     print(f"{'layer':16s}" + "".join(f"{m:>14s}" for m in MEASURES))
     for row, layer in enumerate(result.layers):
@@ -391,7 +395,7 @@ def _wsol(args: argparse.Namespace) -> int:
                                               "openimages": args.openimages}})
     print(wsol_table(table), end="")
     if args.json:
-        Path(args.json).write_text(json.dumps(table, indent=2))
+        write_atomic(args.json, json.dumps(table, indent=2))
     print(f"per-image scores: {Path(args.out) / 'val'}" + (f", {Path(args.out) / 'pxap'}" if test is not None else ""))
     return 0
 
@@ -555,6 +559,24 @@ def _add_training_data_options(parser: argparse.ArgumentParser, classifier: bool
     parser.add_argument("--val-json", metavar="FILE", help="ImageNet-format metadata JSON of the validation images")
 
 
+def _resume(args: argparse.Namespace) -> bool:
+    """--resume, with a note when --out holds nothing to resume from."""
+    from saliencylab.training.fit import last_checkpoint
+
+    if args.resume and last_checkpoint(args.out) is None:
+        print(f"note: --resume, but {Path(args.out) / 'checkpoints'} holds no last.ckpt: starting from scratch",
+              file=sys.stderr)
+    return args.resume
+
+
+def _add_resume_option(parser: argparse.ArgumentParser) -> None:
+    """--resume of the training commands (every fit goes through training.fit.fit_module)."""
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run into --out from OUT/checkpoints/last.ckpt (weights, "
+                             "optimiser, epoch, early stopping), given the same settings; without it training "
+                             "starts from scratch")
+
+
 def _add_classifier_options(parser: argparse.ArgumentParser) -> None:
     """--classifier DIR or --model torchvision:NAME|timm:NAME with its options; read by _load_classifier."""
     group = parser.add_argument_group("classifier", "the classifier to explain: --classifier DIR or --model SPEC")
@@ -649,6 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                        help="override a preset setting, e.g. --set lr=1e-4 (repeatable)")
     train.add_argument("--no-progress", action="store_true")
+    _add_resume_option(train)
     train.set_defaults(run=_train_explainer)
 
     fit = commands.add_parser("train-classifier", help="train a zoo classifier (small_cnn, vgg16, resnet18, resnet50, "
@@ -671,6 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a preset classifier setting, e.g. --set lr=1e-4 or --set arch=resnet18 "
                           "(repeatable)")
     fit.add_argument("--no-progress", action="store_true")
+    _add_resume_option(fit)
     fit.set_defaults(run=_train_classifier)
 
     masker = commands.add_parser("train-masker", help="train a CASME masker (FIX or CA) on ImageNet-format data "
@@ -699,6 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
     masker.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                         help="override a preset masker setting, e.g. --set lambda_out=15 (repeatable)")
     masker.add_argument("--no-progress", action="store_true")
+    _add_resume_option(masker)
     masker.set_defaults(run=_train_masker)
 
     sanity = commands.add_parser("sanity", help="model- and data-randomisation sanity checks of a method (paper 001)")
@@ -849,7 +874,7 @@ def _check_options(args: argparse.Namespace) -> None:
     """ValueError for an integer option below 1 or an --out that is not a folder."""
     for name in POSITIVE_OPTIONS:
         value = getattr(args, name, None)
-        if value is not None and value < 1:
+        if isinstance(value, int) and value < 1:  # (explain's --images is a folder)
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     out = getattr(args, "out", None)
     if out is not None and Path(out).exists() and not Path(out).is_dir():
