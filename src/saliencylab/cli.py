@@ -439,8 +439,6 @@ def _bench_rows(specs: list[str], settings: list[tuple[str, str, object]],
 
 
 def _bench_run(args: argparse.Namespace) -> int:
-    import shutil
-
     from saliencylab.bench.run import run_benchmark, table
     from saliencylab.data.formats import load_dataset
 
@@ -458,7 +456,7 @@ def _bench_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     for flag, name in ((args.json, "results.json"), (args.csv, "results.csv"), (args.html, "report.html")):
         if flag:
-            shutil.copyfile(out / name, flag)
+            write_atomic(flag, (out / name).read_text(encoding="utf-8"))
     missing = sum(row["batches_missing"] for row in results["rows"].values())
     print(f"wrote {out / 'results.json'}, results.csv, scores.csv and report.html"
           + (f"; {missing} batches are left to other shards (rerun or `bench merge` when they finish)" if missing else ""))

@@ -136,6 +136,9 @@ def check_metrics(names: Sequence[str] | None, dataset: Dataset) -> list[str]:
         single = int(sample.labels.sum()) == 1
         return [n for n in metrics.names() if metrics.get(n).needs <= have
                 and ("single_label" not in metrics.get(n).needs or single)]
+    unknown = [name for name in names if name not in metrics.names()]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; registered metrics: {', '.join(metrics.names())}")
     for name in names:
         missing = metrics.get(name).needs - have
         if missing:

@@ -152,8 +152,11 @@ class Method:
         self.max_batch = max_batch
 
     def attribute(self, images: Tensor, targets: int | list[int] | Tensor) -> Tensor:
-        """Maps (B,K,H,W) float32 for images (B,3,H,W) in [0,1] and targets (B,K) (see saliencylab.targets)."""
+        """Maps (B,K,H,W) float32 for images (B,3,H,W) in [0,1] and targets (B,K) (see saliencylab.targets);
+        float64 images are converted to float32 (the networks' precision)."""
         check_images(images)
+        if images.dtype == torch.float64:
+            images = images.float()
         if not self.classifier.fits(*images.shape[2:], self.layer):
             minimum = self.classifier.minimum_size(self.layer)
             reason = ("a forward pass fails at every square side up to 1024" if minimum is None else

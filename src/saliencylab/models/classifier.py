@@ -261,11 +261,15 @@ class Classifier(nn.Module):
             try:
                 with scoped_eval(self.model), torch.no_grad(), captured_output(module) as outputs:
                     self(image)
-                grid = (2, 2) if layer is None else \
-                    self.read_layout(layer, outputs[0], (height, width)).to_grid(outputs[0]).shape[2:]
-            except Exception:  # a probe: any failure means this size does not fit
-                grid = (0, 0)
-            self._fits[key] = min(grid) >= 2
+            except Exception:  # a probe: a forward pass that fails in any way means this size does not fit
+                outputs = None
+            if outputs is None:
+                self._fits[key] = False
+            elif layer is None or not outputs:  # (a layer the forward pass skips: its method says so)
+                self._fits[key] = True
+            else:  # a layout error is the layer's, not the size's: it propagates
+                grid = self.read_layout(layer, outputs[0], (height, width)).to_grid(outputs[0])
+                self._fits[key] = min(grid.shape[2:]) >= 2
         return self._fits[key]
 
     def minimum_size(self, layer: str | None = None) -> int | None:
