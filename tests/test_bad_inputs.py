@@ -135,6 +135,26 @@ def test_explain_classifier_description_malformed(root, tmp_path, capsys):
           "classifier description .*c/classifier.json is not valid JSON: .*line 1")
 
 
+@pytest.mark.parametrize("key, value, expected", [
+    ("arch", 5, "arch is 5; expected a zoo name or torchvision:NAME"),
+    ("num_classes", 9, "class_names is .*; expected a list of 9 names \\(num_classes\\) or \\[\\]"),
+    ("class_names", "abc", "class_names is abc; expected a list of 6 names")])
+def test_explain_classifier_description_of_the_wrong_types(root, tmp_path, capsys, key, value, expected):
+    shutil.copytree(root / "classifier", tmp_path / "c")
+    description = json.loads((tmp_path / "c" / "classifier.json").read_text())
+    description[key] = value
+    (tmp_path / "c" / "classifier.json").write_text(json.dumps(description))
+    fails(capsys, ["explain", "gradient", "--classifier", str(tmp_path / "c"), *voc(root), "--out", str(tmp_path / "o")],
+          f"c/classifier.json: {expected}")
+
+
+def test_explain_setting_that_is_not_yaml_is_a_usage_error(root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(explain(root, tmp_path / "out", *voc(root), "--set", "reduce=[1"))
+    assert exit_.value.code == 2
+    assert "--set: reduce: the value '[1' is not valid YAML" in capsys.readouterr().err
+
+
 def test_explain_missing_classifier(root, tmp_path, capsys):
     fails(capsys, ["explain", "gradient", "--classifier", str(tmp_path / "none"), *voc(root), "--out", str(tmp_path)],
           "none.* is neither a classifier folder")

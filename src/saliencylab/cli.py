@@ -73,7 +73,12 @@ def _setting(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    return key, yaml.safe_load(value)
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        problem = str(getattr(error, "problem", "") or error).splitlines()[0]
+        raise argparse.ArgumentTypeError(f"{key}: the value {value!r} is not valid YAML ({problem}); expected a "
+                                         "number, word, true/false or [list]") from None
 
 
 def _explain(args: argparse.Namespace) -> int:

@@ -53,6 +53,7 @@ def load_trained_classifier(out_dir: str | Path) -> tuple[Classifier, dict]:
         raise FileNotFoundError(f"{description_file} not found: train a classifier with fit_classifier (or "
                                 "saliencylab train-classifier), or write one with save_classifier")
     description = read_json(description_file, "classifier description", ("arch", "num_classes", "class_names"))
+    _check_description(description, description_file)
     weights = out_dir / "classifier.safetensors"
     names = description["class_names"] or None
     if description["arch"].partition(":")[0] in LIBRARIES:
@@ -63,6 +64,18 @@ def load_trained_classifier(out_dir: str | Path) -> tuple[Classifier, dict]:
         classifier = build_classifier(description["arch"], description["num_classes"], class_names=names,
                                       width=description["width"], weights=weights)
     return classifier.eval(), description
+
+
+def _check_description(description: dict, path: Path) -> None:
+    """ValueError naming ``path`` unless arch, num_classes and class_names have the types save_classifier writes."""
+    arch, count, names = description["arch"], description["num_classes"], description["class_names"]
+    if not isinstance(arch, str):
+        raise ValueError(f"{path}: arch is {arch!r}; expected a zoo name or torchvision:NAME / timm:NAME")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ValueError(f"{path}: num_classes is {count!r}; expected a positive integer")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) not in (0, count):
+        raise ValueError(f"{path}: class_names is {str(names)[:80]}; expected a list of {count} names (num_classes) "
+                         "or []")
 
 
 def classifier_image_size(description: dict) -> int:
