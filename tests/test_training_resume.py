@@ -13,7 +13,7 @@ from saliencylab.models.load import load_trained_classifier
 from saliencylab.training.classifier import ClassifierModule
 from saliencylab.training.fit import last_checkpoint
 
-EPOCHS = 4
+EPOCHS = 3
 
 
 def saved_epoch(out) -> int:
@@ -21,8 +21,8 @@ def saved_epoch(out) -> int:
     return torch.load(last_checkpoint(out), map_location="cpu", weights_only=False)["epoch"]
 
 
-def test_train_classifier_killed_mid_epoch_resumes_from_the_last_saved_epoch(tmp_path, monkeypatch):
-    write_synthetic(tmp_path / "data", SyntheticConfig(image_size=32, train=96, val=8, test=2, seed=3), progress=False)
+def test_train_classifier_killed_mid_epoch_resumes_from_the_last_saved_epoch(tmp_path, monkeypatch, capsys):
+    write_synthetic(tmp_path / "data", SyntheticConfig(image_size=32, train=64, val=8, test=2, seed=3), progress=False)
     out = tmp_path / "classifier"
     command = ["train-classifier", "--voc", str(tmp_path / "data" / "voc"), "--out", str(out), "--epochs", str(EPOCHS),
                "--image-size", "32", "--batch-size", "4", "--set", "width=4", "--set", "patience=100",
@@ -45,3 +45,6 @@ def test_train_classifier_killed_mid_epoch_resumes_from_the_last_saved_epoch(tmp
     assert saved_epoch(out) == EPOCHS - 1
     classifier, description = load_trained_classifier(out)
     assert classifier(torch.rand(1, 3, 32, 32)).shape == (1, len(description["class_names"]))
+    other = [*command[:command.index("width=4")], "width=8", *command[command.index("width=4") + 1:]]
+    assert main([*other, "--resume"]) == 2  # a checkpoint of other settings is not continued
+    assert "last.ckpt was saved with other settings (width: 4 then, 8 now)" in capsys.readouterr().err
