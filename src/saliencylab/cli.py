@@ -201,10 +201,14 @@ def _load_classifier(args: argparse.Namespace) -> tuple[Classifier, dict]:
         if given:
             raise ValueError(f"{', '.join(given)} belong to --model; the folder {args.classifier} holds its own "
                              "classifier settings")
-        return load_classifier(args.classifier)
-    if args.weights is None:
-        print(f"note: --model {args.model} without --weights has random weights", file=sys.stderr)
-    return load_classifier(args.model, **options)
+        classifier, description = load_classifier(args.classifier)
+    else:
+        if args.weights is None:
+            print(f"note: --model {args.model} without --weights has random weights", file=sys.stderr)
+        classifier, description = load_classifier(args.model, **options)
+    if args.channels_last:
+        classifier.use_channels_last()
+    return classifier, description
 
 
 def _classifier_identity(args: argparse.Namespace) -> dict[str, object]:
@@ -581,6 +585,9 @@ def _add_classifier_options(parser: argparse.ArgumentParser) -> None:
                        help="--model's normalisation std (default ImageNet's; timm: the model's)")
     group.add_argument("--layer", metavar="NAME",
                        help="module path CAM methods use by default (layer=auto), e.g. layer4")
+    group.add_argument("--channels-last", action="store_true",
+                       help="run the network channels-last (NHWC): about 1.5x faster convolutions on CPUs, the same "
+                            "maps to float rounding")
 
 
 def _add_evaluation_options(parser: argparse.ArgumentParser, size_note: str = "") -> None:
