@@ -329,11 +329,13 @@ def evaluation(root, *extra):
 
 
 def test_sanity_bad_inputs(root, tmp_path, capsys):
+    data = ["--classifier", str(root / "classifier"), "--data",
+            f"imagenet:{root / 'inet' / 'imagenet' / 'metadata' / 'val.json'}"]
     out = ["--out", str(tmp_path / "out"), "--no-progress"]
-    fails(capsys, ["sanity", "gradient", *evaluation(root), "--images", "100000", *out],
-          "--images 100000, but .*val.json lists 6 images; pass --images 6 or fewer")
-    fails(capsys, ["sanity", "gradient", *evaluation(root), "--images", "0", *out], "--images must be at least 1")
-    fails(capsys, ["sanity", "gradient", *evaluation(root), "--mode", "data", *out], "--mode data compares two sets")
+    fails(capsys, ["sanity", "gradient", *data, "--images", "100000", *out],
+          "--images 100000, but --data imagenet:.*val.json has 6 images; pass --images 6 or fewer")
+    fails(capsys, ["sanity", "gradient", *data, "--images", "0", *out], "--images must be at least 1")
+    fails(capsys, ["sanity", "gradient", *data, "--mode", "data", *out], "--mode data compares two sets")
     assert not (tmp_path / "out").exists()
 
 
