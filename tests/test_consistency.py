@@ -1,0 +1,200 @@
+"""Consistent interpretations (Pillai & Pirsiavash, AAAI 2021): gridding, differentiable Grad-CAM, the loss."""
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from saliencylab.data import COCODataset, write_coco
+from saliencylab.data.gridding import (GriddedDataset, collate_gridded, composite, instance_labels,
+                                       negative_lists)
+from saliencylab.models.classifier import Classifier
+from saliencylab.models.zoo import build_classifier, use_global_max_pooling
+from saliencylab.training.consistency import (consistency_loss, differentiable_gradcam, gridded_target,
+                                              normalise_sum)
+from samples import make_sample
+
+CLASSES = ["a", "b", "c", "d"]
+
+
+class Local(nn.Module):
+    """features: ReLU(x_0 - 0.5) at pixel resolution (1x1 conv, no bias) -> GAP -> Linear(1, 2) (weights 2, -1)."""
+
+    def __init__(self, padding: int = 0, kernel: int = 1) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 1, kernel, padding=padding, bias=True), nn.ReLU())
+        with torch.no_grad():
+            self.features[0].weight.zero_()
+            self.features[0].weight[0, 0, kernel // 2, kernel // 2] = 1.0
+            self.features[0].bias.fill_(-0.5)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(1, 2)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.tensor([[2.0], [-1.0]]))
+            self.head.bias.zero_()
+
+    def forward(self, x):
+        return self.head(self.pool(self.features(x)).flatten(1))
+
+
+def local_classifier(**kwargs) -> Classifier:
+    return Classifier(Local(**kwargs), mean=(0, 0, 0), std=(1, 1, 1), layers={"features": "features"})
+
+
+def test_composite_puts_the_positive_in_its_quadrant_and_negatives_in_order():
+    positive = torch.full((1, 2, 3), 9.0)
+    negatives = [torch.full((1, 2, 3), float(v)) for v in (1, 2, 3)]
+    expected_cells = {0: [9, 1, 2, 3], 1: [1, 9, 2, 3], 2: [1, 2, 9, 3], 3: [1, 2, 3, 9]}
+    for quadrant, cells in expected_cells.items():
+        grid = composite(positive, negatives, quadrant)
+        assert grid.shape == (1, 4, 6)
+        assert grid[0, :2, :3].unique().tolist() == [cells[0]]  # top-left
+        assert grid[0, :2, 3:].unique().tolist() == [cells[1]]  # top-right
+        assert grid[0, 2:, :3].unique().tolist() == [cells[2]]  # bottom-left
+        assert grid[0, 2:, 3:].unique().tolist() == [cells[3]]  # bottom-right
+    with pytest.raises(ValueError, match="3 negatives"):
+        composite(positive, negatives[:2], 0)
+
+
+def test_gridded_target_places_each_map_in_its_quadrant():
+    maps = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).expand(4, 2, 2)
+    target = gridded_target(maps, torch.tensor([0, 1, 2, 3]))
+    zero = torch.zeros(2, 2)
+    block = maps[0]
+    expected = [torch.cat([torch.cat([block, zero], 1), torch.cat([zero, zero], 1)]),
+                torch.cat([torch.cat([zero, block], 1), torch.cat([zero, zero], 1)]),
+                torch.cat([torch.cat([zero, zero], 1), torch.cat([block, zero], 1)]),
+                torch.cat([torch.cat([zero, zero], 1), torch.cat([zero, block], 1)])]
+    assert torch.equal(target, torch.stack(expected))
+
+
+def test_differentiable_gradcam_is_the_normalised_elementwise_map():
+    # GAP -> Linear: dS/dA = w_c / (h·w) everywhere, so the element-wise map of class 0 is A·2/(hw) -> A / ΣA.
+    classifier = local_classifier()
+    images = torch.zeros(1, 3, 2, 2)
+    images[0, 0] = torch.tensor([[1.0, 0.75], [0.5, 0.0]])  # activations 0.5, 0.25, 0, 0
+    logits, maps = differentiable_gradcam(classifier, images, torch.tensor([0]))
+    assert torch.allclose(logits, torch.tensor([[2 * 0.1875, -0.1875]]))
+    assert torch.allclose(maps, torch.tensor([[[2 / 3, 1 / 3], [0.0, 0.0]]]) + 1e-8, atol=1e-7)
+    _, negative = differentiable_gradcam(classifier, images, torch.tensor([1]))  # -A: all zero after the ReLU
+    assert torch.allclose(negative, torch.full((1, 2, 2), 1e-8))
+    assert torch.allclose(normalise_sum(torch.tensor([[[1.0, 3.0]]])), torch.tensor([[[0.25, 0.75]]]) + 1e-8)
+
+
+def test_consistency_loss_is_zero_when_only_the_positive_cell_is_attended_with_the_same_pattern():
+    classifier = local_classifier()
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 8, 8)
+    black = torch.zeros(3, 8, 8)  # negatives: no activation at all
+    quadrants = torch.tensor([0, 1, 2, 3])
+    composites = torch.stack([composite(image, [black] * 3, int(q)) for image, q in zip(images, quadrants)])
+    classes = torch.zeros(4, dtype=torch.long)
+    _, image_maps = differentiable_gradcam(classifier, images, classes)
+    _, composite_maps = differentiable_gradcam(classifier, composites, classes)
+    loss = consistency_loss(image_maps, composite_maps, quadrants)
+    assert float(loss.detach()) == pytest.approx(0.75e-8, abs=1e-9)  # only the eps the normalisation adds to empty cells
+    shuffled = consistency_loss(image_maps, composite_maps, quadrants.roll(1))
+    assert float(shuffled) > 1e-3  # the wrong cells: a real loss
+
+
+def test_gradients_flow_through_both_maps_and_only_the_composites_when_detached():
+    classifier = local_classifier()
+    torch.manual_seed(1)
+    images = torch.rand(2, 3, 4, 4)
+    composites = torch.rand(2, 3, 8, 8)
+    classes, quadrants = torch.tensor([0, 0]), torch.tensor([1, 2])
+    for detach in (False, True):
+        inputs, grids = images.clone().requires_grad_(True), composites.clone().requires_grad_(True)
+        classifier.zero_grad()
+        _, image_maps = differentiable_gradcam(classifier, inputs, classes)
+        _, composite_maps = differentiable_gradcam(classifier, grids, classes)
+        consistency_loss(image_maps, composite_maps, quadrants, detach_target=detach).backward()
+        assert grids.grad.abs().sum() > 0
+        assert (inputs.grad is None) == detach
+        assert classifier.model.features[0].weight.grad.abs().sum() > 0  # double backward reaches the weights
+
+
+def test_grids_that_do_not_tile_use_the_pixel_resolution_loss():
+    classifier = local_classifier(kernel=3)  # no padding: 8 px -> 6x6, 16 px -> 14x14, which do not tile
+    torch.manual_seed(2)
+    images, composites = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 16, 16)
+    classes, quadrants = torch.tensor([0, 0]), torch.tensor([0, 3])
+    _, image_maps = differentiable_gradcam(classifier, images, classes)
+    _, composite_maps = differentiable_gradcam(classifier, composites, classes)
+    assert image_maps.shape == (2, 6, 6) and composite_maps.shape == (2, 14, 14)
+    with pytest.raises(ValueError, match="do not tile"):
+        consistency_loss(image_maps, composite_maps, quadrants, resolution="feature")
+    auto = consistency_loss(image_maps, composite_maps, quadrants, image_size=(8, 8))
+    pixel = consistency_loss(image_maps, composite_maps, quadrants, resolution="pixel", image_size=(8, 8))
+    up = torch.nn.functional.interpolate
+    expected = (up(composite_maps[:, None], size=(16, 16), mode="bilinear")[:, 0]
+                - gridded_target(up(image_maps[:, None], size=(8, 8), mode="bilinear")[:, 0], quadrants)).abs().mean()
+    assert float(auto) == float(pixel) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_global_max_pooling_replaces_the_average():
+    torch.manual_seed(0)
+    classifier = build_classifier("small_cnn", 3, width=4, pooling="max").eval()
+    images = torch.rand(2, 3, 32, 32)
+    model = classifier.model
+    features = model.features(classifier.normalize(images))
+    assert torch.allclose(classifier(images), model.head(features.amax((2, 3))), atol=1e-6)
+    with pytest.raises(ValueError, match="global average pooling"):
+        use_global_max_pooling(nn.Sequential(nn.Conv2d(3, 3, 1)))
+
+
+# ---------------------------------------------------------------- negatives on generated fixtures
+
+def coco_fixture(tmp_path: Path) -> COCODataset:
+    """12 images of 8x8 with instance lists covering 1-3 of 4 classes (class 0 twice in some)."""
+    instances = [[0], [1], [2], [3], [0, 1], [0, 0, 2], [1, 3], [2, 3], [0, 1, 2], [3], [1, 1], [2]]
+    samples = [make_sample(str(i + 1), (8, 8), [[0, 0, 3, 3]] * len(c), c, [False] * len(c), None, len(CLASSES))
+               for i, c in enumerate(instances)]
+    write_coco(tmp_path / "instances.json", tmp_path / "images", samples, CLASSES)
+    return COCODataset(tmp_path / "images", tmp_path / "instances.json")
+
+
+def test_multi_label_negatives_never_hold_the_explained_class(tmp_path: Path):
+    dataset = coco_fixture(tmp_path)
+    gridded = GriddedDataset(dataset, len(CLASSES), multi_label=True, cache=tmp_path / "negatives.json")
+    assert gridded.instances[5] == [0, 0, 2]
+    torch.manual_seed(0)
+    chosen = []
+    for _ in range(20):
+        for index in range(len(dataset)):
+            target, negatives = gridded.negative_indices(index)
+            assert target in gridded.instances[index]
+            assert len(set(negatives)) == 3  # without replacement
+            assert all(target not in gridded.instances[n] for n in negatives)
+            chosen.append((index, target))
+    # instance-weighted: image 5 has class 0 twice and class 2 once
+    picks = [t for i, t in chosen if i == 5]
+    assert picks.count(0) > picks.count(2)
+    item = gridded[4]
+    assert item.composite.shape == (3, 16, 16)
+    batch = collate_gridded([gridded[0], gridded[1]])
+    assert batch.composites.shape == (2, 3, 16, 16) and batch.targets.tolist() == [0, 1]
+
+
+def test_negative_lists_are_cached_and_match_the_samples(tmp_path: Path):
+    dataset = coco_fixture(tmp_path)
+    cache = tmp_path / "cache.json"
+    first = instance_labels(dataset, cache)
+    assert first == [dataset[i].box_labels.tolist() for i in range(len(dataset))]
+    assert cache.is_file()
+    assert instance_labels(dataset, cache) == first
+    lists = negative_lists(first, len(CLASSES))
+    assert lists[0].tolist() == [1, 2, 3, 6, 7, 9, 10, 11]
+
+
+def test_single_label_negatives_come_from_other_classes(tmp_path: Path):
+    samples = [make_sample(str(i), (8, 8), [[0, 0, 3, 3]], [i % 4], [False], None, len(CLASSES)) for i in range(8)]
+    gridded = GriddedDataset(samples, len(CLASSES), multi_label=False)
+    torch.manual_seed(0)
+    for index in range(8):
+        target, negatives = gridded.negative_indices(index)
+        assert target == index % 4
+        assert len(negatives) == 3 and all(n % 4 != target for n in negatives)
+    with pytest.raises(ValueError, match="exactly one"):
+        GriddedDataset(samples + [make_sample("x", (8, 8), [[0, 0, 1, 1]] * 2, [0, 1], [False] * 2, None, 4)], 4,
+                       multi_label=False)
