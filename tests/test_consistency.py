@@ -198,3 +198,42 @@ def test_single_label_negatives_come_from_other_classes(tmp_path: Path):
     with pytest.raises(ValueError, match="exactly one"):
         GriddedDataset(samples + [make_sample("x", (8, 8), [[0, 0, 1, 1]] * 2, [0, 1], [False] * 2, None, 4)], 4,
                        multi_label=False)
+
+
+# ---------------------------------------------------------------- the evaluation protocol in the engine
+
+def test_explain_at_a_smaller_side_resizes_the_images_and_the_maps_back():
+    from saliencylab import methods
+    from saliencylab.bench.run import explain_at
+
+    classifier = local_classifier()
+    images = torch.zeros(1, 3, 4, 8)
+    images[0, 0, :, :4] = 1.0  # the left half activates
+    method = methods.build("gradcam_elementwise", classifier, layer="features")
+    targets = torch.tensor([[0]])
+    assert torch.equal(explain_at(method, images, targets, 4), method.attribute(images, targets))
+    maps = explain_at(method, images, targets, 8)  # explained at 8x16, resized back to 4x8
+    assert maps.shape == (1, 1, 4, 8)
+    # element-wise Grad-CAM of GAP -> Linear: 2/(hw)·ReLU(x0 - 0.5) = 2/128·0.5 on the left, 0 on the right
+    assert torch.allclose(maps[0, 0, :, :3], torch.full((4, 3), 1 / 128)) and maps[0, 0, :, 5:].abs().max() == 0
+
+
+def test_classifier_f1_metrics_count_logits_above_zero():
+    from saliencylab import metrics
+    from saliencylab.metrics.registry import MetricInputs
+    from saliencylab.types import Batch
+
+    logits = torch.tensor([[1.0, -1.0, 0.0], [2.0, 3.0, -2.0]])  # predicted {0}, {0, 1}: logit 0 is not positive
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    model = nn.Module()
+    model.forward = lambda images: logits
+    classifier = Classifier(model, (0, 0, 0), (1, 1, 1))
+    batch = Batch(torch.zeros(2, 3, 2, 2), labels, [torch.zeros(0, 4)] * 2, [torch.zeros(0, dtype=torch.long)] * 2,
+                  [torch.zeros(0, dtype=torch.bool)] * 2, None, ["x", "y"])
+    inputs = MetricInputs(torch.zeros(2, 1, 2, 2), torch.tensor([[0], [1]]), batch, classifier)
+    per_class, overall = metrics.get("classifier_f1_per_class"), metrics.get("classifier_f1_overall")
+    counts = per_class.fn(inputs).double()
+    # class 0: tp 1, fp 1; class 1: tp 1; class 2: fn 1 -> F1 2/3, 1, 0; pooled tp 2, fp 1, fn 1 -> 2/3
+    assert per_class.reduce(counts, torch.zeros(2, 1)) == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert overall.reduce(counts, torch.zeros(2, 1)) == pytest.approx(2 / 3)
+    assert per_class.per == "dataset" and per_class.needs == {"model"}

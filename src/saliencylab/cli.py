@@ -788,7 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="explain the ground-truth labels (default) or the top-k predicted classes")
     run.add_argument("--option", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                      help="a metric protocol switch: tolerance=15 (px), boxes_inclusive=false, one_pixel_smaller=true, "
-                          "unclipped_area=true, original_protocol=true (repeatable)")
+                          "unclipped_area=true, original_protocol=true, explain_short_side=448 (explain at that smaller side, maps "
+                          "resized back; paper 002's protocol) (repeatable)")
     run.add_argument("--image-size", type=int, metavar="S",
                      help="resize side (default: the classifier's training size, else 224)")
     run.add_argument("--batch-size", type=int, default=16, metavar="B", help="images per batch file (default 16)")
