@@ -237,3 +237,59 @@ def test_classifier_f1_metrics_count_logits_above_zero():
     assert per_class.reduce(counts, torch.zeros(2, 1)) == pytest.approx((2 / 3 + 1 + 0) / 3)
     assert overall.reduce(counts, torch.zeros(2, 1)) == pytest.approx(2 / 3)
     assert per_class.per == "dataset" and per_class.needs == {"model"}
+
+
+# ---------------------------------------------------------------- tiny fits on ImageNet- and COCO-format fixtures
+
+def test_tiny_fit_on_an_imagenet_format_fixture(tmp_path: Path):
+    from saliencylab.data.imagenet import ImageNetDataset
+    from saliencylab.data.module import SaliencyDataModule
+    from saliencylab.data.synthetic import SyntheticConfig
+    from saliencylab.data.synthetic_imagenet import write_synthetic_imagenet
+    from saliencylab.models.load import load_trained_classifier
+    from saliencylab.training.consistency import fit_consistent
+
+    root = write_synthetic_imagenet(tmp_path / "data", SyntheticConfig(image_size=32, train=12, val=6, test=6),
+                                    num_per_class_in_train_val=1, progress=False)
+    metadata = root / "imagenet" / "metadata"
+    val = ImageNetDataset(metadata / "val.json", size=32)
+    datamodule = SaliencyDataModule(ImageNetDataset(metadata / "train.json", size=32), val, batch_size=4)
+    classifier, scores = fit_consistent(datamodule, tmp_path / "model", num_classes=6, max_epochs=1, progress=False,
+                                        accelerator="cpu", arch="small_cnn", width=4, layer="features", lr=0.01)
+    loaded, description = load_trained_classifier(tmp_path / "model")
+    images = torch.stack([val[i].image for i in range(len(val))])
+    labels = torch.tensor([int(val[i].labels.argmax()) for i in range(len(val))])
+    with torch.no_grad():
+        assert torch.allclose(loaded(images), classifier(images), atol=1e-5)
+        top1 = float((loaded(images).argmax(1) == labels).float().mean())
+    assert scores["val_top1"] == pytest.approx(top1) and description["consistency"]["consistency_weight"] == 25.0
+    assert (tmp_path / "model" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_tiny_fit_on_a_coco_format_fixture_with_global_max_pooling(tmp_path: Path):
+    from saliencylab import metrics
+    from saliencylab.data.module import SaliencyDataModule
+    from saliencylab.data.transforms import Resize
+    from saliencylab.metrics.registry import MetricInputs
+    from saliencylab.models.load import load_trained_classifier
+    from saliencylab.training.consistency import fit_consistent
+    from saliencylab.types import collate
+
+    instances = [[0], [1], [2], [3], [0, 1], [0, 0, 2], [1, 3], [2, 3], [0, 1, 2], [3], [1, 1], [2]]
+    samples = [make_sample(str(i + 1), (32, 32), [[4 * i % 24, 2, 4 * i % 24 + 7, 9]] * len(c), c, [False] * len(c),
+                           None, len(CLASSES)) for i, c in enumerate(instances)]
+    write_coco(tmp_path / "instances.json", tmp_path / "images", samples, CLASSES)
+    dataset = COCODataset(tmp_path / "images", tmp_path / "instances.json", transform=Resize(32))
+    datamodule = SaliencyDataModule(dataset, dataset, batch_size=4)
+    _, scores = fit_consistent(datamodule, tmp_path / "model", num_classes=4, multi_label=True, max_epochs=1,
+                               drop_last=True, negatives_cache=tmp_path / "negatives.json", progress=False,
+                               accelerator="cpu", arch="small_cnn", width=4, layer="features", pooling="max",
+                               consistency_weight=1.0, lr=0.01)
+    assert (tmp_path / "negatives.json").is_file()
+    loaded, description = load_trained_classifier(tmp_path / "model")
+    assert description["pooling"] == "max" and isinstance(loaded.model.pool, nn.AdaptiveMaxPool2d)
+    batch = collate([dataset[i] for i in range(len(dataset))])
+    inputs = MetricInputs(torch.zeros(len(batch), 1, 32, 32), torch.zeros(len(batch), 1, dtype=torch.long), batch,
+                          loaded)
+    metric = metrics.get("classifier_f1_overall")
+    assert scores["val_f1_overall"] == pytest.approx(metric.reduce(metric.fn(inputs).double(), torch.zeros(1)), abs=1e-6)

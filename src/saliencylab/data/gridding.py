@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from saliencylab.files import write_atomic
 from saliencylab.types import Batch, Sample, collate
 
 QUADRANTS = ((0, 0), (0, 1), (1, 0), (1, 1))
@@ -67,7 +68,7 @@ def instance_labels(dataset: Dataset, cache: str | Path | None = None, progress:
     read = getattr(dataset, "instance_labels", None) or (lambda index: sample_instances(dataset[index]))
     instances = [list(read(i)) for i in tqdm(range(len(dataset)), desc="negative lists", disable=not progress)]
     if cache is not None:
-        Path(cache).write_text(json.dumps({"fingerprint": fingerprint, "instances": instances}))
+        write_atomic(Path(cache), json.dumps({"fingerprint": fingerprint, "instances": instances}))
     return instances
 
 

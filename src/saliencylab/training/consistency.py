@@ -17,19 +17,22 @@ variant. SGD with momentum, the learning rate × ``gamma`` at each milestone epo
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saliencylab.data.gridding import QUADRANTS, GriddedBatch
+from saliencylab.data.gridding import QUADRANTS, GriddedBatch, GriddedDataset, collate_gridded
+from saliencylab.data.module import SaliencyDataModule
 from saliencylab.methods.cam import single_output, upsample
 from saliencylab.metrics.functional import multilabel_f1
 from saliencylab.models.classifier import Classifier, captured_output
+from saliencylab.models.load import save_classifier
 from saliencylab.models.zoo import build_classifier
+from saliencylab.training.fit import fit_module
 from saliencylab.training.staged import StagedModule
 from saliencylab.types import Batch
 
@@ -165,10 +168,53 @@ class ConsistencyModule(StagedModule):
             per_class, overall = multilabel_f1(*totals)
             self.log_dict({f"{stage}_f1_per_class": per_class, f"{stage}_f1_overall": overall}, prog_bar=True)
         else:
-            self.log(f"{stage}_top1", totals[0] / totals[1].clamp(min=1), prog_bar=True)
+            top1 = totals[0] / totals[1].clamp(min=1)
+            self.log_dict({f"{stage}_top1": top1, f"{stage}_top1_error": 1 - top1}, prog_bar=stage != "train")
 
     def configure_optimizers(self) -> dict:
         optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum,
                                     weight_decay=self.hparams.weight_decay)
         schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(self.hparams.milestones), self.hparams.gamma)
         return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+
+def fit_consistent(datamodule: SaliencyDataModule, out_dir: str | Path, *, num_classes: int,
+                   class_names: Sequence[str] | None = None, multi_label: bool = False, max_epochs: int = 90,
+                   seed: int = 0, drop_last: bool = False, negatives_cache: str | Path | None = None,
+                   progress: bool = True, accelerator: str = "auto", resume: bool = False, data: dict | None = None,
+                   **module_kwargs: object) -> tuple[Classifier, dict[str, float]]:
+    """Train a :class:`ConsistencyModule` on ``datamodule`` (its train set is gridded here with
+    :class:`~saliencylab.data.gridding.GriddedDataset`; a validation set is needed) for ``max_epochs`` epochs;
+    keep the best epoch: lowest validation top-1 error (single-label, as the original) or loss (multi-label).
+
+    ``drop_last``: leave out the last partial training batch (the original COCO loader); ``negatives_cache``:
+    JSON file of the instance lists; ``resume``: continue from ``out_dir``'s last checkpoint (:func:`fit_module`);
+    ``module_kwargs``: the module's hyper-parameters (arch, pooling, consistency_weight, lr, milestones, ...).
+    Writes the classifier folder (``classifier.safetensors`` + ``classifier.json`` with ``pooling``, the
+    training settings under ``consistency``, the validation and test scores, ``data``); returns the classifier
+    (eval mode) and its validation scores (and ``test_*`` ones when the datamodule has a test set).
+    """
+    out_dir = Path(out_dir)
+    L.seed_everything(seed, workers=True, verbose=False)
+    gridded = SaliencyDataModule(GriddedDataset(datamodule.train, num_classes, multi_label=multi_label,
+                                                cache=negatives_cache, progress=progress),
+                                 datamodule.val, datamodule.test, datamodule.batch_size, datamodule.num_workers,
+                                 train_collate=collate_gridded, drop_last=drop_last)
+    module = ConsistencyModule(num_classes=num_classes, class_names=class_names, multi_label=multi_label,
+                               **module_kwargs)
+    monitor = "val_loss" if multi_label else "val_top1_error"
+    trainer, checkpoint = fit_module(module, gridded, out_dir, max_epochs=max_epochs, monitor=monitor, resume=resume,
+                                     progress=progress, accelerator=accelerator,
+                                     deterministic="warn")  # max pooling and upsampling lack deterministic CUDA backwards
+    best = ConsistencyModule.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+    scores = {}
+    for stage, run in (("val", trainer.validate), ("test", trainer.test)):
+        if getattr(gridded, stage) is not None:
+            results = run(best, datamodule=gridded, verbose=False)
+            scores.update({k: float(v) for k, v in (results or [{}])[0].items()})
+    hparams = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(best.hparams).items()}
+    save_classifier(best.classifier, out_dir, arch=hparams["arch"], width=hparams["width"], num_classes=num_classes,
+                    pooling=hparams["pooling"],
+                    consistency=hparams, scores=scores, epochs=trainer.current_epoch, seed=seed,
+                    **({"data": data} if data is not None else {}))
+    return best.classifier.eval(), scores
