@@ -241,28 +241,28 @@ def test_classifier_f1_metrics_count_logits_above_zero():
 
 # ---------------------------------------------------------------- tiny fits on ImageNet- and COCO-format fixtures
 
-def test_tiny_fit_on_an_imagenet_format_fixture(tmp_path: Path):
+def test_tiny_fit_on_an_imagenet_format_fixture_through_the_command_line(tmp_path: Path, capsys):
+    from saliencylab.cli import main
     from saliencylab.data.imagenet import ImageNetDataset
-    from saliencylab.data.module import SaliencyDataModule
     from saliencylab.data.synthetic import SyntheticConfig
     from saliencylab.data.synthetic_imagenet import write_synthetic_imagenet
     from saliencylab.models.load import load_trained_classifier
-    from saliencylab.training.consistency import fit_consistent
 
     root = write_synthetic_imagenet(tmp_path / "data", SyntheticConfig(image_size=32, train=12, val=6, test=6),
                                     num_per_class_in_train_val=1, progress=False)
     metadata = root / "imagenet" / "metadata"
-    val = ImageNetDataset(metadata / "val.json", size=32)
-    datamodule = SaliencyDataModule(ImageNetDataset(metadata / "train.json", size=32), val, batch_size=4)
-    classifier, scores = fit_consistent(datamodule, tmp_path / "model", num_classes=6, max_epochs=1, progress=False,
-                                        accelerator="cpu", arch="small_cnn", width=4, layer="features", lr=0.01)
+    assert main(["train-consistent", "--out", str(tmp_path / "model"), "--train-json", str(metadata / "train.json"),
+                 "--val-json", str(metadata / "val.json"), "--image-size", "32", "--batch-size", "4", "--epochs", "1",
+                 "--set", "width=4", "--set", "lr=0.01", "--device", "cpu", "--no-progress"]) == 0
+    assert "val_top1" in capsys.readouterr().out
     loaded, description = load_trained_classifier(tmp_path / "model")
+    val = ImageNetDataset(metadata / "val.json", size=32)
     images = torch.stack([val[i].image for i in range(len(val))])
     labels = torch.tensor([int(val[i].labels.argmax()) for i in range(len(val))])
     with torch.no_grad():
-        assert torch.allclose(loaded(images), classifier(images), atol=1e-5)
         top1 = float((loaded(images).argmax(1) == labels).float().mean())
-    assert scores["val_top1"] == pytest.approx(top1) and description["consistency"]["consistency_weight"] == 25.0
+    assert description["scores"]["val_top1"] == pytest.approx(top1)
+    assert description["consistency"]["consistency_weight"] == 25.0 and description["data"]["image_size"] == 32
     assert (tmp_path / "model" / "checkpoints" / "last.ckpt").is_file()
 
 

@@ -165,6 +165,27 @@ def _train_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_consistent(args: argparse.Namespace) -> int:
+    from saliencylab import presets
+    from saliencylab.data.voc import VOC_CLASSES
+    from saliencylab.training.consistency import fit_consistent
+
+    _quiet_lightning()
+    settings, size, batch_size = _training_settings("consistent", args, backbone_weights=args.backbone_weights,
+                                                    pooling=args.pooling, consistency_weight=args.consistency_weight)
+    names = presets.load("consistent", args.preset)["data"].get("class_names", VOC_CLASSES)
+    datamodule = _training_datamodule(args, size, batch_size, names)
+    class_names = list(datamodule.train.class_names)
+    data = {"source": args.voc or args.coco_train_json or args.train_json, "image_size": size,
+            "batch_size": batch_size}
+    _, scores = fit_consistent(datamodule, args.out, num_classes=len(class_names), class_names=class_names,
+                               negatives_cache=args.negatives_cache, accelerator=args.device, resume=args.resume,
+                               progress=not args.no_progress, data=data, **settings)
+    print("  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    print(f"wrote {Path(args.out) / 'classifier.safetensors'} and classifier.json; use it with --classifier {args.out}")
+    return 0
+
+
 def _train_explainer(args: argparse.Namespace) -> int:
     from saliencylab.training.explainer import fit_explainer
 
@@ -673,6 +694,31 @@ def build_parser() -> argparse.ArgumentParser:
                           "(repeatable)")
     fit.add_argument("--no-progress", action="store_true")
     fit.set_defaults(run=_train_classifier)
+
+    consistent = commands.add_parser("train-consistent", help="train a classifier whose Grad-CAM is consistent "
+                                     "through 2x2 image grids, optionally with GMP (paper 002)")
+    consistent.add_argument("--out", required=True, metavar="DIR",
+                            help="output folder: classifier.safetensors, classifier.json, checkpoints/")
+    consistent.add_argument("--preset", default="synthetic", metavar="NAME",
+                            help="synthetic (default; ImageNet-format data), synthetic_multilabel, resnet18_imagenet, "
+                                 "resnet50_imagenet, resnet18_coco, or a YAML file")
+    _add_training_data_options(consistent, classifier=True)
+    consistent.add_argument("--backbone-weights", metavar="FILE",
+                            help="torchvision ImageNet state dict loaded before the new head (resnet18_coco: the "
+                                 "ImageNet checkpoint)")
+    consistent.add_argument("--pooling", choices=["avg", "max"], help="override the preset's: max = GMP")
+    consistent.add_argument("--lambda", dest="consistency_weight", type=float, metavar="L",
+                            help="consistency loss weight (default: the preset's; 0 trains the baseline)")
+    consistent.add_argument("--negatives-cache", metavar="FILE", help="JSON cache of the negative lists")
+    consistent.add_argument("--epochs", type=int, metavar="N", help="epochs (default: the preset's)")
+    consistent.add_argument("--image-size", type=int, metavar="S", help="resize side (default: the preset's)")
+    consistent.add_argument("--batch-size", type=int, metavar="B", help="default: the preset's")
+    consistent.add_argument("--device", default="auto", help="Lightning accelerator: auto (default), cpu, gpu")
+    consistent.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    consistent.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                            help="override a preset setting, e.g. --set lr=0.01 or --set detach_target=true (repeatable)")
+    consistent.add_argument("--no-progress", action="store_true")
+    consistent.set_defaults(run=_train_consistent)
 
     masker = commands.add_parser("train-masker", help="train a CASME masker (FIX or CA) on ImageNet-format data "
                                                        "(paper 001)")
