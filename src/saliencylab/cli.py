@@ -52,15 +52,21 @@ def _speed(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from saliencylab.bench.speed import HEADER, run_speed
+    from saliencylab.bench.speed import HEADER, STEP_HEADER, run_speed, training_step_cost
 
     for flag, value in (("--size", args.size), ("--batch", args.batch), ("--repeats", args.repeats)):
         if value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
-    _check_methods(args.methods or [])
-    print(HEADER)
-    rows = run_speed(args.model, args.size, args.batch, args.methods, args.settings, args.device, args.repeats,
-                     progress=lambda line: print(line, flush=True))
+    if args.consistency_step:
+        print(f"{args.model} at {args.size} px (composites {2 * args.size} px), batch {args.batch} on {args.device}")
+        print(STEP_HEADER)
+        rows = training_step_cost(args.model, args.size, args.batch, args.device, args.repeats,
+                                  progress=lambda line: print(line, flush=True))
+    else:
+        _check_methods(args.methods or [])
+        print(HEADER)
+        rows = run_speed(args.model, args.size, args.batch, args.methods, args.settings, args.device, args.repeats,
+                         progress=lambda line: print(line, flush=True))
     if args.json:
         Path(args.json).write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
     return 0
@@ -493,12 +499,16 @@ def _bench_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+CONSISTENT_IMAGE_SIZE = 64
+"""Image side of reproduction 002 (the consistent presets' ``synthetic`` data)."""
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from saliencylab.bench.reproduce import reproduce
     from saliencylab.data.synthetic import SyntheticConfig
 
     _quiet_lightning()
-    options: dict[str, object] = {"epochs": args.epochs}
+    options: dict[str, object] = {} if args.epochs is None else {"epochs": args.epochs}
     if args.paper == "000":
         overrides: dict[str, dict] = {}
         for method, key, value in args.set:
@@ -508,7 +518,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         raise ValueError("--set, --images and --explainer-epochs apply to paper 000 only")
     if args.paper == "001":
         options["masker_epochs"] = args.masker_epochs
-    config = SyntheticConfig(image_size=args.image_size, train=args.train, val=args.val, test=args.test, seed=args.seed)
+    size = args.image_size or (CONSISTENT_IMAGE_SIZE if args.paper == "002" else 96)
+    config = SyntheticConfig(image_size=size, train=args.train, val=args.val, test=args.test, seed=args.seed)
     out = args.out or str(Path("runs") / "reproduce" / args.paper)
     reproduce(args.paper, out, fresh=args.fresh, device=args.device, config=config, progress=not args.no_progress,
               **options)
@@ -782,6 +793,9 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     speed.add_argument("--repeats", type=int, default=3, help="timed runs per method after a warm-up (median)")
     speed.add_argument("--json", help="also write the rows to this JSON file")
+    speed.add_argument("--consistency-step", action="store_true",
+                       help="instead: time and memory of a Grad-CAM consistency training step (two differentiable "
+                            "Grad-CAMs, double backward; paper 002) against a plain step")
     speed.set_defaults(run=_speed)
 
     wsol = bench.add_parser("wsol", help="WSOL table (LE, OM, F1, SM, ...; PxAP) of methods and baselines (paper 001)")
@@ -858,10 +872,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     reproduce = commands.add_parser("reproduce", help="train what a paper trains on the synthetic data, score it at "
                                     "the paper's settings, check the paper's claims (000 NN-Explainer, 001 masking)")
-    reproduce.add_argument("paper", choices=["000", "001"], help="000: NN-Explainer; 001: masking-based saliency")
+    reproduce.add_argument("paper", choices=["000", "001", "002"],
+                           help="000: NN-Explainer; 001: masking-based saliency; 002: consistent interpretations "
+                                "(at 64 px unless --image-size)")
     reproduce.add_argument("--out", help="output folder (default runs/reproduce/PAPER)")
     reproduce.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")
-    reproduce.add_argument("--epochs", type=int, default=15, help="most classifier epochs; early stopping ends sooner")
+    reproduce.add_argument("--epochs", type=int, help="most classifier epochs (default 15, early stopping ends sooner; "
+                           "002: the presets' 12 epochs of every classifier)")
     reproduce.add_argument("--images", type=int, default=50,
                            help="000: test images every compared method is scored on (default 50)")
     reproduce.add_argument("--explainer-epochs", type=int, help="000: most explainer epochs (default: the preset's 30)")
@@ -870,7 +887,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--masker-epochs", type=int, default=20, help="001: epochs of each masker (default 20, "
                            "the synthetic presets')")
     _add_data_options(reproduce)
-    reproduce.set_defaults(run=_reproduce)
+    reproduce.set_defaults(run=_reproduce, image_size=None)
 
     commands.add_parser("methods", help="list the attribution methods").set_defaults(run=_methods)
     commands.add_parser("metrics", help="list the metrics").set_defaults(run=_metrics)
