@@ -293,3 +293,16 @@ def test_tiny_fit_on_a_coco_format_fixture_with_global_max_pooling(tmp_path: Pat
                           loaded)
     metric = metrics.get("classifier_f1_overall")
     assert scores["val_f1_overall"] == pytest.approx(metric.reduce(metric.fn(inputs).double(), torch.zeros(1)), abs=1e-6)
+
+
+def test_bench_speed_times_a_consistency_step_against_a_plain_step(tmp_path: Path, capsys):
+    import json
+
+    from saliencylab.cli import main
+
+    assert main(["bench", "speed", "--consistency-step", "--size", "32", "--batch", "2", "--repeats", "3",
+                 "--json", str(tmp_path / "steps.json")]) == 0
+    rows = {row["step"]: row for row in json.loads((tmp_path / "steps.json").read_text())}
+    assert set(rows) == {"plain", "consistency"}
+    assert rows["plain"]["ratio"] == rows["plain"]["ratio_low"] == rows["plain"]["ratio_high"] == 1.0
+    assert rows["consistency"]["seconds_per_step"] > 0 and "consistency" in capsys.readouterr().out

@@ -878,7 +878,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--out", help="output folder (default runs/reproduce/PAPER)")
     reproduce.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")
     reproduce.add_argument("--epochs", type=int, help="most classifier epochs (default 15, early stopping ends sooner; "
-                           "002: the presets' 12 epochs of every classifier)")
+                           "002: the presets' 15 epochs of every classifier)")
     reproduce.add_argument("--images", type=int, default=50,
                            help="000: test images every compared method is scored on (default 50)")
     reproduce.add_argument("--explainer-epochs", type=int, help="000: most explainer epochs (default: the preset's 30)")
