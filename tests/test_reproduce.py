@@ -50,10 +50,12 @@ def test_paper_claims_on_hand_built_numbers():
 
 
 def test_claim_margins():
-    assert claim("c", "s", "m", True, {"gc": 0.64, "base": 0.60}, ["gc"], ["base"], margin=0.03)["holds"]
-    assert not claim("c", "s", "m", True, {"gc": 0.62, "base": 0.60}, ["gc"], ["base"], margin=0.03)["holds"]
-    assert claim("c", "s", "m", True, {"gc": 0.59, "base": 0.60}, ["gc"], ["base"], margin=-0.02)["holds"]
-    assert not claim("c", "s", "m", True, {"gc": 0.57, "base": 0.60}, ["gc"], ["base"], margin=-0.02)["holds"]
+    assert claim("c", "s", "m", True, {"gc": 63.0, "base": 60.0}, ["gc"], ["base"], margin=3.0)["holds"]  # at least
+    assert not claim("c", "s", "m", True, {"gc": 62.9, "base": 60.0}, ["gc"], ["base"], margin=3.0)["holds"]
+    assert claim("c", "s", "m", True, {"gc": 100 * 0.90, "base": 100 * 0.92}, ["gc"], ["base"], margin=-2.0)["holds"]
+    assert not claim("c", "s", "m", True, {"gc": 57.0, "base": 60.0}, ["gc"], ["base"], margin=-2.0)["holds"]
+    assert claim("c", "s", "m", False, {"gc": 57.0, "base": 60.0}, ["gc"], ["base"], margin=3.0)["holds"]  # lower
+    assert not claim("c", "s", "m", False, {"gc": 58.0, "base": 60.0}, ["gc"], ["base"], margin=3.0)["holds"]
 
 
 def test_paper_002_claims_on_hand_built_numbers():
