@@ -6,7 +6,8 @@ import math
 import pytest
 
 from saliencylab.bench.reproduce import (OTHER_METHODS_002, PAPERS, claim, claims_000, claims_001, claims_002,
-                                        claims_table, paper_settings_000, reproduce, table_002)
+                                        claims_table, html_table, markdown_table, paper_settings_000, reproduce,
+                                        table_002)
 from saliencylab.cli import build_parser, main
 from saliencylab.data.synthetic import SyntheticConfig
 
@@ -77,6 +78,8 @@ def test_paper_002_claims_on_hand_built_numbers():
     tables = {kind: table_002(bench, kind) for kind in ("single_label", "multi_label")}
     assert tables["single_label"]["gc"] == pytest.approx({"classifier_top1": 89.0, "pointing_game": 80.0,
                                                           "stochastic_pointing_game": 55.0, "energy": 45.0})
+    assert markdown_table({"gc": {"x": 1.234}}) == "| model | x |\n|---|---:|\n| gc | 1.23 |\n"
+    assert html_table({"gc": {"x": 1.234}}) == "<table><tr><th></th><th>x</th></tr><tr><th>gc</th><td>1.23</td></tr></table>"
     holds = {c["id"]: c["holds"] for c in claims_002(bench, tables)}
     assert holds == {"single_label_gc_raises_spg": True, "single_label_gc_raises_content_heatmap": True,
                      "single_label_gc_accuracy_cost": True, "single_label_gmp_gc_best_spg": True,

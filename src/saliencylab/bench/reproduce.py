@@ -424,6 +424,15 @@ def claims_table(claims: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def html_table(table: dict[str, dict[str, float]]) -> str:
+    """row -> column -> value as an HTML table (2 decimals)."""
+    columns = list(next(iter(table.values())))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(f"<tr><th>{html.escape(row)}</th>" + "".join(f"<td>{values[c]:.2f}</td>" for c in columns) + "</tr>"
+                   for row, values in table.items())
+    return f"<table><tr><th></th>{head}</tr>{body}</table>"
+
+
 def html_page(results: dict) -> str:
     """report.html: the claims table, deviations from the paper's settings, then each engine run's tables."""
     rows = "".join(
@@ -433,8 +442,10 @@ def html_page(results: dict) -> str:
         for c in results["claims"])
     deviations = results.get("deviations")
     warning = (f"<p><strong>Not the paper's settings:</strong> {html.escape(str(deviations))}</p>" if deviations else "")
-    sections = "".join(f"<h2>Engine: {html.escape(name)}</h2>{html_tables(bench)}"
-                       for name, bench in results["bench"].items())
+    sections = "".join(f"<h2>{html.escape(name)} (percent)</h2>{html_table(table)}"
+                       for name, table in results.get("tables", {}).items())
+    sections += "".join(f"<h2>Engine: {html.escape(name)}</h2>{html_tables(bench)}"
+                        for name, bench in results["bench"].items())
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>saliencylab reproduce {results['paper']}</title>
 <style>{report.STYLE}</style></head><body><h1>Reproduction {results['paper']}: {html.escape(results['title'])}</h1>
 <p>Synthetic data, {results['elapsed_seconds']:.0f} s on {html.escape(results['device'])}; every ✓/✗ is computed from

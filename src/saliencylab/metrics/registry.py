@@ -364,9 +364,7 @@ def reduce_f1_overall(scores: Tensor, _targets: Tensor) -> float:
 def _label_counts(inputs: MetricInputs) -> Tensor:
     """(B,3C) per image: true positives, false positives, false negatives per class at logit > 0."""
     with torch.no_grad(), scoped_eval(inputs.classifier):
-        predicted = inputs.classifier(inputs.batch.images) > 0
-    truth = inputs.batch.labels.to(predicted.device) > 0.5
-    return torch.cat([predicted & truth, predicted & ~truth, ~predicted & truth], 1).float()
+        return F.label_counts(inputs.classifier(inputs.batch.images), inputs.batch.labels).flatten(1)
 
 
 for _name, _reduce, _description in [

@@ -28,7 +28,7 @@ from torch import Tensor
 from saliencylab.data.gridding import QUADRANTS, GriddedBatch, GriddedDataset, collate_gridded
 from saliencylab.data.module import SaliencyDataModule
 from saliencylab.methods.cam import single_output, upsample
-from saliencylab.metrics.functional import multilabel_f1
+from saliencylab.metrics.functional import label_counts, multilabel_f1
 from saliencylab.models.classifier import Classifier, captured_output
 from saliencylab.models.load import save_classifier
 from saliencylab.models.zoo import build_classifier
@@ -153,8 +153,7 @@ class ConsistencyModule(StagedModule):
         loss = self.classification_loss(logits, batch.labels)
         self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=len(batch))
         if self.hparams.multi_label:
-            predicted, truth = logits > 0, batch.labels > 0.5
-            counts = torch.stack([(predicted & truth).sum(0), (predicted & ~truth).sum(0), (~predicted & truth).sum(0)])
+            counts = label_counts(logits.detach(), batch.labels).sum(0)
         else:
             counts = torch.stack([(logits.argmax(1) == batch.labels.argmax(1)).sum(), logits.new_tensor(len(batch))])
         self._totals[stage] = self._totals.get(stage, 0) + counts.float()
