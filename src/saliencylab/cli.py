@@ -55,12 +55,18 @@ def _speed(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from saliencylab.bench.speed import HEADER, run_speed
+    from saliencylab.bench.speed import HEADER, STEP_HEADER, run_speed, training_step_cost
 
-    _check_methods(args.methods or [])
-    print(HEADER)
-    rows = run_speed(args.model, args.size, args.batch, args.methods, args.settings, args.device, args.repeats,
-                     progress=lambda line: print(line, flush=True))
+    if args.consistency_step:
+        print(f"{args.model} at {args.size} px (composites {2 * args.size} px), batch {args.batch} on {args.device}")
+        print(STEP_HEADER)
+        rows = training_step_cost(args.model, args.size, args.batch, args.device, args.repeats,
+                                  progress=lambda line: print(line, flush=True))
+    else:
+        _check_methods(args.methods or [])
+        print(HEADER)
+        rows = run_speed(args.model, args.size, args.batch, args.methods, args.settings, args.device, args.repeats,
+                         progress=lambda line: print(line, flush=True))
     if args.json:
         write_atomic(args.json, json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
     return 0
@@ -167,6 +173,27 @@ def _train_classifier(args: argparse.Namespace) -> int:
                                resume=_resume(args), **settings)
     shown = "  ".join(f"{k} {v:.4f}" for k, v in scores.items()) or "no test set"
     print(f"test: {shown}")
+    print(f"wrote {Path(args.out) / 'classifier.safetensors'} and classifier.json; use it with --classifier {args.out}")
+    return 0
+
+
+def _train_consistent(args: argparse.Namespace) -> int:
+    from saliencylab import presets
+    from saliencylab.data.voc import VOC_CLASSES
+    from saliencylab.training.consistency import fit_consistent
+
+    _quiet_lightning()
+    settings, size, batch_size = _training_settings("consistent", args, backbone_weights=args.backbone_weights,
+                                                    pooling=args.pooling, consistency_weight=args.consistency_weight)
+    names = presets.load("consistent", args.preset)["data"].get("class_names", VOC_CLASSES)
+    datamodule = _training_datamodule(args, size, batch_size, names)
+    class_names = list(datamodule.train.class_names)
+    data = {"source": args.voc or args.coco_train_json or args.train_json, "image_size": size,
+            "batch_size": batch_size}
+    _, scores = fit_consistent(datamodule, args.out, num_classes=len(class_names), class_names=class_names,
+                               negatives_cache=args.negatives_cache, accelerator=args.device, resume=_resume(args),
+                               progress=not args.no_progress, data=data, **settings)
+    print("  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     print(f"wrote {Path(args.out) / 'classifier.safetensors'} and classifier.json; use it with --classifier {args.out}")
     return 0
 
@@ -476,12 +503,16 @@ def _bench_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+CONSISTENT_IMAGE_SIZE = 64
+"""Image side of reproduction 002 (the consistent presets' ``synthetic`` data)."""
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from saliencylab.bench.reproduce import reproduce
     from saliencylab.data.synthetic import SyntheticConfig
 
     _quiet_lightning()
-    options: dict[str, object] = {"epochs": args.epochs}
+    options: dict[str, object] = {} if args.epochs is None else {"epochs": args.epochs}
     if args.paper == "000":
         overrides: dict[str, dict] = {}
         for method, key, value in args.set:
@@ -491,7 +522,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         raise ValueError("--set, --images and --explainer-epochs apply to paper 000 only")
     if args.paper == "001":
         options["masker_epochs"] = args.masker_epochs
-    config = SyntheticConfig(image_size=args.image_size, train=args.train, val=args.val, test=args.test, seed=args.seed)
+    size = args.image_size or (CONSISTENT_IMAGE_SIZE if args.paper == "002" else 96)
+    config = SyntheticConfig(image_size=size, train=args.train, val=args.val, test=args.test, seed=args.seed)
     out = args.out or str(Path("runs") / "reproduce" / args.paper)
     reproduce(args.paper, out, fresh=args.fresh, device=args.device, config=config, progress=not args.no_progress,
               **options)
@@ -721,6 +753,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_resume_option(fit)
     fit.set_defaults(run=_train_classifier)
 
+    consistent = commands.add_parser("train-consistent", help="train a classifier whose Grad-CAM is consistent "
+                                     "through 2x2 image grids, optionally with GMP (paper 002)")
+    consistent.add_argument("--out", required=True, metavar="DIR",
+                            help="output folder: classifier.safetensors, classifier.json, checkpoints/")
+    consistent.add_argument("--preset", default="synthetic", metavar="NAME",
+                            help="synthetic (default; ImageNet-format data), synthetic_multilabel, resnet18_imagenet, "
+                                 "resnet50_imagenet, resnet18_coco, or a YAML file")
+    _add_training_data_options(consistent, classifier=True)
+    consistent.add_argument("--backbone-weights", metavar="FILE",
+                            help="torchvision ImageNet state dict loaded before the new head (resnet18_coco: the "
+                                 "ImageNet checkpoint)")
+    consistent.add_argument("--pooling", choices=["avg", "max"], help="override the preset's: max = GMP")
+    consistent.add_argument("--lambda", dest="consistency_weight", type=float, metavar="L",
+                            help="consistency loss weight (default: the preset's; 0 trains the baseline)")
+    consistent.add_argument("--negatives-cache", metavar="FILE", help="JSON cache of the negative lists")
+    consistent.add_argument("--epochs", type=int, metavar="N", help="epochs (default: the preset's)")
+    consistent.add_argument("--image-size", type=int, metavar="S", help="resize side (default: the preset's)")
+    consistent.add_argument("--batch-size", type=int, metavar="B", help="default: the preset's")
+    consistent.add_argument("--device", default="auto", help="Lightning accelerator: auto (default), cpu, gpu")
+    consistent.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                            help="override a preset setting, e.g. --set lr=0.01 or --set detach_target=true (repeatable)")
+    consistent.add_argument("--no-progress", action="store_true")
+    _add_resume_option(consistent)
+    consistent.set_defaults(run=_train_consistent)
+
     masker = commands.add_parser("train-masker", help="train a CASME masker (FIX or CA) on ImageNet-format data "
                                                        "(paper 001)")
     _add_classifier_options(masker)
@@ -788,6 +845,9 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     speed.add_argument("--repeats", type=int, default=3, help="timed runs per method after a warm-up (median)")
     speed.add_argument("--json", help="also write the rows to this JSON file")
+    speed.add_argument("--consistency-step", action="store_true",
+                       help="instead: time and memory of a Grad-CAM consistency training step (two differentiable "
+                            "Grad-CAMs, double backward; paper 002) against a plain step")
     speed.set_defaults(run=_speed)
 
     wsol = bench.add_parser("wsol", help="WSOL table (LE, OM, F1, SM, ...; PxAP) of methods and baselines (paper 001)")
@@ -836,7 +896,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="explain the ground-truth labels (default) or the top-k predicted classes")
     run.add_argument("--option", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                      help="a metric protocol switch: tolerance=15 (px), boxes_inclusive=false, one_pixel_smaller=true, "
-                          "unclipped_area=true, original_protocol=true (repeatable)")
+                          "unclipped_area=true, original_protocol=true, explain_short_side=448 (explain at that smaller side, maps "
+                          "resized back; paper 002's protocol) (repeatable)")
     run.add_argument("--image-size", type=int, metavar="S",
                      help="resize side (default: the classifier's training size, else 224)")
     run.add_argument("--batch-size", type=int, default=16, metavar="B", help="images per batch file (default 16)")
@@ -859,10 +920,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     reproduce = commands.add_parser("reproduce", help="train what a paper trains on the synthetic data, score it at "
                                     "the paper's settings, check the paper's claims (000 NN-Explainer, 001 masking)")
-    reproduce.add_argument("paper", choices=["000", "001"], help="000: NN-Explainer; 001: masking-based saliency")
+    reproduce.add_argument("paper", choices=["000", "001", "002"],
+                           help="000: NN-Explainer; 001: masking-based saliency; 002: consistent interpretations "
+                                "(at 64 px unless --image-size)")
     reproduce.add_argument("--out", help="output folder (default runs/reproduce/PAPER)")
     reproduce.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")
-    reproduce.add_argument("--epochs", type=int, default=15, help="most classifier epochs; early stopping ends sooner")
+    reproduce.add_argument("--epochs", type=int, help="most classifier epochs (default 15, early stopping ends sooner; "
+                           "002: the presets' 15 epochs of every classifier)")
     reproduce.add_argument("--images", type=int, default=50,
                            help="000: test images every compared method is scored on (default 50)")
     reproduce.add_argument("--explainer-epochs", type=int, help="000: most explainer epochs (default: the preset's 30)")
@@ -871,7 +935,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--masker-epochs", type=int, default=20, help="001: epochs of each masker (default 20, "
                            "the synthetic presets')")
     _add_data_options(reproduce)
-    reproduce.set_defaults(run=_reproduce)
+    reproduce.set_defaults(run=_reproduce, image_size=None)
 
     commands.add_parser("methods", help="list the attribution methods").set_defaults(run=_methods)
     commands.add_parser("metrics", help="list the metrics").set_defaults(run=_metrics)

@@ -163,13 +163,18 @@ class COCODataset(AnnotatedDataset):
         self.class_names = tuple(category["name"] for category in categories)
         self.ids = sorted(i for i in self.coco.imgs if self.coco.imgToAnns[i] or not skip_empty)
 
+    def instance_labels(self, index: int) -> list[int]:
+        """The class of each annotation of image ``index`` (the Sample's ``box_labels``), read without the image."""
+        anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=self.ids[index]))
+        return [self.category_ids.index(ann["category_id"]) for ann in anns]
+
     def __getitem__(self, index: int) -> Sample:
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
         size = (info["height"], info["width"])
         image = read_image(self.image_dir / info["file_name"], size, described_in=self.annotation_file)
         anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id))
-        labels = [self.category_ids.index(ann["category_id"]) for ann in anns]
+        labels = self.instance_labels(index)
         segmentation = torch.full(size, BACKGROUND, dtype=torch.long)
         for ann, label in zip(anns, labels):
             segmentation[torch.from_numpy(self.coco.annToMask(ann)).bool()] = VOID if ann["iscrowd"] else label

@@ -62,7 +62,8 @@ def load_trained_classifier(out_dir: str | Path) -> tuple[Classifier, dict]:
                                         layer=next(iter((description.get("layers") or {}).values()), None))
     else:
         classifier = build_classifier(description["arch"], description["num_classes"], class_names=names,
-                                      width=description["width"], weights=weights)
+                                      width=description["width"], weights=weights,
+                                      pooling=description.get("pooling", "avg"))
     return classifier.eval(), description
 
 
