@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from saliencylab.data.module import SaliencyDataModule
     from saliencylab.models.classifier import Classifier
+    from saliencylab.scale import Scale
 
 
 def _quiet_lightning() -> None:
@@ -158,7 +159,8 @@ def _train_classifier(args: argparse.Namespace) -> int:
     data = {"source": args.voc or args.coco_train_json or args.train_json, "image_size": size,
             "batch_size": batch_size}
     _, scores = fit_classifier(datamodule, args.out, num_classes=len(class_names), class_names=class_names,
-                               accelerator=args.device, progress=not args.no_progress, data=data, **settings)
+                               accelerator=args.device, progress=not args.no_progress, data=data,
+                               scale=_scale(args), **settings)
     shown = "  ".join(f"{k} {v:.4f}" for k, v in scores.items()) or "no test set"
     print(f"test: {shown}")
     print(f"wrote {Path(args.out) / 'classifier.safetensors'} and classifier.json; use it with --classifier {args.out}")
@@ -174,7 +176,8 @@ def _train_explainer(args: argparse.Namespace) -> int:
     datamodule = _training_datamodule(args, size, batch_size, classifier.class_names)
     target = ({"num_classes": classifier.num_classes} if settings.get("variant") == "fcnn"
               else {"classifier_dir": _classifier_dir(args, classifier, description)})
-    fit_explainer(datamodule, args.out, accelerator=args.device, progress=not args.no_progress, **target, **settings)
+    fit_explainer(datamodule, args.out, accelerator=args.device, progress=not args.no_progress, scale=_scale(args),
+                  **target, **settings)
     print(f"wrote {Path(args.out) / 'explainer.safetensors'} and explainer.json; use it as "
           f"methods.build({settings.get('variant', 'explainer')!r}, classifier, checkpoint={str(args.out)!r})")
     return 0
@@ -262,7 +265,7 @@ def _train_masker(args: argparse.Namespace) -> int:
                          f"{description['source']} has {description['num_classes']}")
     datamodule = SaliencyDataModule(train, val, batch_size=batch_size, num_workers=args.workers)
     module = fit_masker(datamodule, out, classifier_dir=_classifier_dir(args, classifier, description),
-                        accelerator=args.device, progress=not args.no_progress, **settings)
+                        accelerator=args.device, progress=not args.no_progress, scale=_scale(args), **settings)
     print(f"trained a {module.hparams.mode} masker on {len(train)} images; wrote {out / 'masker.safetensors'} "
           f"and masker.json{' (and its co-trained classifier)' if module.hparams.mode == 'ca' else ''}; use it as "
           f"methods.build('masker', classifier, checkpoint={str(out)!r})")
@@ -593,6 +596,28 @@ def _add_evaluation_options(parser: argparse.ArgumentParser, size_note: str = ""
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
 
 
+def _add_scale_options(parser: argparse.ArgumentParser, precision: bool = True) -> None:
+    """--devices, --num-nodes, --strategy (and for training --precision): Lightning's, see saliencylab.scale."""
+    group = parser.add_argument_group("scale", "processes and machines (Lightning's options; README: Scaling out)")
+    group.add_argument("--devices", type=int, default=1, metavar="N",
+                       help="processes per machine: one per GPU, or CPU processes (default 1)")
+    group.add_argument("--num-nodes", type=int, default=1, metavar="N", help="machines (default 1)")
+    group.add_argument("--strategy", default="auto", metavar="NAME",
+                       help="Lightning strategy: auto (default; ddp for several devices), ddp, ddp_spawn, ddp_fork"
+                            + (", fsdp" if precision else ""))
+    if precision:
+        group.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"],
+                           help="32 (default), bf16-mixed, 16-mixed (mixed precision on GPU)")
+
+
+def _scale(args: argparse.Namespace) -> Scale:
+    """The Scale of --devices / --num-nodes / --strategy / --precision."""
+    from saliencylab.scale import Scale
+
+    return Scale(devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy,
+                 precision=getattr(args, "precision", "32"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saliencylab", description="Explain image classifiers and measure the explanations.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -633,6 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                          help="a method hyper-parameter, e.g. --set layer=features (repeatable)")
     explain.add_argument("--no-progress", action="store_true")
+    _add_scale_options(explain, precision=False)
     explain.set_defaults(run=_explain)
 
     train = commands.add_parser("train-explainer",
@@ -650,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                        help="override a preset setting, e.g. --set lr=1e-4 (repeatable)")
     train.add_argument("--no-progress", action="store_true")
+    _add_scale_options(train)
     train.set_defaults(run=_train_explainer)
 
     fit = commands.add_parser("train-classifier", help="train a zoo classifier (small_cnn, vgg16, resnet18, resnet50, "
@@ -672,6 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a preset classifier setting, e.g. --set lr=1e-4 or --set arch=resnet18 "
                           "(repeatable)")
     fit.add_argument("--no-progress", action="store_true")
+    _add_scale_options(fit)
     fit.set_defaults(run=_train_classifier)
 
     masker = commands.add_parser("train-masker", help="train a CASME masker (FIX or CA) on ImageNet-format data "
@@ -700,6 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
     masker.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                         help="override a preset masker setting, e.g. --set lambda_out=15 (repeatable)")
     masker.add_argument("--no-progress", action="store_true")
+    _add_scale_options(masker)
     masker.set_defaults(run=_train_masker)
 
     sanity = commands.add_parser("sanity", help="model- and data-randomisation sanity checks of a method (paper 001)")
@@ -801,6 +830,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--csv", metavar="FILE", help="also copy results.csv here")
     run.add_argument("--html", metavar="FILE", help="also copy report.html here")
     run.add_argument("--no-progress", action="store_true")
+    _add_scale_options(run, precision=False)
     run.set_defaults(run=_bench_run)
 
     merge = bench.add_parser("merge", help="merge the folders of `bench run --shard i/n` runs into one result")

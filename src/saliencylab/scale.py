@@ -1,0 +1,91 @@
+"""How many processes, on how many machines, in which precision: one set of options for every training scheme
+and for bulk explanation and benchmarking.
+
+Training hands a :class:`Scale` to ``lightning.Trainer`` (:func:`saliencylab.training.fit.fit_module`), so
+``ddp``, ``ddp_spawn``, ``fsdp``, SLURM and torchrun are Lightning's own. ``explain`` and ``bench run`` use
+Lightning Fabric's launcher and cluster environments (:func:`run_on_ranks`) with plain ``torch.distributed``
+underneath: each rank computes its own shard of the engine's fixed batches into the shared output folder, and
+rank 0 merges (see ``bench/run.py`` and ``bench/export.py``). Not Lightning's prediction loop: its distributed
+sampler repeats images to even out the ranks, it has no notion of the engine's resumable batch files, and
+scoring (metrics, reference rows) would need a second runner beside the engine.
+
+Seeds: every rank calls ``seed_everything`` with the same seed, so models start equal, Lightning's
+``DistributedSampler`` (seeded by that seed) deals one shuffled order out to the ranks, and the modules' own
+random choices (the masker's historic classifier, RT-saliency's alternative) agree across ranks, as DDP needs
+every rank to take the same branch.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+LAUNCHER_VARIABLES = ("TORCHELASTIC_RUN_ID", "SLURM_NTASKS")
+"""Set by torchrun and SLURM: the processes already exist, Lightning joins them instead of starting more."""
+
+
+@dataclass(frozen=True)
+class Scale:
+    """``devices``: processes per machine (one per GPU; on CPU, processes); ``num_nodes``: machines;
+    ``strategy``: a Lightning strategy name (``auto``, ``ddp``, ``ddp_spawn``, ``ddp_fork``, ``fsdp``, ...);
+    ``precision``: a Lightning precision (``32``, ``bf16-mixed``, ``16-mixed``; training only)."""
+
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.devices, int) or self.devices < 1:
+            raise ValueError(f"devices must be a whole number >= 1, got {self.devices!r}")
+        if not isinstance(self.num_nodes, int) or self.num_nodes < 1:
+            raise ValueError(f"num_nodes must be a whole number >= 1, got {self.num_nodes!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+    @property
+    def processes(self) -> int:
+        """Processes in all: devices × nodes."""
+        return self.devices * self.num_nodes
+
+    def trainer_options(self) -> dict[str, object]:
+        """The ``lightning.Trainer`` keywords: devices, num_nodes, strategy, precision."""
+        return {"devices": self.devices, "num_nodes": self.num_nodes, "strategy": self.strategy,
+                "precision": self.precision}
+
+
+def _fabric_accelerator(device: str) -> str:
+    """``cpu`` / ``cuda`` / ``cuda:1`` (the commands' --device) -> Fabric's accelerator; a numbered GPU is refused,
+    since the ranks take GPUs 0..devices-1 of their machine."""
+    if device == "cpu":
+        return "cpu"
+    if device in ("cuda", "gpu", "auto"):
+        return device
+    raise ValueError(f"--device {device} names one device; with --devices N give --device cuda (the ranks take "
+                     "GPUs 0..N-1; choose them with CUDA_VISIBLE_DEVICES) or --device cpu")
+
+
+def run_on_ranks(scale: Scale, device: str, work: Callable[..., T], *args: object) -> T:
+    """Run ``work(rank, world, device, barrier, *args)`` in every process of ``scale``; return its value in this
+    process (rank 0's when this process started the others).
+
+    One process (the default, outside torchrun / SLURM): ``work(0, 1, device, no-op, *args)`` here. Otherwise
+    Lightning Fabric starts (``ddp``: re-runs this command per rank; ``ddp_spawn`` / ``ddp_fork``: child
+    processes) or joins (torchrun, SLURM) the processes and sets up ``torch.distributed`` (gloo on CPU,
+    NCCL on GPU); ``barrier()`` waits for every rank. ``work`` and ``args`` must pickle under ``ddp_spawn``.
+    """
+    if scale.processes == 1 and not any(name in os.environ for name in LAUNCHER_VARIABLES):
+        return work(0, 1, device, lambda: None, *args)
+    from lightning.fabric import Fabric
+
+    fabric = Fabric(accelerator=_fabric_accelerator(device), devices=scale.devices, num_nodes=scale.num_nodes,
+                    strategy=scale.strategy)
+    return fabric.launch(_on_rank, work, *args)
+
+
+def _on_rank(fabric, work: Callable[..., T], *args: object) -> T:
+    return work(fabric.global_rank, fabric.world_size, str(fabric.device), fabric.barrier, *args)

@@ -1,0 +1,85 @@
+"""Scale options and two-process runs on CPU (gloo): training under DDP, explain and bench run over ranks.
+
+The two-process runs use Lightning's ``ddp_fork`` (the DDP strategy with forked workers): ``ddp_spawn`` and
+``ddp`` start fresh interpreters that import torch and Lightning again (about 12 s each on this machine).
+"""
+import json
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from saliencylab.data.module import SaliencyDataModule
+from saliencylab.data.synthetic import CLASSES, SyntheticConfig, generate
+from saliencylab.models.explainer import load_trained_explainer
+from saliencylab.scale import Scale
+from saliencylab.training.explainer import ExplainerModule, fit_explainer
+from saliencylab.types import collate
+
+TWO = Scale(devices=2, strategy="ddp_fork")
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return generate(SyntheticConfig(image_size=32, train=8, val=8, test=8, seed=5))
+
+
+class RecordRank(Callback):
+    """Each rank writes ``rank<R>.json``: the image ids of its training batches and the val_loss it saw per epoch."""
+
+    def __init__(self, folder) -> None:
+        self.folder = folder
+        self.images: list[list[str]] = []
+        self.val_loss: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.images.append([])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.images[-1] += batch.image_ids
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.val_loss.append(float(trainer.callback_metrics["val_loss"]))
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        (self.folder / f"rank{trainer.global_rank}.json").write_text(
+            json.dumps({"images": self.images, "val_loss": self.val_loss, "world": trainer.world_size}))
+
+
+def test_scale_refuses_bad_options():
+    with pytest.raises(ValueError, match="devices must be a whole number >= 1"):
+        Scale(devices=0)
+    with pytest.raises(ValueError, match="num_nodes"):
+        Scale(num_nodes=0)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Scale(precision="8")
+    assert Scale(devices=2, num_nodes=3).processes == 6
+
+
+def test_explainer_fit_under_ddp_writes_once_with_synchronised_validation(splits, classifier_dir, tmp_path):
+    """Two ranks (gloo): one set of checkpoints and files, written by rank 0, that load; the logged val_loss is the
+    same on both ranks and equals one process's loss over the whole validation set; the ranks split every epoch."""
+    out, records = tmp_path / "explainer", tmp_path / "records"
+    records.mkdir()
+    datamodule = SaliencyDataModule(splits["train"], splits["val"], batch_size=2)
+    best = fit_explainer(datamodule, out, classifier_dir=classifier_dir, max_epochs=2, width=4, lr=1e-3,
+                         progress=False, accelerator="cpu", callbacks=[RecordRank(records)], scale=TWO)
+    ranks = [json.loads((records / f"rank{r}.json").read_text()) for r in (0, 1)]
+    epoch = min(range(2), key=ranks[0]["val_loss"].__getitem__)
+    best_file = f"epoch={epoch}-step={2 * (epoch + 1)}.ckpt"  # 2 batches of 2 images per rank and epoch
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [best_file, "last.ckpt"]
+    assert [r["world"] for r in ranks] == [2, 2]
+    for epoch in range(2):
+        seen = [set(r["images"][epoch]) for r in ranks]
+        assert len(seen[0]) == len(seen[1]) == 4 and not seen[0] & seen[1]  # one shuffled order dealt to the ranks
+        assert seen[0] | seen[1] == {s.image_id for s in splits["train"]}
+    assert ranks[0]["val_loss"] == ranks[1]["val_loss"]
+    description = json.loads((out / "explainer.json").read_text())
+    network, _ = load_trained_explainer(out)
+    for ours, saved in zip(best.explainer.state_dict().values(), network.state_dict().values()):
+        assert torch.equal(ours, saved)
+    module = ExplainerModule.load_from_checkpoint(out / "checkpoints" / best_file, weights_only=True).eval()
+    with torch.no_grad():
+        whole = sum(float(module.losses(collate(splits["val"][i:i + 2]), "val")[0]) * 2 for i in range(0, 8, 2)) / 8
+    assert description["best_val_loss"] == pytest.approx(whole, abs=1e-6) == pytest.approx(ranks[0]["val_loss"][epoch])
