@@ -4,17 +4,25 @@ The two-process runs use Lightning's ``ddp_fork`` (the DDP strategy with forked 
 ``ddp`` start fresh interpreters that import torch and Lightning again (about 12 s each on this machine).
 """
 import json
+import os
+import signal
 
 import pytest
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
+from torch.utils.data import Dataset
+
+from saliencylab.bench.export import explain_on_ranks, explain_to_disk, load_maps
+from saliencylab.bench.run import run_benchmark, run_benchmark_on_ranks
 
 from saliencylab.data.module import SaliencyDataModule
 from saliencylab.data.synthetic import CLASSES, SyntheticConfig, generate
 from saliencylab.models.explainer import load_trained_explainer
+from saliencylab.models.load import load_trained_classifier
 from saliencylab.scale import Scale
 from saliencylab.training.explainer import ExplainerModule, fit_explainer
-from saliencylab.types import collate
+from saliencylab.types import Sample, collate
 
 TWO = Scale(devices=2, strategy="ddp_fork")
 
@@ -83,3 +91,65 @@ def test_explainer_fit_under_ddp_writes_once_with_synchronised_validation(splits
     with torch.no_grad():
         whole = sum(float(module.losses(collate(splits["val"][i:i + 2]), "val")[0]) * 2 for i in range(0, 8, 2)) / 8
     assert description["best_val_loss"] == pytest.approx(whole, abs=1e-6) == pytest.approx(ranks[0]["val_loss"][epoch])
+
+
+class KilledOnRankOne(Dataset):
+    """``samples``, except that rank 1 of a distributed run dies (SIGKILL) when it loads sample ``at``."""
+
+    def __init__(self, samples: list[Sample], at: int) -> None:
+        self.samples, self.at = samples, at
+        self.ids = [sample.image_id for sample in samples]  # as the loaders have: no image is read to list them
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        if index == self.at and dist.is_initialized() and dist.get_rank() == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.samples[index]
+
+
+def _stamps(folder) -> dict:
+    return {path: path.stat().st_mtime_ns for path in folder.rglob("[0-9]*.*") if not path.name.endswith(".tmp")}
+
+
+@pytest.mark.parametrize("store", ["files", "chunks"])
+def test_two_process_explain_equals_one_and_resumes_after_a_rank_is_killed(splits, classifier_dir, tmp_path, store):
+    classifier, _ = load_trained_classifier(classifier_dir)
+    images = splits["test"]  # 8 images: batches 0..3 of 2; rank 1 takes batches 1 and 3 and dies on image 6
+    options = {"batch_size": 2, "store": store, "dtype": "float16"}
+    one = explain_to_disk("gradcam", classifier, images, tmp_path / "one", progress=False, **options)
+    with pytest.raises(Exception, match="(?i)signal|exited"):
+        explain_on_ranks(TWO, "gradcam", classifier, KilledOnRankOne(images, 6), tmp_path / "two", progress=False,
+                         **options)
+    before = _stamps(tmp_path / "two" / {"files": "maps", "chunks": "chunks"}[store])
+    finished_by_rank_one = {"files": "maps/000019.npz", "chunks": "chunks/000001.npz"}[store]
+    assert tmp_path / "two" / finished_by_rank_one in before
+    two = explain_on_ranks(TWO, "gradcam", classifier, images, tmp_path / "two", progress=False, **options)
+    assert all(path.stat().st_mtime_ns == stamp for path, stamp in before.items())  # not computed again
+    assert two == one and list(two["images"]) == [s.image_id for s in images]
+    assert not list((tmp_path / "two").glob("*/*.tmp")) and not list((tmp_path / "two" / "shards").iterdir())
+    for image_id in two["images"]:
+        maps, targets = load_maps(tmp_path / "two", image_id)
+        expected, expected_targets = load_maps(tmp_path / "one", image_id)
+        assert maps.dtype == torch.float16 and torch.equal(maps.nan_to_num(), expected.nan_to_num())
+        assert torch.equal(targets, expected_targets)
+
+
+def test_two_process_bench_run_equals_one_and_resumes_after_a_rank_is_killed(splits, classifier_dir, tmp_path):
+    classifier, _ = load_trained_classifier(classifier_dir)
+    images = splits["test"]
+    options = {"metric_names": ["pointing_game", "energy", "saliency_metric"], "batch_size": 2, "progress": False,
+               "bootstrap": 50}
+    one = run_benchmark(classifier, images, ["gradcam", "zeros"], tmp_path / "one", **options)
+    with pytest.raises(Exception, match="(?i)signal|exited"):
+        run_benchmark_on_ranks(TWO, classifier, KilledOnRankOne(images, 6), ["gradcam", "zeros"], tmp_path / "two",
+                               **options)
+    before = _stamps(tmp_path / "two" / "scores")
+    assert tmp_path / "two" / "scores" / "gradcam" / "000001.json" in before
+    two = run_benchmark_on_ranks(TWO, classifier, images, ["gradcam", "zeros"], tmp_path / "two", **options)
+    assert all(path.stat().st_mtime_ns == stamp for path, stamp in before.items())
+    for name in ("gradcam", "zeros"):  # values, intervals, per-class means (NaN where undefined, in both)
+        assert json.dumps(two["rows"][name]["scores"]) == json.dumps(one["rows"][name]["scores"])
+        assert two["rows"][name]["images"] == 8 and not two["rows"][name]["batches_missing"]
+    assert (tmp_path / "two" / "scores.csv").read_text() == (tmp_path / "one" / "scores.csv").read_text()

@@ -78,7 +78,7 @@ def _setting(text: str) -> tuple[str, object]:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from saliencylab.bench.export import explain_to_disk
+    from saliencylab.bench.export import explain_on_ranks
     from saliencylab.data import COCODataset, ImageFolder, Resize, VOCDataset
 
     _check_methods([args.method])
@@ -96,10 +96,12 @@ def _explain(args: argparse.Namespace) -> int:
     else:
         dataset = ImageFolder(args.images, classifier.class_names, transform=resize)
     targets = args.targets or ("top1" if args.images is not None else "labels")
-    manifest = explain_to_disk(args.method, classifier, dataset, args.out, hyperparameters=dict(args.set),
-                               targets=targets, batch_size=args.batch_size, device=args.device,
-                               progress=not args.no_progress)
-    print(f"{len(manifest['images'])} images explained in {args.out} (manifest.json, maps/*.npz)")
+    manifest = explain_on_ranks(_scale(args), args.method, classifier, dataset, args.out,
+                                hyperparameters=dict(args.set), targets=targets, batch_size=args.batch_size,
+                                device=args.device, progress=not args.no_progress, store=args.store, dtype=args.dtype)
+    if manifest is not None:  # rank 0
+        print(f"{len(manifest['images'])} images explained in {args.out} (manifest.json, "
+              f"{'maps/*.npz' if args.store == 'files' else 'chunks/*.npz'})")
     return 0
 
 
@@ -444,19 +446,21 @@ def _bench_rows(specs: list[str], settings: list[tuple[str, str, object]],
 def _bench_run(args: argparse.Namespace) -> int:
     import shutil
 
-    from saliencylab.bench.run import run_benchmark, table
+    from saliencylab.bench.run import run_benchmark_on_ranks, table
     from saliencylab.data.formats import load_dataset
 
     rows = _bench_rows(args.rows, args.set, args.subset)
     classifier, description = _load_classifier(args)
     dataset = load_dataset(args.data, class_names=classifier.class_names, image_size=_classifier_size(args, description),
                            options=dict(args.data_set))
-    results = run_benchmark(classifier, dataset, rows, args.out, metric_names=args.metrics,
-                            description={"classifier": _classifier_identity(args),
-                                         "dataset": {"data": args.data, **dict(args.data_set)}},
-                            targets=args.targets, batch_size=args.batch_size, shard=args.shard, seed=args.seed,
-                            options=dict(args.option), device=args.device, progress=not args.no_progress,
-                            bootstrap=args.bootstrap)
+    results = run_benchmark_on_ranks(_scale(args), classifier, dataset, rows, args.out, metric_names=args.metrics,
+                                     description={"classifier": _classifier_identity(args),
+                                                  "dataset": {"data": args.data, **dict(args.data_set)}},
+                                     targets=args.targets, batch_size=args.batch_size, seed=args.seed,
+                                     options=dict(args.option), device=args.device, progress=not args.no_progress,
+                                     bootstrap=args.bootstrap, shard=args.shard)
+    if results is None:  # not rank 0
+        return 0
     print(table(results), end="")
     out = Path(args.out)
     for flag, name in ((args.json, "results.json"), (args.csv, "results.csv"), (args.html, "report.html")):
@@ -643,7 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain = commands.add_parser("explain", help="write a method's maps for a dataset or image folder (resumable)")
     explain.add_argument("method", help="a registered method (see: saliencylab methods)")
     _add_classifier_options(explain)
-    explain.add_argument("--out", required=True, help="output folder: manifest.json and maps/<image id>.npz")
+    explain.add_argument("--out", required=True, help="output folder: manifest.json and maps/<image id>.npz "
+                                                      "(or chunks/<batch>.npz)")
     explain.add_argument("--voc", help="VOC root (folder with VOCdevkit, VOCdevkit, or VOC2007)")
     explain.add_argument("--split", default="test", help="VOC split (default test)")
     explain.add_argument("--coco-json", help="COCO instances JSON")
@@ -657,6 +662,10 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--device", default="cpu")
     explain.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                          help="a method hyper-parameter, e.g. --set layer=features (repeatable)")
+    explain.add_argument("--store", default="files", choices=["files", "chunks"],
+                         help="files: one .npz per image (default); chunks: one .npz per batch (10^5 maps and more)")
+    explain.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                         help="stored maps' type (float16: half the bytes)")
     explain.add_argument("--no-progress", action="store_true")
     _add_scale_options(explain, precision=False)
     explain.set_defaults(run=_explain)

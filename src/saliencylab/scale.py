@@ -89,3 +89,25 @@ def run_on_ranks(scale: Scale, device: str, work: Callable[..., T], *args: objec
 
 def _on_rank(fabric, work: Callable[..., T], *args: object) -> T:
     return work(fabric.global_rank, fabric.world_size, str(fabric.device), fabric.barrier, *args)
+
+
+def run_shards(scale: Scale, device: str, compute: Callable[..., T], merge: Callable[[], T],
+               progress: bool = True, shard: tuple[int, int] = (0, 1)) -> T | None:
+    """``compute(shard=(i, n), device=..., progress=...)`` on every rank ``i`` of ``n``; with several ranks, rank 0
+    then returns ``merge()`` once every rank is done (the others return None). One process: ``compute``'s value.
+    ``shard=(j, m)``: this job is part j of m started by hand; rank i then computes part j + m·i of m·n.
+
+    ``compute`` writes its shard of a resumable, sharded job into a shared folder (the engine's batch files, the
+    explained maps) and ``merge`` reads the whole folder; both must pickle under ``ddp_spawn``.
+    """
+    return run_on_ranks(scale, device, _compute_then_merge, compute, merge, progress, shard)
+
+
+def _compute_then_merge(rank: int, world: int, device: str, barrier: Callable[[], None], compute: Callable[..., T],
+                        merge: Callable[[], T], progress: bool, shard: tuple[int, int]) -> T | None:
+    part, parts = shard
+    value = compute(shard=(part + parts * rank, parts * world), device=device, progress=progress and rank == 0)
+    if world == 1:
+        return value
+    barrier()
+    return merge() if rank == 0 else None
