@@ -1,7 +1,9 @@
 """Scale options and two-process runs on CPU (gloo): training under DDP, explain and bench run over ranks.
 
-The two-process runs use Lightning's ``ddp_fork`` (the DDP strategy with forked workers): ``ddp_spawn`` and
-``ddp`` start fresh interpreters that import torch and Lightning again (about 12 s each on this machine).
+The two-process runs use ``ddp_forkserver`` (saliencylab.scale.FORKSERVER): Lightning's DDP with workers forked
+from a server process started once per test session; ``ddp_spawn`` and ``ddp`` import torch and Lightning
+again in every worker of every run (about 12 s each on this machine), and ``ddp_fork`` hangs once the test
+process has run OpenMP work.
 """
 import json
 import os
@@ -20,11 +22,12 @@ from saliencylab.data.module import SaliencyDataModule
 from saliencylab.data.synthetic import CLASSES, SyntheticConfig, generate
 from saliencylab.models.explainer import load_trained_explainer
 from saliencylab.models.load import load_trained_classifier
-from saliencylab.scale import Scale
+from saliencylab.cli import _scale, build_parser
+from saliencylab.scale import Scale, _compute_then_merge
 from saliencylab.training.explainer import ExplainerModule, fit_explainer
 from saliencylab.types import Sample, collate
 
-TWO = Scale(devices=2, strategy="ddp_fork")
+TWO = Scale(devices=2, strategy="ddp_forkserver")
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +68,22 @@ def test_scale_refuses_bad_options():
     assert Scale(devices=2, num_nodes=3).processes == 6
 
 
+def test_ranks_split_a_hand_made_shard_again_and_the_commands_take_the_options():
+    calls = []
+    compute = lambda **kw: calls.append(kw) or "part"  # noqa: E731
+    barriers = []
+    assert _compute_then_merge(1, 2, "cpu", lambda: barriers.append(1), compute, lambda: "all", True, (1, 3)) is None
+    assert _compute_then_merge(0, 2, "cpu", lambda: barriers.append(0), compute, lambda: "all", True, (1, 3)) == "all"
+    assert [c["shard"] for c in calls] == [(4, 6), (1, 6)]  # part 1 of 3, split over 2 ranks: 1+3·r of 6
+    assert [c["progress"] for c in calls] == [False, True] and barriers == [1, 0]
+    assert _compute_then_merge(0, 1, "cpu", lambda: None, compute, lambda: "all", True, (0, 1)) == "part"
+    args = build_parser().parse_args(["train-explainer", "--classifier", "c", "--voc", "v", "--out", "o",
+                                      "--devices", "4", "--num-nodes", "2", "--strategy", "ddp",
+                                      "--precision", "bf16-mixed"])
+    assert _scale(args) == Scale(devices=4, num_nodes=2, strategy="ddp", precision="bf16-mixed")
+    assert _scale(build_parser().parse_args(["explain", "gradcam", "--classifier", "c", "--out", "o"])) == Scale()
+
+
 def test_explainer_fit_under_ddp_writes_once_with_synchronised_validation(splits, classifier_dir, tmp_path):
     """Two ranks (gloo): one set of checkpoints and files, written by rank 0, that load; the logged val_loss is the
     same on both ranks and equals one process's loss over the whole validation set; the ranks split every epoch."""
@@ -72,7 +91,8 @@ def test_explainer_fit_under_ddp_writes_once_with_synchronised_validation(splits
     records.mkdir()
     datamodule = SaliencyDataModule(splits["train"], splits["val"], batch_size=2)
     best = fit_explainer(datamodule, out, classifier_dir=classifier_dir, max_epochs=2, width=4, lr=1e-3,
-                         progress=False, accelerator="cpu", callbacks=[RecordRank(records)], scale=TWO)
+                         progress=False, accelerator="cpu", callbacks=[RecordRank(records)],
+                         scale=TWO)
     ranks = [json.loads((records / f"rank{r}.json").read_text()) for r in (0, 1)]
     epoch = min(range(2), key=ranks[0]["val_loss"].__getitem__)
     best_file = f"epoch={epoch}-step={2 * (epoch + 1)}.ckpt"  # 2 batches of 2 images per rank and epoch

@@ -472,6 +472,20 @@ def _bench_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_scale(args: argparse.Namespace) -> int:
+    import json
+
+    from saliencylab.bench.scale import run_scale, scale_tables
+
+    _quiet_lightning()
+    result = run_scale(tuple(args.processes), strategy=args.strategy, images=args.images, size=args.image_size,
+                       store_images=args.store_images)
+    print(scale_tables(result), end="")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
 def _bench_merge(args: argparse.Namespace) -> int:
     from saliencylab.bench.run import merge_runs, table
 
@@ -607,8 +621,8 @@ def _add_scale_options(parser: argparse.ArgumentParser, precision: bool = True) 
                        help="processes per machine: one per GPU, or CPU processes (default 1)")
     group.add_argument("--num-nodes", type=int, default=1, metavar="N", help="machines (default 1)")
     group.add_argument("--strategy", default="auto", metavar="NAME",
-                       help="Lightning strategy: auto (default; ddp for several devices), ddp, ddp_spawn, ddp_fork"
-                            + (", fsdp" if precision else ""))
+                       help="Lightning strategy: auto (default; ddp for several devices), ddp, ddp_spawn, "
+                            "ddp_forkserver" + (", fsdp" if precision else ""))
     if precision:
         group.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"],
                            help="32 (default), bf16-mixed, 16-mixed (mixed precision on GPU)")
@@ -841,6 +855,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true")
     _add_scale_options(run, precision=False)
     run.set_defaults(run=_bench_run)
+
+    scale = bench.add_parser("scale", help="explain images/s and training samples/s at 1 and 2 processes, the "
+                                           "output stores' bytes/map and maps/s, and the cost of ImageNet val")
+    scale.add_argument("--processes", type=int, nargs="+", default=[1, 2], metavar="N",
+                       help="process counts to measure (default 1 2)")
+    scale.add_argument("--strategy", default="ddp_forkserver", metavar="NAME",
+                       help="strategy of the runs (default ddp_forkserver: workers fork from a server that imported "
+                            "torch once)")
+    scale.add_argument("--images", type=int, default=64, metavar="N", help="images explained and trained on (default 64)")
+    scale.add_argument("--image-size", type=int, default=64, metavar="S", help="their side (default 64)")
+    scale.add_argument("--store-images", type=int, default=32, metavar="N",
+                       help="224 px images written to each store (default 32)")
+    scale.add_argument("--json", metavar="FILE", help="also write the measurements to this JSON file")
+    scale.set_defaults(run=_bench_scale)
 
     merge = bench.add_parser("merge", help="merge the folders of `bench run --shard i/n` runs into one result")
     merge.add_argument("out", metavar="OUT", help="folder of the merged run (may be one of the shards)")

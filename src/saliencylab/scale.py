@@ -24,6 +24,13 @@ from typing import TypeVar
 T = TypeVar("T")
 
 PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+FORKSERVER = "ddp_forkserver"
+"""DDP whose workers fork from a fresh server process (one that never ran torch work), with torch, Lightning and
+the engine preloaded there. ``ddp_fork`` hangs when the launching process has already run OpenMP work (its
+children wait on OpenMP threads that were not forked); ``ddp_spawn`` imports everything again in every worker
+of every launch. The server starts once per process (seconds), later launches fork from it."""
+PRELOAD = ["torch", "lightning.pytorch", "saliencylab.bench.run", "saliencylab.bench.export",
+           "saliencylab.training.fit"]
 LAUNCHER_VARIABLES = ("TORCHELASTIC_RUN_ID", "SLURM_NTASKS")
 """Set by torchrun and SLURM: the processes already exist, Lightning joins them instead of starting more."""
 
@@ -31,7 +38,8 @@ LAUNCHER_VARIABLES = ("TORCHELASTIC_RUN_ID", "SLURM_NTASKS")
 @dataclass(frozen=True)
 class Scale:
     """``devices``: processes per machine (one per GPU; on CPU, processes); ``num_nodes``: machines;
-    ``strategy``: a Lightning strategy name (``auto``, ``ddp``, ``ddp_spawn``, ``ddp_fork``, ``fsdp``, ...);
+    ``strategy``: a Lightning strategy name (``auto``, ``ddp``, ``ddp_spawn``, ``fsdp``, ...) or
+    :data:`FORKSERVER`;
     ``precision``: a Lightning precision (``32``, ``bf16-mixed``, ``16-mixed``; training only)."""
 
     devices: int = 1
@@ -54,8 +62,28 @@ class Scale:
 
     def trainer_options(self) -> dict[str, object]:
         """The ``lightning.Trainer`` keywords: devices, num_nodes, strategy, precision."""
-        return {"devices": self.devices, "num_nodes": self.num_nodes, "strategy": self.strategy,
+        return {"devices": self.devices, "num_nodes": self.num_nodes, "strategy": lightning_strategy(self.strategy),
                 "precision": self.precision}
+
+
+def lightning_strategy(name: str, fabric: bool = False) -> object:
+    """The strategy to hand to ``lightning.Trainer`` (or, ``fabric=True``, to Fabric): ``name`` itself, except
+    :data:`FORKSERVER`, which becomes a DDP strategy of start method "forkserver"."""
+    if name != FORKSERVER:
+        return name
+    import multiprocessing
+
+    import torch.multiprocessing
+
+    multiprocessing.set_forkserver_preload(PRELOAD)
+    # tensors travel to the workers through shared memory; file descriptors failed for a LightningModule's
+    # ("unable to resize file"), named files do not
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    if fabric:
+        from lightning.fabric.strategies import DDPStrategy
+    else:
+        from lightning.pytorch.strategies import DDPStrategy
+    return DDPStrategy(start_method="forkserver")
 
 
 def _fabric_accelerator(device: str) -> str:
@@ -75,15 +103,15 @@ def run_on_ranks(scale: Scale, device: str, work: Callable[..., T], *args: objec
 
     One process (the default, outside torchrun / SLURM): ``work(0, 1, device, no-op, *args)`` here. Otherwise
     Lightning Fabric starts (``ddp``: re-runs this command per rank; ``ddp_spawn`` / ``ddp_fork``: child
-    processes) or joins (torchrun, SLURM) the processes and sets up ``torch.distributed`` (gloo on CPU,
-    NCCL on GPU); ``barrier()`` waits for every rank. ``work`` and ``args`` must pickle under ``ddp_spawn``.
+    processes; :data:`FORKSERVER`) or joins (torchrun, SLURM) the processes and sets up ``torch.distributed`` (gloo on CPU,
+    NCCL on GPU); ``barrier()`` waits for every rank. ``work`` and ``args`` must pickle (but under ``ddp``).
     """
     if scale.processes == 1 and not any(name in os.environ for name in LAUNCHER_VARIABLES):
         return work(0, 1, device, lambda: None, *args)
     from lightning.fabric import Fabric
 
     fabric = Fabric(accelerator=_fabric_accelerator(device), devices=scale.devices, num_nodes=scale.num_nodes,
-                    strategy=scale.strategy)
+                    strategy=lightning_strategy(scale.strategy, fabric=True))
     return fabric.launch(_on_rank, work, *args)
 
 

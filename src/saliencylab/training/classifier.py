@@ -82,9 +82,9 @@ class ClassifierModule(StagedModule):
             scores = multilabel_scores(counts)
             if stage == "test":
                 for name, value in scores.items():
-                    self.log(f"test_{name}", value)
+                    self.log(f"test_{name}", value, sync_dist=True)  # equal on every rank already
             else:
-                self.log(f"{stage}_f1", scores["micro_f1"], prog_bar=True)
+                self.log(f"{stage}_f1", scores["micro_f1"], prog_bar=True, sync_dist=True)
 
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -174,7 +174,8 @@ class ExplainerModule(StagedModule):
         counts = self._counts.pop(stage, None)
         if counts is not None:
             counts = self.trainer.strategy.reduce(counts, reduce_op="sum")  # every rank's images
-            self.log(f"{stage}_f1", multilabel_scores(counts)["micro_f1"], prog_bar=stage == "val")
+            self.log(f"{stage}_f1", multilabel_scores(counts)["micro_f1"], prog_bar=stage == "val",
+                     sync_dist=True)  # equal on every rank already; says so to Lightning
 
     def on_validation_epoch_start(self) -> None:
         self._generators["val"].manual_seed(self.hparams.seed + 1)  # the same alternatives every epoch
