@@ -67,9 +67,9 @@ def _load_manifest(path: Path) -> dict | None:
         raise ValueError(f"{path} is not a valid manifest ({err}); move it away to start over") from err
 
 
-def _save_arrays(path: Path, compressed: bool = True, **arrays: np.ndarray) -> None:
+def _save_arrays(path: Path, **arrays: np.ndarray) -> None:
     with atomic_path(path) as tmp, tmp.open("wb") as handle:
-        (np.savez_compressed if compressed else np.savez)(handle, **arrays)
+        np.savez_compressed(handle, **arrays)
 
 
 def _manifests(out_dir: Path, identity: dict | None = None) -> list[tuple[Path, dict]]:
@@ -142,8 +142,7 @@ def explain_to_disk(name: str, classifier: Classifier, dataset: Dataset, out_dir
         maps = method.attribute(batch.images, batch_classes).to(getattr(torch, dtype)).cpu().numpy()
         classes = batch_classes.cpu().numpy()
         if store == "chunks":
-            _save_arrays(out_dir / _chunk_file(b), compressed=False, maps=maps, targets=classes,
-                         ids=np.array(batch.image_ids, dtype=str))
+            _save_arrays(out_dir / _chunk_file(b), maps=maps, targets=classes, ids=np.array(batch.image_ids, dtype=str))
             continue
         for image_id, image_maps, image_targets in zip(batch.image_ids, maps, classes):
             relative = f"maps/{safe_file_name(str(image_id))}.npz"

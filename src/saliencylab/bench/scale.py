@@ -29,7 +29,7 @@ from saliencylab.bench.speed import timed, unit_passes
 from saliencylab.data.module import SaliencyDataModule
 from saliencylab.data.synthetic import CLASSES, SyntheticConfig, generate
 from saliencylab.models.zoo import build_classifier
-from saliencylab.scale import FORKSERVER, Scale
+from saliencylab.scale import FORKSERVER, Scale, lightning_strategy
 from saliencylab.training.classifier import ClassifierModule
 from saliencylab.training.fit import fit_module
 
@@ -119,8 +119,17 @@ def imagenet_estimate(speedup: float, batch: int = 2, repeats: int = 3) -> dict:
 def run_scale(processes: tuple[int, ...] = (1, 2), strategy: str = FORKSERVER, images: int = 64, size: int = 64,
               store_images: int = 32, out_dir: str | Path | None = None) -> dict:
     """All three measurements (see the module docstring); work files go to ``out_dir`` (default: a temporary one)."""
+    if strategy == FORKSERVER and max(processes) > 1:  # start the server (importing torch) before the clock runs
+        import multiprocessing
+
+        lightning_strategy(strategy)  # sets what the server preloads
+        first = multiprocessing.get_context("forkserver").Process(target=int)
+        first.start()
+        first.join()
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(out_dir or scratch)
+        explain_speed(1, strategy, 8, size, work / "warm_up_explain")  # first calls load code and fill caches
+        training_speed(1, strategy, 16, size, work / "warm_up_train", epochs=1)
         speeds = [{"processes": p, "explain_images_per_second": explain_speed(p, strategy, images, size,
                                                                               work / f"explain_{p}"),
                    "train_samples_per_second": training_speed(p, strategy, images, size, work / f"train_{p}")}
