@@ -16,7 +16,6 @@ every rank to take the same branch.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -31,8 +30,6 @@ children wait on OpenMP threads that were not forked); ``ddp_spawn`` imports eve
 of every launch. The server starts once per process (seconds), later launches fork from it."""
 PRELOAD = ["torch", "lightning.pytorch", "saliencylab.bench.run", "saliencylab.bench.export",
            "saliencylab.training.fit"]
-LAUNCHER_VARIABLES = ("TORCHELASTIC_RUN_ID", "SLURM_NTASKS")
-"""Set by torchrun and SLURM: the processes already exist, Lightning joins them instead of starting more."""
 
 
 @dataclass(frozen=True)
@@ -101,12 +98,13 @@ def run_on_ranks(scale: Scale, device: str, work: Callable[..., T], *args: objec
     """Run ``work(rank, world, device, barrier, *args)`` in every process of ``scale``; return its value in this
     process (rank 0's when this process started the others).
 
-    One process (the default, outside torchrun / SLURM): ``work(0, 1, device, no-op, *args)`` here. Otherwise
-    Lightning Fabric starts (``ddp``: re-runs this command per rank; ``ddp_spawn`` / ``ddp_fork``: child
-    processes; :data:`FORKSERVER`) or joins (torchrun, SLURM) the processes and sets up ``torch.distributed`` (gloo on CPU,
-    NCCL on GPU); ``barrier()`` waits for every rank. ``work`` and ``args`` must pickle (but under ``ddp``).
+    One process (the default): ``work(0, 1, device, no-op, *args)`` here. Otherwise Lightning Fabric starts
+    (``ddp``: re-runs this command per rank; ``ddp_spawn``, :data:`FORKSERVER`: child processes) or joins
+    (torchrun, SLURM: give ``--devices`` = processes per node) the processes and sets up ``torch.distributed``
+    (gloo on CPU, NCCL on GPU); ``barrier()`` waits for every rank. ``work`` and ``args`` must pickle (but under
+    ``ddp``).
     """
-    if scale.processes == 1 and not any(name in os.environ for name in LAUNCHER_VARIABLES):
+    if scale.processes == 1:
         return work(0, 1, device, lambda: None, *args)
     from lightning.fabric import Fabric
 
