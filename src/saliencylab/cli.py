@@ -163,6 +163,8 @@ def _train_classifier(args: argparse.Namespace) -> int:
     _, scores = fit_classifier(datamodule, args.out, num_classes=len(class_names), class_names=class_names,
                                accelerator=args.device, progress=not args.no_progress, data=data,
                                scale=_scale(args), **settings)
+    if not _rank_zero():
+        return 0
     shown = "  ".join(f"{k} {v:.4f}" for k, v in scores.items()) or "no test set"
     print(f"test: {shown}")
     print(f"wrote {Path(args.out) / 'classifier.safetensors'} and classifier.json; use it with --classifier {args.out}")
@@ -180,6 +182,8 @@ def _train_explainer(args: argparse.Namespace) -> int:
               else {"classifier_dir": _classifier_dir(args, classifier, description)})
     fit_explainer(datamodule, args.out, accelerator=args.device, progress=not args.no_progress, scale=_scale(args),
                   **target, **settings)
+    if not _rank_zero():
+        return 0
     print(f"wrote {Path(args.out) / 'explainer.safetensors'} and explainer.json; use it as "
           f"methods.build({settings.get('variant', 'explainer')!r}, classifier, checkpoint={str(args.out)!r})")
     return 0
@@ -268,6 +272,8 @@ def _train_masker(args: argparse.Namespace) -> int:
     datamodule = SaliencyDataModule(train, val, batch_size=batch_size, num_workers=args.workers)
     module = fit_masker(datamodule, out, classifier_dir=_classifier_dir(args, classifier, description),
                         accelerator=args.device, progress=not args.no_progress, scale=_scale(args), **settings)
+    if not _rank_zero():
+        return 0
     print(f"trained a {module.hparams.mode} masker on {len(train)} images; wrote {out / 'masker.safetensors'} "
           f"and masker.json{' (and its co-trained classifier)' if module.hparams.mode == 'ca' else ''}; use it as "
           f"methods.build('masker', classifier, checkpoint={str(out)!r})")
@@ -626,6 +632,13 @@ def _add_scale_options(parser: argparse.ArgumentParser, precision: bool = True) 
     if precision:
         group.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"],
                            help="32 (default), bf16-mixed, 16-mixed (mixed precision on GPU)")
+
+
+def _rank_zero() -> bool:
+    """False in the other ranks of a ``--strategy ddp`` run, which run the whole command too: rank 0 reports."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _scale(args: argparse.Namespace) -> Scale:
