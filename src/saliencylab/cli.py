@@ -15,6 +15,7 @@ from saliencylab.files import write_atomic
 if TYPE_CHECKING:
     from saliencylab.data.module import SaliencyDataModule
     from saliencylab.models.classifier import Classifier
+    from saliencylab.scale import Scale
 
 
 def _quiet_lightning() -> None:
@@ -88,7 +89,7 @@ def _setting(text: str) -> tuple[str, object]:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from saliencylab.bench.export import explain_to_disk
+    from saliencylab.bench.export import explain_on_ranks
     from saliencylab.data import COCODataset, ImageFolder, Resize, VOCDataset
 
     _check_methods([args.method])
@@ -106,10 +107,12 @@ def _explain(args: argparse.Namespace) -> int:
     else:
         dataset = ImageFolder(args.images, classifier.class_names, transform=resize)
     targets = args.targets or ("top1" if args.images is not None else "labels")
-    manifest = explain_to_disk(args.method, classifier, dataset, args.out, hyperparameters=dict(args.set),
-                               targets=targets, batch_size=args.batch_size, device=args.device,
-                               progress=not args.no_progress)
-    print(f"{len(manifest['images'])} images explained in {args.out} (manifest.json, maps/*.npz)")
+    manifest = explain_on_ranks(_scale(args), args.method, classifier, dataset, args.out,
+                                hyperparameters=dict(args.set), targets=targets, batch_size=args.batch_size,
+                                device=args.device, progress=not args.no_progress, store=args.store, dtype=args.dtype)
+    if manifest is not None:  # rank 0
+        print(f"{len(manifest['images'])} images explained in {args.out} (manifest.json, "
+              f"{'maps/*.npz' if args.store == 'files' else 'chunks/*.npz'})")
     return 0
 
 
@@ -170,7 +173,9 @@ def _train_classifier(args: argparse.Namespace) -> int:
             "batch_size": batch_size}
     _, scores = fit_classifier(datamodule, args.out, num_classes=len(class_names), class_names=class_names,
                                accelerator=args.device, progress=not args.no_progress, data=data,
-                               resume=_resume(args), **settings)
+                               resume=_resume(args), scale=_scale(args), **settings)
+    if not _rank_zero():
+        return 0
     shown = "  ".join(f"{k} {v:.4f}" for k, v in scores.items()) or "no test set"
     print(f"test: {shown}")
     print(f"wrote {Path(args.out) / 'classifier.safetensors'} and classifier.json; use it with --classifier {args.out}")
@@ -192,7 +197,9 @@ def _train_consistent(args: argparse.Namespace) -> int:
             "batch_size": batch_size}
     _, scores = fit_consistent(datamodule, args.out, num_classes=len(class_names), class_names=class_names,
                                negatives_cache=args.negatives_cache, accelerator=args.device, resume=_resume(args),
-                               progress=not args.no_progress, data=data, **settings)
+                               scale=_scale(args), progress=not args.no_progress, data=data, **settings)
+    if not _rank_zero():
+        return 0
     print("  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     print(f"wrote {Path(args.out) / 'classifier.safetensors'} and classifier.json; use it with --classifier {args.out}")
     return 0
@@ -208,7 +215,9 @@ def _train_explainer(args: argparse.Namespace) -> int:
     target = ({"num_classes": classifier.num_classes} if settings.get("variant") == "fcnn"
               else {"classifier_dir": _classifier_dir(args, classifier, description)})
     fit_explainer(datamodule, args.out, accelerator=args.device, progress=not args.no_progress, resume=_resume(args),
-                  **target, **settings)
+                  scale=_scale(args), **target, **settings)
+    if not _rank_zero():
+        return 0
     print(f"wrote {Path(args.out) / 'explainer.safetensors'} and explainer.json; use it as "
           f"methods.build({settings.get('variant', 'explainer')!r}, classifier, checkpoint={str(args.out)!r})")
     return 0
@@ -300,7 +309,10 @@ def _train_masker(args: argparse.Namespace) -> int:
                          f"{description['source']} has {description['num_classes']}")
     datamodule = SaliencyDataModule(train, val, batch_size=batch_size, num_workers=args.workers)
     module = fit_masker(datamodule, out, classifier_dir=_classifier_dir(args, classifier, description),
-                        resume=_resume(args), accelerator=args.device, progress=not args.no_progress, **settings)
+                        resume=_resume(args), accelerator=args.device, progress=not args.no_progress,
+                        scale=_scale(args), **settings)
+    if not _rank_zero():
+        return 0
     print(f"trained a {module.hparams.mode} masker on {len(train)} images; wrote {out / 'masker.safetensors'} "
           f"and masker.json{' (and its co-trained classifier)' if module.hparams.mode == 'ca' else ''}; use it as "
           f"methods.build('masker', classifier, checkpoint={str(out)!r})")
@@ -474,17 +486,19 @@ def _bench_rows(specs: list[str], settings: list[tuple[str, str, object]],
 
 
 def _bench_run(args: argparse.Namespace) -> int:
-    from saliencylab.bench.run import run_benchmark, table
+    from saliencylab.bench.run import run_benchmark_on_ranks, table
 
     rows = _bench_rows(args.rows, args.set, args.subset)
     classifier, description = _load_classifier(args)
     dataset = _load_dataset(args, classifier, description)
-    results = run_benchmark(classifier, dataset, rows, args.out, metric_names=args.metrics,
-                            description={"classifier": _classifier_identity(args),
-                                         "dataset": {"data": args.data, **dict(args.data_set)}},
-                            targets=args.targets, batch_size=args.batch_size, shard=args.shard, seed=args.seed,
-                            options=dict(args.option), device=args.device, progress=not args.no_progress,
-                            bootstrap=args.bootstrap)
+    results = run_benchmark_on_ranks(_scale(args), classifier, dataset, rows, args.out, metric_names=args.metrics,
+                                     description={"classifier": _classifier_identity(args),
+                                                  "dataset": {"data": args.data, **dict(args.data_set)}},
+                                     targets=args.targets, batch_size=args.batch_size, seed=args.seed,
+                                     options=dict(args.option), device=args.device, progress=not args.no_progress,
+                                     bootstrap=args.bootstrap, shard=args.shard)
+    if results is None:  # not rank 0
+        return 0
     print(table(results), end="")
     out = Path(args.out)
     for flag, name in ((args.json, "results.json"), (args.csv, "results.csv"), (args.html, "report.html")):
@@ -493,6 +507,20 @@ def _bench_run(args: argparse.Namespace) -> int:
     missing = sum(row["batches_missing"] for row in results["rows"].values())
     print(f"wrote {out / 'results.json'}, results.csv, scores.csv and report.html"
           + (f"; {missing} batches are left to other shards (rerun or `bench merge` when they finish)" if missing else ""))
+    return 0
+
+
+def _bench_scale(args: argparse.Namespace) -> int:
+    import json
+
+    from saliencylab.bench.scale import run_scale, scale_tables
+
+    _quiet_lightning()
+    result = run_scale(tuple(args.processes), strategy=args.strategy, images=args.images, size=args.image_size,
+                       store_images=args.store_images)
+    print(scale_tables(result), end="")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
 
 
@@ -667,6 +695,35 @@ def _add_evaluation_options(parser: argparse.ArgumentParser, size_note: str = ""
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
 
 
+def _add_scale_options(parser: argparse.ArgumentParser, precision: bool = True) -> None:
+    """--devices, --num-nodes, --strategy (and for training --precision): Lightning's, see saliencylab.scale."""
+    group = parser.add_argument_group("scale", "processes and machines (Lightning's options; README: Scaling out)")
+    group.add_argument("--devices", type=int, default=1, metavar="N",
+                       help="processes per machine: one per GPU, or CPU processes (default 1)")
+    group.add_argument("--num-nodes", type=int, default=1, metavar="N", help="machines (default 1)")
+    group.add_argument("--strategy", default="auto", metavar="NAME",
+                       help="Lightning strategy: auto (default; ddp for several devices), ddp, ddp_spawn, "
+                            "ddp_forkserver" + (", fsdp" if precision else ""))
+    if precision:
+        group.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"],
+                           help="32 (default), bf16-mixed, 16-mixed (mixed precision on GPU)")
+
+
+def _rank_zero() -> bool:
+    """False in the other ranks of a ``--strategy ddp`` run, which run the whole command too: rank 0 reports."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _scale(args: argparse.Namespace) -> Scale:
+    """The Scale of --devices / --num-nodes / --strategy / --precision."""
+    from saliencylab.scale import Scale
+
+    return Scale(devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy,
+                 precision=getattr(args, "precision", "32"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saliencylab", description="Explain image classifiers and measure the explanations.")
     parser.add_argument("--debug", action="store_true",
@@ -695,7 +752,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain = commands.add_parser("explain", help="write a method's maps for a dataset or image folder (resumable)")
     explain.add_argument("method", help="a registered method (see: saliencylab methods)")
     _add_classifier_options(explain)
-    explain.add_argument("--out", required=True, help="output folder: manifest.json and maps/<image id>.npz")
+    explain.add_argument("--out", required=True, help="output folder: manifest.json and maps/<image id>.npz "
+                                                      "(or chunks/<batch>.npz)")
     explain.add_argument("--voc", help="VOC root (folder with VOCdevkit, VOCdevkit, or VOC2007)")
     explain.add_argument("--split", default="test", help="VOC split (default test)")
     explain.add_argument("--coco-json", help="COCO instances JSON")
@@ -709,7 +767,12 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--device", default="cpu")
     explain.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                          help="a method hyper-parameter, e.g. --set layer=features (repeatable)")
+    explain.add_argument("--store", default="files", choices=["files", "chunks"],
+                         help="files: one .npz per image (default); chunks: one .npz per batch (10^5 maps and more)")
+    explain.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                         help="stored maps' type (float16: half the bytes)")
     explain.add_argument("--no-progress", action="store_true")
+    _add_scale_options(explain, precision=False)
     explain.set_defaults(run=_explain)
 
     train = commands.add_parser("train-explainer",
@@ -728,6 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a preset setting, e.g. --set lr=1e-4 (repeatable)")
     train.add_argument("--no-progress", action="store_true")
     _add_resume_option(train)
+    _add_scale_options(train)
     train.set_defaults(run=_train_explainer)
 
     fit = commands.add_parser("train-classifier", help="train a zoo classifier (small_cnn, vgg16, resnet18, resnet50, "
@@ -751,6 +815,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(repeatable)")
     fit.add_argument("--no-progress", action="store_true")
     _add_resume_option(fit)
+    _add_scale_options(fit)
     fit.set_defaults(run=_train_classifier)
 
     consistent = commands.add_parser("train-consistent", help="train a classifier whose Grad-CAM is consistent "
@@ -776,6 +841,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="override a preset setting, e.g. --set lr=0.01 or --set detach_target=true (repeatable)")
     consistent.add_argument("--no-progress", action="store_true")
     _add_resume_option(consistent)
+    _add_scale_options(consistent)
     consistent.set_defaults(run=_train_consistent)
 
     masker = commands.add_parser("train-masker", help="train a CASME masker (FIX or CA) on ImageNet-format data "
@@ -805,6 +871,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a preset masker setting, e.g. --set lambda_out=15 (repeatable)")
     masker.add_argument("--no-progress", action="store_true")
     _add_resume_option(masker)
+    _add_scale_options(masker)
     masker.set_defaults(run=_train_masker)
 
     sanity = commands.add_parser("sanity", help="model- and data-randomisation sanity checks of a method (paper 001)")
@@ -910,7 +977,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--csv", metavar="FILE", help="also copy results.csv here")
     run.add_argument("--html", metavar="FILE", help="also copy report.html here")
     run.add_argument("--no-progress", action="store_true")
+    _add_scale_options(run, precision=False)
     run.set_defaults(run=_bench_run)
+
+    scale = bench.add_parser("scale", help="explain images/s and training samples/s at 1 and 2 processes, the "
+                                           "output stores' bytes/map and maps/s, and the cost of ImageNet val")
+    scale.add_argument("--processes", type=int, nargs="+", default=[1, 2], metavar="N",
+                       help="process counts to measure (default 1 2)")
+    scale.add_argument("--strategy", default="ddp_forkserver", metavar="NAME",
+                       help="strategy of the runs (default ddp_forkserver: workers fork from a server that imported "
+                            "torch once)")
+    scale.add_argument("--images", type=int, default=64, metavar="N", help="images explained and trained on (default 64)")
+    scale.add_argument("--image-size", type=int, default=64, metavar="S", help="their side (default 64)")
+    scale.add_argument("--store-images", type=int, default=32, metavar="N",
+                       help="224 px images written to each store (default 32)")
+    scale.add_argument("--json", metavar="FILE", help="also write the measurements to this JSON file")
+    scale.set_defaults(run=_bench_scale)
 
     merge = bench.add_parser("merge", help="merge the folders of `bench run --shard i/n` runs into one result")
     merge.add_argument("out", metavar="OUT", help="folder of the merged run (may be one of the shards)")

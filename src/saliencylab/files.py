@@ -12,12 +12,13 @@ from typing import Any
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; when the block ends without error, move it onto ``path``.
+    """Yield a temporary path beside ``path`` (``NAME.PID.tmp``: processes writing the same file do not share
+    one); when the block ends without error, move it onto ``path``.
 
     On an error the temporary file is removed and ``path`` keeps its old content (or stays absent).
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import functools
 import hashlib
 import html
 import json
@@ -41,6 +42,7 @@ from saliencylab.files import atomic_path, write_atomic
 from saliencylab.metrics import ground_truth, wsol
 from saliencylab.metrics.registry import MetricInputs
 from saliencylab.models.classifier import Classifier
+from saliencylab.scale import Scale, run_shards
 from saliencylab.targets import PAD
 from saliencylab.types import Batch, collate
 
@@ -200,7 +202,8 @@ def run_benchmark(classifier: Classifier, dataset: Dataset, rows: Sequence[str] 
                   out_dir: str | Path, *, metric_names: Sequence[str] | None = None, description: dict | None = None,
                   targets: str = "labels", batch_size: int = 16, shard: tuple[int, int] = (0, 1), seed: int = 0,
                   options: dict[str, object] | None = None, device: torch.device | str = "cpu",
-                  progress: bool = True, bootstrap: int = 1000, replace_stale: bool = False) -> dict:
+                  progress: bool = True, bootstrap: int = 1000, replace_stale: bool = False,
+                  aggregate_results: bool = True) -> dict | None:
     """Score every row on ``dataset`` with every metric; write ``out_dir`` (see the module docstring); return
     the aggregated results (:func:`aggregate`).
 
@@ -210,8 +213,10 @@ def run_benchmark(classifier: Classifier, dataset: Dataset, rows: Sequence[str] 
     compared on resume; ``weights_stamp`` makes it change when a network is retrained); targets: "labels"
     or "top1"/"top3"/"top5"; options: metric protocol switches (see :class:`MetricInputs`) and
     ``explain_short_side`` (see :func:`explain_at`).
-    Resumable and shardable as the module docstring says. A folder holding a run of another classifier or
-    dataset is refused, or with ``replace_stale`` removed and computed anew (callers that retrain networks).
+    Resumable and shardable as the module docstring says (shards may run at once into one folder). A folder
+    holding a run of another classifier or dataset is refused, or with ``replace_stale`` removed and computed anew
+    (callers that retrain networks). ``aggregate_results=False``: only compute, return None (see
+    :func:`run_benchmark_on_ranks`).
     """
     index, count = shard
     if count < 1 or not 0 <= index < count:
@@ -235,8 +240,9 @@ def run_benchmark(classifier: Classifier, dataset: Dataset, rows: Sequence[str] 
     for name, row in rows.items():
         folder = out_dir / "scores" / name
         _check_identity(folder / "row.json", {**row.identity(), "metrics": metric_names})
-        for stale in folder.glob("*.tmp"):
-            stale.unlink()
+        for stale in folder.glob("[0-9]*.tmp"):  # this shard's only: other shards may be writing theirs
+            if int(stale.name.split(".")[0]) % count == index:
+                stale.unlink()
         limit = min(len(dataset), row.images or len(dataset))
         for b in range(index, math.ceil(limit / batch_size), count):
             if not (folder / f"{b:06d}.json").is_file():
@@ -255,7 +261,21 @@ def run_benchmark(classifier: Classifier, dataset: Dataset, rows: Sequence[str] 
                          metric_names, targets, seed, options)
             bar.update()
     bar.close()
-    return aggregate(out_dir, bootstrap=bootstrap, rows=list(rows))
+    return aggregate(out_dir, bootstrap=bootstrap, rows=list(rows)) if aggregate_results else None
+
+
+def run_benchmark_on_ranks(scale: Scale, classifier: Classifier, dataset: Dataset,
+                           rows: Sequence[str] | dict[str, Row | str], out_dir: str | Path, *, device: str = "cpu",
+                           progress: bool = True, bootstrap: int = 1000, shard: tuple[int, int] = (0, 1),
+                           **options: object) -> dict | None:
+    """:func:`run_benchmark` over the processes of ``scale`` (``options``: its other keywords): rank i computes
+    shard i/n of the batches into ``out_dir``, then rank 0 aggregates; returns the results on rank 0 (None on
+    the other ranks of a ``ddp`` launch). Equal to one process's run; a rerun after a kill resumes. ``shard``:
+    this job's part of the batches (``bench run --shard``), split again over the ranks."""
+    compute = functools.partial(run_benchmark, classifier, dataset, rows, out_dir, bootstrap=bootstrap,
+                                aggregate_results=scale.processes == 1, **options)
+    merge = functools.partial(aggregate, out_dir, bootstrap=bootstrap, rows=list(as_rows(rows)))
+    return run_shards(scale, device, compute, merge, progress=progress, shard=shard)
 
 
 def _score_batch(path: Path, row: Row, built: dict, name: str, classifier: Classifier, batch: Batch, first: int,

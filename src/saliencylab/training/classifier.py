@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.load import save_classifier
 from saliencylab.models.zoo import build_classifier
-from saliencylab.training.fit import fit_module
+from saliencylab.scale import Scale
+from saliencylab.training.fit import fit_module, on_rank_zero
 from saliencylab.training.staged import StagedModule
 from saliencylab.types import Batch
 
@@ -69,7 +70,7 @@ class ClassifierModule(StagedModule):
     def _step(self, batch: Batch, stage: str) -> Tensor:
         logits = self(batch.images)
         loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
-        self.log(f"{stage}_loss", loss, prog_bar=stage != "test", batch_size=len(batch))
+        self.log(f"{stage}_loss", loss, prog_bar=stage != "test", batch_size=len(batch), sync_dist=True)
         counts = multilabel_counts(logits.detach(), batch.labels)
         self._counts[stage] = self._counts.get(stage, torch.zeros(4, device=counts.device)) + counts
         return loss
@@ -77,12 +78,13 @@ class ClassifierModule(StagedModule):
     def _log_epoch(self, stage: str) -> None:
         counts = self._counts.pop(stage, None)
         if counts is not None:
+            counts = self.trainer.strategy.reduce(counts, reduce_op="sum")  # every rank's images
             scores = multilabel_scores(counts)
             if stage == "test":
                 for name, value in scores.items():
-                    self.log(f"test_{name}", value)
+                    self.log(f"test_{name}", value, sync_dist=True)  # equal on every rank already
             else:
-                self.log(f"{stage}_f1", scores["micro_f1"], prog_bar=True)
+                self.log(f"{stage}_f1", scores["micro_f1"], prog_bar=True, sync_dist=True)
 
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -94,10 +96,12 @@ def fit_classifier(datamodule: L.LightningDataModule, out_dir: str | Path, *, ar
                    num_classes: int, class_names: Sequence[str] | None = None, lr: float = 1e-3,
                    max_epochs: int = 30, patience: int = 5, seed: int = 42, width: int = 32,
                    progress: bool = True, accelerator: str = "auto", data: dict | None = None,
-                   resume: bool = False, **module_kwargs: object) -> tuple[Classifier, dict[str, float]]:
+                   resume: bool = False, scale: Scale = Scale(),
+                   **module_kwargs: object) -> tuple[Classifier, dict[str, float]]:
     """Train with early stopping on ``val_loss`` (min_delta 1e-3), keep the best checkpoint, test it.
 
-    ``resume``: continue an interrupted fit into ``out_dir`` from its last checkpoint (:func:`fit_module`).
+    ``resume``: continue an interrupted fit into ``out_dir`` from its last checkpoint (:func:`fit_module`);
+    ``scale``: devices, nodes, strategy, precision (:class:`~saliencylab.scale.Scale`; rank 0 writes the files).
 
     Writes ``out_dir/classifier.safetensors`` (the model's weights) and ``out_dir/classifier.json``
     (how to rebuild it, its test scores, and ``data``, e.g. ``{"image_size": 224}``, the size
@@ -111,11 +115,12 @@ def fit_classifier(datamodule: L.LightningDataModule, out_dir: str | Path, *, ar
     module = ClassifierModule(arch=arch, num_classes=num_classes, class_names=class_names, lr=lr, width=width,
                               **module_kwargs)
     trainer, checkpoint = fit_module(module, datamodule, out_dir, max_epochs=max_epochs, patience=patience,
-                                     min_delta=1e-3, resume=resume, progress=progress, accelerator=accelerator)
+                                     min_delta=1e-3, resume=resume, progress=progress, accelerator=accelerator,
+                                     scale=scale)
     best = ClassifierModule.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu", weights_only=True)
     results = trainer.test(best, datamodule=datamodule, verbose=False)
     scores = {k.removeprefix("test_"): float(v) for k, v in (results or [{}])[0].items() if k != "test_loss"}
     extra = {"data": data} if data is not None else {}
-    save_classifier(best.classifier, out_dir, arch=arch, width=width, test=scores, epochs=trainer.current_epoch,
-                    **extra)
+    on_rank_zero(trainer, lambda: save_classifier(best.classifier, out_dir, arch=arch, width=width, test=scores,
+                                                  epochs=trainer.current_epoch, **extra))
     return best.classifier.eval(), scores

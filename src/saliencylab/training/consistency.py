@@ -32,7 +32,8 @@ from saliencylab.metrics.functional import label_counts, multilabel_f1
 from saliencylab.models.classifier import Classifier, captured_output
 from saliencylab.models.load import save_classifier
 from saliencylab.models.zoo import build_classifier
-from saliencylab.training.fit import fit_module
+from saliencylab.scale import Scale
+from saliencylab.training.fit import fit_module, on_rank_zero
 from saliencylab.training.staged import StagedModule
 from saliencylab.types import Batch
 
@@ -151,7 +152,7 @@ class ConsistencyModule(StagedModule):
     def _step(self, batch: Batch, stage: str) -> Tensor:
         logits = self(batch.images)
         loss = self.classification_loss(logits, batch.labels)
-        self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=len(batch))
+        self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)
         if self.hparams.multi_label:
             counts = label_counts(logits.detach(), batch.labels).sum(0)
         else:
@@ -163,12 +164,15 @@ class ConsistencyModule(StagedModule):
         totals = self._totals.pop(stage, None)
         if totals is None:
             return
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")  # every rank's images
         if self.hparams.multi_label:
             per_class, overall = multilabel_f1(*totals)
-            self.log_dict({f"{stage}_f1_per_class": per_class, f"{stage}_f1_overall": overall}, prog_bar=True)
+            self.log_dict({f"{stage}_f1_per_class": per_class, f"{stage}_f1_overall": overall}, prog_bar=True,
+                          sync_dist=True)  # equal on every rank already
         else:
             top1 = totals[0] / totals[1].clamp(min=1)
-            self.log_dict({f"{stage}_top1": top1, f"{stage}_top1_error": 1 - top1}, prog_bar=stage != "train")
+            self.log_dict({f"{stage}_top1": top1, f"{stage}_top1_error": 1 - top1}, prog_bar=stage != "train",
+                          sync_dist=True)
 
     def configure_optimizers(self) -> dict:
         optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum,
@@ -181,13 +185,14 @@ def fit_consistent(datamodule: SaliencyDataModule, out_dir: str | Path, *, num_c
                    class_names: Sequence[str] | None = None, multi_label: bool = False, max_epochs: int = 90,
                    seed: int = 0, drop_last: bool = False, negatives_cache: str | Path | None = None,
                    progress: bool = True, accelerator: str = "auto", resume: bool = False, data: dict | None = None,
-                   **module_kwargs: object) -> tuple[Classifier, dict[str, float]]:
+                   scale: Scale = Scale(), **module_kwargs: object) -> tuple[Classifier, dict[str, float]]:
     """Train a :class:`ConsistencyModule` on ``datamodule`` (its train set is gridded here with
     :class:`~saliencylab.data.gridding.GriddedDataset`; a validation set is needed) for ``max_epochs`` epochs;
     keep the best epoch: lowest validation top-1 error (single-label, as the original) or loss (multi-label).
 
     ``drop_last``: leave out the last partial training batch (the original COCO loader); ``negatives_cache``:
     JSON file of the instance lists; ``resume``: continue from ``out_dir``'s last checkpoint (:func:`fit_module`);
+    ``scale``: devices, nodes, strategy, precision (:class:`~saliencylab.scale.Scale`; rank 0 writes the files);
     ``module_kwargs``: the module's hyper-parameters (arch, pooling, consistency_weight, lr, milestones, ...).
     Writes the classifier folder (``classifier.safetensors`` + ``classifier.json`` with ``pooling``, the
     training settings under ``consistency``, the validation and test scores, ``data``); returns the classifier
@@ -203,7 +208,7 @@ def fit_consistent(datamodule: SaliencyDataModule, out_dir: str | Path, *, num_c
                                **module_kwargs)
     monitor = "val_loss" if multi_label else "val_top1_error"
     trainer, checkpoint = fit_module(module, gridded, out_dir, max_epochs=max_epochs, monitor=monitor, resume=resume,
-                                     progress=progress, accelerator=accelerator,
+                                     progress=progress, accelerator=accelerator, scale=scale,
                                      deterministic="warn")  # max pooling and upsampling lack deterministic CUDA backwards
     best = ConsistencyModule.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu", weights_only=True)
     scores = {}
@@ -212,8 +217,8 @@ def fit_consistent(datamodule: SaliencyDataModule, out_dir: str | Path, *, num_c
             results = run(best, datamodule=gridded, verbose=False)
             scores.update({k: float(v) for k, v in (results or [{}])[0].items()})
     hparams = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(best.hparams).items()}
-    save_classifier(best.classifier, out_dir, arch=hparams["arch"], width=hparams["width"], num_classes=num_classes,
-                    pooling=hparams["pooling"],
-                    consistency=hparams, scores=scores, epochs=trainer.current_epoch, seed=seed,
-                    **({"data": data} if data is not None else {}))
+    on_rank_zero(trainer, lambda: save_classifier(
+        best.classifier, out_dir, arch=hparams["arch"], width=hparams["width"], num_classes=num_classes,
+        pooling=hparams["pooling"], consistency=hparams, scores=scores, epochs=trainer.current_epoch, seed=seed,
+        **({"data": data} if data is not None else {})))
     return best.classifier.eval(), scores

@@ -24,7 +24,8 @@ from saliencylab.models.explainer import LightExplainer, build_explainer
 from saliencylab.models.io import save_state_dict
 from saliencylab.models.load import load_trained_classifier
 from saliencylab.training.classifier import multilabel_counts, multilabel_scores
-from saliencylab.training.fit import fit_module
+from saliencylab.scale import Scale
+from saliencylab.training.fit import fit_module, on_rank_zero
 from saliencylab.training.losses import (ALTERNATIVES, LossWeights, aggregate_masks, alternative_image,
                                          explainer_loss, fcnn_loss, rt_saliency_loss)
 from saliencylab.training.staged import StagedModule
@@ -160,9 +161,10 @@ class ExplainerModule(StagedModule):
     def _step(self, batch: Batch, stage: str) -> Tensor:
         total, terms, logits = self.losses(batch, stage)
         size = len(batch)
-        self.log(f"{stage}_loss", total, prog_bar=stage != "test", on_step=False, on_epoch=True, batch_size=size)
+        self.log(f"{stage}_loss", total, prog_bar=stage != "test", on_step=False, on_epoch=True, batch_size=size,
+                 sync_dist=True)
         for name, value in terms.items():
-            self.log(f"{stage}_{name}", value, on_step=False, on_epoch=True, batch_size=size)
+            self.log(f"{stage}_{name}", value, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
         threshold = 0.0 if self.hparams.variant == "fcnn" else -1.0
         counts = multilabel_counts(logits.detach(), batch.labels, threshold=threshold)
         self._counts[stage] = self._counts.get(stage, torch.zeros(4, device=counts.device)) + counts
@@ -171,7 +173,9 @@ class ExplainerModule(StagedModule):
     def _log_epoch(self, stage: str) -> None:
         counts = self._counts.pop(stage, None)
         if counts is not None:
-            self.log(f"{stage}_f1", multilabel_scores(counts)["micro_f1"], prog_bar=stage == "val")
+            counts = self.trainer.strategy.reduce(counts, reduce_op="sum")  # every rank's images
+            self.log(f"{stage}_f1", multilabel_scores(counts)["micro_f1"], prog_bar=stage == "val",
+                     sync_dist=True)  # equal on every rank already; says so to Lightning
 
     def on_validation_epoch_start(self) -> None:
         self._generators["val"].manual_seed(self.hparams.seed + 1)  # the same alternatives every epoch
@@ -188,12 +192,13 @@ def fit_explainer(datamodule: L.LightningDataModule, out_dir: str | Path, *, cla
                   arch: str = "light", variant: str = "explainer", num_classes: int | None = None,
                   max_epochs: int = 100, patience: int = 5, min_delta: float = 1e-3, seed: int = 42,
                   progress: bool = True, accelerator: str = "auto", callbacks: Sequence[Callback] = (),
-                  resume: bool = False, **module_kwargs: object) -> ExplainerModule:
+                  resume: bool = False, scale: Scale = Scale(), **module_kwargs: object) -> ExplainerModule:
     """Train with early stopping on ``val_loss`` (the full loss), keep the best checkpoint, write it out.
 
     ``module_kwargs``: the other :class:`ExplainerModule` hyper-parameters (lr, the loss weights,
     width, ...). The datamodule needs a validation set. ``resume``: continue an interrupted fit into ``out_dir``
-    from its last checkpoint (:func:`~saliencylab.training.fit.fit_module`). Writes ``out_dir/explainer.safetensors``
+    from its last checkpoint (:func:`~saliencylab.training.fit.fit_module`); ``scale``: devices, nodes, strategy,
+    precision (:class:`~saliencylab.scale.Scale`). Rank 0 writes ``out_dir/explainer.safetensors``
     (the explainer network's weights) and ``out_dir/explainer.json`` (arch, num_classes, variant,
     classifier_dir, class names, normalisation, hyper-parameters, epochs, best val loss) and
     returns the best module (explainer in eval mode). The original kept the last epoch
@@ -206,19 +211,22 @@ def fit_explainer(datamodule: L.LightningDataModule, out_dir: str | Path, *, cla
     trainer, checkpoint = fit_module(module, datamodule, out_dir, max_epochs=max_epochs, patience=patience,
                                      min_delta=min_delta, resume=resume, progress=progress, accelerator=accelerator,
                                      deterministic="warn",  # bilinear upsampling has no deterministic CUDA backward
-                                     callbacks=callbacks)
+                                     callbacks=callbacks, scale=scale)
     best = ExplainerModule.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu", weights_only=True)
     best.eval()
-    save_state_dict(best.explainer.state_dict(), out_dir / "explainer.safetensors")
-    hparams = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(best.hparams).items()}
-    description = {
-        "arch": arch, "num_classes": best.num_classes, "variant": variant,
-        "classifier_dir": hparams.get("classifier_dir"), "class_names": best.class_names,
-        "width": hparams["width"], "mean": best.mean.flatten().tolist(), "std": best.std.flatten().tolist(),
-        "hyper_parameters": hparams, "epochs": trainer.current_epoch,
-        "best_val_loss": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
-    }
-    write_atomic(out_dir / "explainer.json", json.dumps(description, indent=2))
+
+    def write() -> None:
+        save_state_dict(best.explainer.state_dict(), out_dir / "explainer.safetensors")
+        hparams = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(best.hparams).items()}
+        description = {
+            "arch": arch, "num_classes": best.num_classes, "variant": variant,
+            "classifier_dir": hparams.get("classifier_dir"), "class_names": best.class_names,
+            "width": hparams["width"], "mean": best.mean.flatten().tolist(), "std": best.std.flatten().tolist(),
+            "hyper_parameters": hparams, "epochs": trainer.current_epoch,
+            "best_val_loss": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        }
+        write_atomic(out_dir / "explainer.json", json.dumps(description, indent=2))
+    on_rank_zero(trainer, write)
     return best
 
 

@@ -2,19 +2,25 @@
 
 Every ``fit_*`` function builds its LightningModule and hands it to :func:`fit_module`, so all schemes share
 the same checkpoint layout (``OUT/checkpoints/``: the best by ``monitor`` and ``last.ckpt``, the state at the
-end of the last finished epoch) and the same resume rule.
+end of the last finished epoch), the same resume rule and the same scale options (:class:`~saliencylab.scale.Scale`:
+devices, nodes, strategy, precision). After the fit, a ``fit_*`` writes its weights and description through
+:func:`on_rank_zero`: under ``ddp`` every rank runs the code after ``fit``, and only one may write.
 """
 from __future__ import annotations
 
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
+from saliencylab.scale import Scale
+
 LAST_CHECKPOINT = "last.ckpt"
+T = TypeVar("T")
 
 
 def last_checkpoint(out_dir: str | Path) -> Path | None:
@@ -44,7 +50,7 @@ def check_resumable(module: L.LightningModule, checkpoint: Path) -> None:
 def fit_module(module: L.LightningModule, datamodule: L.LightningDataModule, out_dir: str | Path, *,
                max_epochs: int, monitor: str | None = "val_loss", patience: int | None = None,
                min_delta: float = 0.0, resume: bool = False, progress: bool = True, accelerator: str = "auto",
-               deterministic: bool | str = True, callbacks: Sequence[Callback] = (),
+               deterministic: bool | str = True, callbacks: Sequence[Callback] = (), scale: Scale = Scale(),
                **trainer_options: object) -> tuple[L.Trainer, ModelCheckpoint]:
     """Fit ``module`` for at most ``max_epochs`` epochs; return the trainer and its checkpoint callback.
 
@@ -53,19 +59,33 @@ def fit_module(module: L.LightningModule, datamodule: L.LightningDataModule, out
     ``monitor`` after that many epochs without an improvement of ``min_delta`` (None: no early stopping).
     ``resume``: continue from ``OUT/checkpoints/last.ckpt`` (weights, optimiser, epoch, early-stopping and
     checkpoint state) when it exists, saved by a module of the same hyper-parameters (:func:`check_resumable`);
-    without it a fit starts from scratch. ``trainer_options`` go to ``lightning.Trainer`` (e.g.
-    ``limit_train_batches``).
+    without it a fit starts from scratch. ``scale``: devices, nodes, strategy and precision (one process in float32
+    by default); under several processes each rank trains on its slice of every epoch and the modules log with
+    ``sync_dist``, so the monitored value is the whole validation set's. ``trainer_options`` go to
+    ``lightning.Trainer`` (e.g. ``limit_train_batches``).
     """
     out_dir = Path(out_dir)
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor=monitor, mode="min",
                                  save_top_k=1, save_last=True)
     stopping = [] if patience is None else [EarlyStopping(monitor, min_delta=min_delta, patience=patience)]
-    trainer = L.Trainer(max_epochs=max_epochs, accelerator=accelerator, devices=1, logger=False,
+    trainer = L.Trainer(max_epochs=max_epochs, accelerator=accelerator, logger=False,
                         deterministic=deterministic, callbacks=[*stopping, checkpoint, *callbacks],
                         enable_progress_bar=progress, enable_model_summary=False, default_root_dir=out_dir,
-                        **trainer_options)
+                        **scale.trainer_options(), **trainer_options)
     previous = last_checkpoint(out_dir) if resume else None
     if previous is not None:
         check_resumable(module, previous)
     trainer.fit(module, datamodule=datamodule, ckpt_path=previous)
+    if monitor is not None and checkpoint.best_model_score is None and checkpoint.best_model_path:
+        # ddp_spawn / ddp_fork hand only the best path back to this process; its score is in the file
+        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+        checkpoint.best_model_score = state["callbacks"][checkpoint.state_key]["best_model_score"]
     return trainer, checkpoint
+
+
+def on_rank_zero(trainer: L.Trainer, write: Callable[[], T]) -> T | None:
+    """``write()`` (a fit's weights and description) on global rank 0 only; then every rank waits for it, so none
+    returns before the files exist. Returns ``write()``'s value on rank 0, None elsewhere."""
+    value = write() if trainer.is_global_zero else None
+    trainer.strategy.barrier("saliencylab-write")
+    return value

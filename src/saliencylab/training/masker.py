@@ -40,7 +40,8 @@ from saliencylab.files import write_atomic
 from saliencylab.models.io import save_state_dict
 from saliencylab.models.load import load_trained_classifier, save_classifier
 from saliencylab.models.masker import Masker, classifier_features, default_layers, layer_channels
-from saliencylab.training.fit import fit_module
+from saliencylab.scale import Scale
+from saliencylab.training.fit import fit_module, on_rank_zero
 from saliencylab.training.infill import SIDES, build_infiller
 from saliencylab.types import Batch
 
@@ -250,12 +251,13 @@ class MaskerModule(L.LightningModule):
     def _log_batch(self, stage: str, total: Tensor, terms: dict[str, Tensor], mask: Tensor, labels: Tensor,
                    logits: Tensor, logits_in: Tensor, logits_out: Tensor) -> None:
         size = labels.shape[0]
-        self.log(f"{stage}_loss", total, prog_bar=stage != "test", on_step=False, on_epoch=True, batch_size=size)
+        self.log(f"{stage}_loss", total, prog_bar=stage != "test", on_step=False, on_epoch=True, batch_size=size,
+                 sync_dist=True)
         values = {**terms, "mask_area": mask.mean()}
         for name, scores in (("acc", logits), ("in_acc", logits_in), ("out_acc", logits_out)):
             values[name] = (scores.argmax(dim=1) == labels).float().mean()
         for name, value in values.items():
-            self.log(f"{stage}_{name}", value.detach(), on_step=False, on_epoch=True, batch_size=size)
+            self.log(f"{stage}_{name}", value.detach(), on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
 
     def scorer(self) -> tuple[nn.Module, bool]:
         """The network scoring this batch's masked images and whether the classifier learns from them (§2.7, 4)."""
@@ -338,6 +340,7 @@ def fit_masker(datamodule: L.LightningDataModule, out_dir: str | Path, *, classi
                mode: str = "fix", max_epochs: int = 60, epoch_fraction: float = 0.2, seed: int = 42,
                progress: bool = True, accelerator: str = "auto", callbacks: Sequence[Callback] = (),
                resume: bool = False, generator: Callable[[Tensor, Tensor], Tensor] | None = None,
+               scale: Scale = Scale(),
                **module_kwargs: object) -> MaskerModule:
     """Train ``max_epochs`` epochs of ⌊epoch_fraction·len⌋+1 batches; save the last epoch (as the original).
 
@@ -348,18 +351,26 @@ def fit_masker(datamodule: L.LightningDataModule, out_dir: str | Path, *, classi
     ``out_dir/masker.json`` (the masker's config, mode, classifier_dir, class names, normalisation,
     hyper-parameters, epochs) and, for CA, the co-trained classifier as ``classifier.safetensors`` +
     ``classifier.json`` (so ``out_dir`` is also a classifier directory and ``classifier_dir`` in the
-    description points to it). Returns the module in eval mode, on the CPU.
+    description points to it); ``scale``: devices, nodes, strategy, precision (:class:`~saliencylab.scale.Scale`;
+    rank 0 writes the files). Returns the module in eval mode, on the CPU.
     """
     out_dir = Path(out_dir)
     L.seed_everything(seed, workers=True, verbose=False)
     module = MaskerModule(classifier_dir=str(classifier_dir), mode=mode, seed=seed, generator=generator,
                           **module_kwargs)
-    batches = epoch_batches(len(datamodule.train_dataloader()), epoch_fraction)
+    # each rank's loader holds 1/processes of the batches: the fraction is of that share
+    batches = epoch_batches(-(-len(datamodule.train_dataloader()) // scale.processes), epoch_fraction)
     trainer, _ = fit_module(module, datamodule, out_dir, max_epochs=max_epochs, monitor=None, resume=resume,
                             progress=progress, accelerator=accelerator, callbacks=callbacks,
                             deterministic="warn",  # bilinear upsampling has no deterministic CUDA backward
-                            limit_train_batches=batches)
+                            limit_train_batches=batches, scale=scale)
     module.eval().cpu()
+    on_rank_zero(trainer, lambda: _write_masker(module, out_dir, trainer.current_epoch, batches))
+    return module
+
+
+def _write_masker(module: MaskerModule, out_dir: Path, epochs: int, batches: int) -> None:
+    """masker.safetensors, masker.json and, for CA, the co-trained classifier (see :func:`fit_masker`)."""
     hp = module.hparams
     classifier_out = hp.classifier_dir
     if hp.mode == "ca":
@@ -373,9 +384,8 @@ def fit_masker(datamodule: L.LightningDataModule, out_dir: str | Path, *, classi
         "class_names": module.class_names, "classifier_dir": classifier_out, "base_classifier_dir": hp.classifier_dir,
         "mean": module.classifier.mean.tolist(), "std": module.classifier.std.tolist(),
         "hyper_parameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(hp).items()},
-        "epochs": trainer.current_epoch, "batches_per_epoch": batches,
+        "epochs": epochs, "batches_per_epoch": batches,
     }
     write_atomic(out_dir / "masker.json", json.dumps(description, indent=2))
-    return module
 
 
