@@ -48,21 +48,43 @@ def _synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
-def _speed(args: argparse.Namespace) -> int:
-    import dataclasses
-    import json
-
-    from saliencylab.bench.speed import HEADER, run_speed
-
+def _check_counts(args: argparse.Namespace) -> None:
+    """ValueError unless the timing commands' --size, --batch and --repeats are positive."""
     for flag, value in (("--size", args.size), ("--batch", args.batch), ("--repeats", args.repeats)):
         if value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
+
+
+def _write_rows(path: str | None, rows: list) -> None:
+    """The timing commands' --json: their dataclass rows as a JSON list."""
+    import dataclasses
+    import json
+
+    if path:
+        Path(path).write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+
+
+def _speed(args: argparse.Namespace) -> int:
+    from saliencylab.bench.speed import HEADER, run_speed
+
+    _check_counts(args)
     _check_methods(args.methods or [])
     print(HEADER)
-    rows = run_speed(args.model, args.size, args.batch, args.methods, args.settings, args.device, args.repeats,
-                     progress=lambda line: print(line, flush=True))
-    if args.json:
-        Path(args.json).write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+    _write_rows(args.json, run_speed(args.model, args.size, args.batch, args.methods, args.settings, args.device,
+                                     args.repeats, progress=lambda line: print(line, flush=True)))
+    return 0
+
+
+def _peers(args: argparse.Namespace) -> int:
+    from saliencylab.bench.peers import HEADER, run_peers
+
+    _check_counts(args)
+    settings: dict[str, dict] = {}
+    for method, key, value in args.set:
+        settings.setdefault(method, {})[key] = value
+    print(HEADER)
+    _write_rows(args.json, run_peers(args.model, args.size, args.batch, args.methods, args.repeats,
+                                     args.channels_last, settings, progress=lambda line: print(line, flush=True)))
     return 0
 
 
@@ -744,6 +766,19 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--repeats", type=int, default=3, help="timed runs per method after a warm-up (median)")
     speed.add_argument("--json", help="also write the rows to this JSON file")
     speed.set_defaults(run=_speed)
+
+    peers = bench.add_parser("peers", help="time our methods beside Captum, pytorch-grad-cam and TorchRay's (ratios)")
+    peers.add_argument("--model", default="resnet50", help="resnet50 (default), small_cnn, ... (random weights)")
+    peers.add_argument("--size", type=int, default=224, help="image side in pixels (default 224)")
+    peers.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    peers.add_argument("--methods", nargs="+", help="only these methods (default: every method with a peer)")
+    peers.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds after a warm-up (median)")
+    peers.add_argument("--channels-last", action="store_true", help="run the network channels-last on both sides")
+    peers.add_argument("--set", type=_method_setting, action="append", default=[], metavar="METHOD:KEY=VALUE",
+                       help="override a setting of bench/peers.py PEER_SETTINGS for both sides, e.g. "
+                            "--set rise:num_masks=1000 (repeatable)")
+    peers.add_argument("--json", help="also write the rows to this JSON file")
+    peers.set_defaults(run=_peers)
 
     wsol = bench.add_parser("wsol", help="WSOL table (LE, OM, F1, SM, ...; PxAP) of methods and baselines (paper 001)")
     wsol.add_argument("methods", nargs="+", metavar="METHOD",
