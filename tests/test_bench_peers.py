@@ -37,7 +37,7 @@ def test_bench_peers_rows_and_agreement(tmp_path, capsys):
     assert main(["bench", "peers", "--model", "small_cnn", "--size", "32", "--batch", "2", "--methods", "gradcam",
                  "gradient", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "torchcam: not installed" in printed and "quantus: not installed" in printed
+    assert "torchcam: " in printed and "quantus: " in printed  # said whether installed, never timed
     rows = json.loads(out.read_text())
     assert [(r["method"], r["library"]) for r in rows] == [("gradcam", "pytorch-grad-cam"), ("gradcam", "torchray"),
                                                           ("gradient", "captum")]

@@ -84,7 +84,8 @@ def _peers(args: argparse.Namespace) -> int:
         settings.setdefault(method, {})[key] = value
     print(HEADER)
     _write_rows(args.json, run_peers(args.model, args.size, args.batch, args.methods, args.repeats,
-                                     args.channels_last, settings, progress=lambda line: print(line, flush=True)))
+                                     args.channels_last, settings, progress=lambda line: print(line, flush=True),
+                                     show_progress=not args.no_progress))
     return 0
 
 
@@ -778,6 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a setting of bench/peers.py PEER_SETTINGS for both sides, e.g. "
                             "--set rise:num_masks=1000 (repeatable)")
     peers.add_argument("--json", help="also write the rows to this JSON file")
+    peers.add_argument("--no-progress", action="store_true")
     peers.set_defaults(run=_peers)
 
     wsol = bench.add_parser("wsol", help="WSOL table (LE, OM, F1, SM, ...; PxAP) of methods and baselines (paper 001)")

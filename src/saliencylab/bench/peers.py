@@ -30,6 +30,7 @@ from importlib.util import find_spec
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from saliencylab import methods
 from saliencylab.bench.speed import interleaved, ratio_spread
@@ -40,24 +41,23 @@ PeerCall = Callable[[Classifier, Tensor, Tensor, dict], Tensor]
 """(classifier, images (B,3,H,W) in [0,1], classes (B,), our hyper-parameters) -> maps (B,H,W)
 comparable with ours (the peer's output reduced over RGB as ours is)."""
 
-NOT_INSTALLED = {"torchcam": "not installed in this environment",
-                 "quantus": "not installed; it has no methods of its own (it dispatches to Captum)"}
+NOT_COMPARED = {"torchcam": "no pairs written (it was not installed when this was)",
+                "quantus": "it has no methods of its own (it dispatches to Captum)"}
+"""Peer libraries the benchmark does not time, and why."""
 
 PEER_SETTINGS: dict[str, dict] = {
     "scorecam": {"layer": "layer1.0.conv1"},
-    "gradient": {},
-    "input_x_gradient": {},
-    "integrated_gradients": {"steps": 16},
-    "guided_backprop": {},
-    "deconvnet": {},
-    "occlusion": {"window": 32, "stride": 32},
-    "smoothgrad": {"samples": 10, "base_kwargs": {"reduce": "abs"}},
-    "rise": {"num_masks": 256, "max_batch": 32},
-    "extremal_perturbation": {"areas": (0.1,), "max_iter": 20, "reward": "simple", "select": "sum"},
+    "integrated_gradients": {"steps": 8},
+    "occlusion": {"window": 56, "stride": 56},
+    "smoothgrad": {"samples": 5, "base_kwargs": {"reduce": "abs"}},
+    "rise": {"num_masks": 64, "max_batch": 32},
+    "extremal_perturbation": {"areas": (0.1,), "max_iter": 5, "reward": "simple", "select": "sum"},
 }
-"""Our hyper-parameters per method (ResNet-50 module paths), reduced so that one run takes minutes on 2 cores;
-each peer runs at the same values. Score-CAM reads the 64-channel ``layer1.0.conv1`` (65 forwards) instead
-of ``layer4`` (2049); RISE uses 32 masks per forward, TorchRay's batch, so the masks are TorchRay's."""
+"""Our hyper-parameters per method (others: the defaults), cut so that a ResNet-50 run at 224 px takes
+minutes on 2 cores; each peer runs at the same values, and the ratios count per-pass overheads, which
+these counts scale alike. Score-CAM reads ResNet's 64-channel ``layer1.0.conv1`` (65 forwards) instead of
+``layer4`` (2049); RISE runs 32 masks per forward, TorchRay's batch, so that its masks are TorchRay's;
+occlusion slides 16 windows of 56 px; SmoothGrad sums |gradient| over RGB, as Captum's ``Saliency``."""
 
 
 @dataclass
@@ -217,12 +217,13 @@ def pearson(ours: Tensor, theirs: Tensor) -> float:
 
 def run_peers(model: str = "resnet50", size: int = 224, batch: int = 1, names: Sequence[str] | None = None,
               repeats: int = 3, channels_last: bool = False, settings: dict[str, dict] | None = None,
-              num_classes: int = 1000, progress: Callable[[str], None] = print) -> list[PeerRow]:
+              num_classes: int = 1000, progress: Callable[[str], None] = print,
+              show_progress: bool = True) -> list[PeerRow]:
     """Time ``names`` (default: every method with a peer) beside their installed peers.
 
     ``model`` (random weights) at ``size`` px, ``batch`` images with random classes; ``settings``
     override :data:`PEER_SETTINGS` per method. One warm-up call each, then ``repeats`` (>= 3)
-    interleaved rounds.
+    interleaved rounds; ``show_progress``: a progress bar of the calls.
     """
     if repeats < 3:
         raise ValueError(f"repeats must be >= 3 (a median and a spread), got {repeats}")
@@ -231,8 +232,9 @@ def run_peers(model: str = "resnet50", size: int = 224, batch: int = 1, names: S
     if unknown:
         raise ValueError(f"no peer implementation for {', '.join(unknown)}; methods with a peer: "
                          f"{', '.join(peer_methods())}")
-    for library, reason in NOT_INSTALLED.items():
-        progress(f"{library}: {reason}")
+    for library, reason in NOT_COMPARED.items():
+        installed = "installed" if find_spec(library) is not None else "not installed"
+        progress(f"{library}: {installed}, not compared: {reason}")
     pairs = [(m, lib) for m, lib in PEERS if m in names and find_spec(MODULES[lib]) is not None]
     missing = sorted({lib for m, lib in PEERS if m in names and find_spec(MODULES[lib]) is None})
     if missing:
@@ -252,8 +254,16 @@ def run_peers(model: str = "resnet50", size: int = 224, batch: int = 1, names: S
     for m, lib in pairs:  # each method just before its peers
         calls.setdefault(m, partial(ours, m))
         calls[f"{m} {lib}"] = as_peer(partial(PEERS[m, lib], classifier, images, classes, chosen[m]), classifier)
+    bar = tqdm(total=len(calls) * (1 + repeats), desc="bench peers (warm-up, then rounds)", unit="call",
+               disable=not show_progress)
+
+    def counted(call: Callable[[], Tensor]) -> Callable[[], Tensor]:
+        return lambda: (call(), bar.update())[0]
+
+    calls = {name: counted(call) for name, call in calls.items()}
     outputs = {name: call() for name, call in calls.items()}  # the warm-up; its maps give the agreement
     times = interleaved(calls, torch.device("cpu"), repeats)
+    bar.close()
     rows = []
     for m, lib in pairs:
         key = f"{m} {lib}"
