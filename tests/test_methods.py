@@ -189,7 +189,7 @@ def test_registry_rejects_unknown_names_and_hyperparameters():
     classifier = small_cnn()
     with pytest.raises(KeyError, match="registered methods: .*gradcam"):
         methods.build("gradcam_plus_plus_typo", classifier)
-    with pytest.raises(TypeError, match="no hyper-parameter.*strength.*takes: layer="):
+    with pytest.raises(ValueError, match="no hyper-parameter.*strength.*takes: layer="):
         methods.build("gradcam", classifier, strength=2)
     with pytest.raises(ValueError, match="unknown layer 'nope'"):
         methods.build("gradcam", classifier, layer="nope")

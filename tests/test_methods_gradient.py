@@ -163,7 +163,7 @@ def test_smoothgrad_noise_seed_passes_and_errors():
     assert sg.passes(16, 16) == methods.Passes(35, 35)
     with pytest.raises(KeyError, match="unknown method 'nope'"):
         methods.build("smoothgrad", classifier, base="nope")
-    with pytest.raises(TypeError, match="no hyper-parameter"):
+    with pytest.raises(ValueError, match="no hyper-parameter"):
         methods.build("smoothgrad", classifier, base_kwargs={"steps": 5})
     with pytest.raises(ValueError, match="variant must be one of"):
         methods.build("smoothgrad", classifier, variant="sq")

@@ -5,7 +5,9 @@ import math
 
 import pytest
 
-from saliencylab.bench.reproduce import PAPERS, claim, claims_000, claims_001, claims_table, paper_settings_000, reproduce
+from saliencylab.bench.reproduce import (OTHER_METHODS_002, PAPERS, claim, claims_000, claims_001, claims_002,
+                                        claims_table, html_table, markdown_table, paper_settings_000, reproduce,
+                                        table_002)
 from saliencylab.cli import build_parser, main
 from saliencylab.data.synthetic import SyntheticConfig
 
@@ -48,6 +50,45 @@ def test_paper_claims_on_hand_built_numbers():
     assert "✗" in claims_table(list(by_id.values())) and "✓" in claims_table(list(by_id.values()))
 
 
+def test_claim_margins():
+    assert claim("c", "s", "m", True, {"gc": 63.0, "base": 60.0}, ["gc"], ["base"], margin=3.0)["holds"]  # at least
+    assert not claim("c", "s", "m", True, {"gc": 62.9, "base": 60.0}, ["gc"], ["base"], margin=3.0)["holds"]
+    assert claim("c", "s", "m", True, {"gc": 100 * 0.90, "base": 100 * 0.92}, ["gc"], ["base"], margin=-2.0)["holds"]
+    assert not claim("c", "s", "m", True, {"gc": 57.0, "base": 60.0}, ["gc"], ["base"], margin=-2.0)["holds"]
+    assert claim("c", "s", "m", False, {"gc": 57.0, "base": 60.0}, ["gc"], ["base"], margin=3.0)["holds"]  # lower
+    assert not claim("c", "s", "m", False, {"gc": 58.0, "base": 60.0}, ["gc"], ["base"], margin=3.0)["holds"]
+
+
+def test_paper_002_claims_on_hand_built_numbers():
+    # variant -> (quality, PG, SPG, energy of the element-wise Grad-CAM), fractions as the engine reports them
+    single = {"baseline": (0.90, 0.8, 0.50, 0.40), "gc": (0.89, 0.8, 0.55, 0.45), "gmp": (0.90, 0.8, 0.56, 0.50),
+              "gmp_gc": (0.88, 0.8, 0.60, 0.52)}
+    multi = {"baseline": (0.80, 0.7, 0.50, 0.40), "gc": (0.75, 0.7, 0.52, 0.45), "gmp": (0.80, 0.7, 0.61, 0.50),
+             "gmp_gc": (0.80, 0.7, 0.60, 0.50)}
+    bench = {}
+    for kind, rows, quality in (("single_label", single, ["classifier_top1"]),
+                                ("multi_label", multi, ["classifier_f1_per_class", "classifier_f1_overall"])):
+        for variant, (q, pg, spg, energy) in rows.items():
+            bench[f"{kind}/{variant}"] = _bench({"gradcam_elementwise": {
+                **{m: q for m in quality}, "pointing_game": pg, "stochastic_pointing_game": spg, "energy": energy}})
+            gain = {"gradient": 0.1, "input_x_gradient": 0.0, "integrated_gradients": 0.1, "occlusion": -0.1}
+            bench[f"{kind}/{variant}/other"] = _bench({  # single-label: two methods gain; multi-label: none
+                method: {"energy": 0.3 + (gain[method] if variant == "gc" and kind == "single_label" else 0)}
+                for method in OTHER_METHODS_002})
+    tables = {kind: table_002(bench, kind) for kind in ("single_label", "multi_label")}
+    assert tables["single_label"]["gc"] == pytest.approx({"classifier_top1": 89.0, "pointing_game": 80.0,
+                                                          "stochastic_pointing_game": 55.0, "energy": 45.0})
+    assert markdown_table({"gc": {"x": 1.234}}) == "| model | x |\n|---|---:|\n| gc | 1.23 |\n"
+    assert html_table({"gc": {"x": 1.234}}) == "<table><tr><th></th><th>x</th></tr><tr><th>gc</th><td>1.23</td></tr></table>"
+    holds = {c["id"]: c["holds"] for c in claims_002(bench, tables)}
+    assert holds == {"single_label_gc_raises_spg": True, "single_label_gc_raises_content_heatmap": True,
+                     "single_label_gc_accuracy_cost": True, "single_label_gmp_gc_best_spg": True,
+                     "single_label_other_methods_energy": True,
+                     "multi_label_gc_raises_spg": False, "multi_label_gc_raises_content_heatmap": True,
+                     "multi_label_gc_accuracy_cost": False, "multi_label_gmp_gc_best_spg": False,
+                     "multi_label_other_methods_energy": False}
+
+
 def test_paper_000_settings_scale_extremal_perturbations_with_the_image():
     settings = paper_settings_000(96)
     assert settings["rise"]["num_masks"] == 8000
@@ -81,6 +122,6 @@ def test_reproduce_end_to_end_writes_claims_and_report(tmp_path, paper):
 
 def test_cli_lists_reproduce_and_rejects_000_options_for_001(capsys):
     assert "reproduce" in build_parser().format_help()
-    assert set(PAPERS) == {"000", "001"}
+    assert set(PAPERS) == {"000", "001", "002"}
     assert main(["reproduce", "001", "--set", "rise:num_masks=10", "--out", "unused"]) == 2
     assert "paper 000 only" in capsys.readouterr().err

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from saliencylab.files import write_atomic
 
 if TYPE_CHECKING:
     from saliencylab.data.module import SaliencyDataModule
@@ -48,44 +51,41 @@ def _synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_counts(args: argparse.Namespace) -> None:
-    """ValueError unless the timing commands' --size, --batch and --repeats are positive."""
-    for flag, value in (("--size", args.size), ("--batch", args.batch), ("--repeats", args.repeats)):
-        if value < 1:
-            raise ValueError(f"{flag} must be at least 1, got {value}")
-
-
-def _write_rows(path: str | None, rows: list) -> None:
-    """The timing commands' --json: their dataclass rows as a JSON list."""
+def _speed(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    if path:
-        Path(path).write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+    from saliencylab.bench.speed import HEADER, STEP_HEADER, run_speed, training_step_cost
 
-
-def _speed(args: argparse.Namespace) -> int:
-    from saliencylab.bench.speed import HEADER, run_speed
-
-    _check_counts(args)
-    _check_methods(args.methods or [])
-    print(HEADER)
-    _write_rows(args.json, run_speed(args.model, args.size, args.batch, args.methods, args.settings, args.device,
-                                     args.repeats, progress=lambda line: print(line, flush=True)))
+    if args.consistency_step:
+        print(f"{args.model} at {args.size} px (composites {2 * args.size} px), batch {args.batch} on {args.device}")
+        print(STEP_HEADER)
+        rows = training_step_cost(args.model, args.size, args.batch, args.device, args.repeats,
+                                  progress=lambda line: print(line, flush=True))
+    else:
+        _check_methods(args.methods or [])
+        print(HEADER)
+        rows = run_speed(args.model, args.size, args.batch, args.methods, args.settings, args.device, args.repeats,
+                         progress=lambda line: print(line, flush=True))
+    if args.json:
+        write_atomic(args.json, json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
     return 0
 
 
 def _peers(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
     from saliencylab.bench.peers import HEADER, run_peers
 
-    _check_counts(args)
     settings: dict[str, dict] = {}
     for method, key, value in args.set:
         settings.setdefault(method, {})[key] = value
     print(HEADER)
-    _write_rows(args.json, run_peers(args.model, args.size, args.batch, args.methods, args.repeats,
-                                     args.channels_last, settings, progress=lambda line: print(line, flush=True),
-                                     show_progress=not args.no_progress))
+    rows = run_peers(args.model, args.size, args.batch, args.methods, args.repeats, args.channels_last, settings,
+                     progress=lambda line: print(line, flush=True), show_progress=not args.no_progress)
+    if args.json:
+        write_atomic(args.json, json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
     return 0
 
 
@@ -96,7 +96,12 @@ def _setting(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    return key, yaml.safe_load(value)
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        problem = str(getattr(error, "problem", "") or error).splitlines()[0]
+        raise argparse.ArgumentTypeError(f"{key}: the value {value!r} is not valid YAML ({problem}); expected a "
+                                         "number, word, true/false or [list]") from None
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -181,9 +186,31 @@ def _train_classifier(args: argparse.Namespace) -> int:
     data = {"source": args.voc or args.coco_train_json or args.train_json, "image_size": size,
             "batch_size": batch_size}
     _, scores = fit_classifier(datamodule, args.out, num_classes=len(class_names), class_names=class_names,
-                               accelerator=args.device, progress=not args.no_progress, data=data, **settings)
+                               accelerator=args.device, progress=not args.no_progress, data=data,
+                               resume=_resume(args), **settings)
     shown = "  ".join(f"{k} {v:.4f}" for k, v in scores.items()) or "no test set"
     print(f"test: {shown}")
+    print(f"wrote {Path(args.out) / 'classifier.safetensors'} and classifier.json; use it with --classifier {args.out}")
+    return 0
+
+
+def _train_consistent(args: argparse.Namespace) -> int:
+    from saliencylab import presets
+    from saliencylab.data.voc import VOC_CLASSES
+    from saliencylab.training.consistency import fit_consistent
+
+    _quiet_lightning()
+    settings, size, batch_size = _training_settings("consistent", args, backbone_weights=args.backbone_weights,
+                                                    pooling=args.pooling, consistency_weight=args.consistency_weight)
+    names = presets.load("consistent", args.preset)["data"].get("class_names", VOC_CLASSES)
+    datamodule = _training_datamodule(args, size, batch_size, names)
+    class_names = list(datamodule.train.class_names)
+    data = {"source": args.voc or args.coco_train_json or args.train_json, "image_size": size,
+            "batch_size": batch_size}
+    _, scores = fit_consistent(datamodule, args.out, num_classes=len(class_names), class_names=class_names,
+                               negatives_cache=args.negatives_cache, accelerator=args.device, resume=_resume(args),
+                               progress=not args.no_progress, data=data, **settings)
+    print("  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     print(f"wrote {Path(args.out) / 'classifier.safetensors'} and classifier.json; use it with --classifier {args.out}")
     return 0
 
@@ -197,7 +224,8 @@ def _train_explainer(args: argparse.Namespace) -> int:
     datamodule = _training_datamodule(args, size, batch_size, classifier.class_names)
     target = ({"num_classes": classifier.num_classes} if settings.get("variant") == "fcnn"
               else {"classifier_dir": _classifier_dir(args, classifier, description)})
-    fit_explainer(datamodule, args.out, accelerator=args.device, progress=not args.no_progress, **target, **settings)
+    fit_explainer(datamodule, args.out, accelerator=args.device, progress=not args.no_progress, resume=_resume(args),
+                  **target, **settings)
     print(f"wrote {Path(args.out) / 'explainer.safetensors'} and explainer.json; use it as "
           f"methods.build({settings.get('variant', 'explainer')!r}, classifier, checkpoint={str(args.out)!r})")
     return 0
@@ -289,7 +317,7 @@ def _train_masker(args: argparse.Namespace) -> int:
                          f"{description['source']} has {description['num_classes']}")
     datamodule = SaliencyDataModule(train, val, batch_size=batch_size, num_workers=args.workers)
     module = fit_masker(datamodule, out, classifier_dir=_classifier_dir(args, classifier, description),
-                        accelerator=args.device, progress=not args.no_progress, **settings)
+                        resume=_resume(args), accelerator=args.device, progress=not args.no_progress, **settings)
     print(f"trained a {module.hparams.mode} masker on {len(train)} images; wrote {out / 'masker.safetensors'} "
           f"and masker.json{' (and its co-trained classifier)' if module.hparams.mode == 'ca' else ''}; use it as "
           f"methods.build('masker', classifier, checkpoint={str(out)!r})")
@@ -327,14 +355,11 @@ def _sanity(args: argparse.Namespace) -> int:
     from saliencylab.bench.masking import evenly_spaced
     from saliencylab.bench.sanity import (MEASURES, cascading_randomization, compare_maps, independent_randomization,
                                           plot_randomization)
-    from saliencylab.data.imagenet import ImageNetDataset
     from saliencylab.maps import normalize_minmax
     from saliencylab.models.classifier import Classifier
     from saliencylab.models.load import load_trained_classifier
 
     _check_methods([args.method])
-    if args.images < 1:
-        raise ValueError(f"--images must be at least 1, got {args.images}")
     data_test = args.mode == "data"
     if data_test and not args.other_set and args.other_classifier is None:
         raise ValueError("--mode data compares two sets of maps: give --other-set KEY=VALUE (e.g. the checkpoint of a "
@@ -345,9 +370,9 @@ def _sanity(args: argparse.Namespace) -> int:
         raise ValueError("--layers belongs to --mode cascading or independent")
     classifier, description = _load_classifier(args)
     classifier.to(args.device)
-    dataset = ImageNetDataset(args.val_json, size=_classifier_size(args, description))
+    dataset = _load_dataset(args, classifier, description)
     if args.images > len(dataset):
-        raise ValueError(f"--images {args.images}, but {args.val_json} lists {len(dataset)} images; "
+        raise ValueError(f"--images {args.images}, but --data {args.data} has {len(dataset)} images; "
                          f"pass --images {len(dataset)} or fewer")
     batch = evenly_spaced(dataset, args.images)
     images = batch.images.to(args.device)
@@ -372,7 +397,7 @@ def _sanity(args: argparse.Namespace) -> int:
         values = compare_maps(explain(classifier, images, targets),
                               explain(other.to(args.device), images, targets, other_settings))
         mean = {m: float(values[m].nanmean()) for m in MEASURES}
-        Path(f"{stem}.json").write_text(json.dumps({
+        write_atomic(f"{stem}.json", json.dumps({
             "mode": "data", "method": args.method, "classifier": description["source"], "settings": settings,
             "other_classifier": args.other_classifier or description["source"], "other_settings": other_settings,
             "mean": mean, "per_image": {m: values[m].tolist() for m in MEASURES}}, indent=2))
@@ -382,7 +407,7 @@ def _sanity(args: argparse.Namespace) -> int:
     test = cascading_randomization if args.mode == "cascading" else independent_randomization
     result = test(explain, classifier, images, targets, seed=args.seed, layers=args.layers,
                   progress=not args.no_progress)
-    Path(f"{stem}.json").write_text(json.dumps(result.to_dict(), indent=2))
+    write_atomic(f"{stem}.json", json.dumps(result.to_dict(), indent=2))
     plot_randomization(result, f"{stem}.png", title=f"{args.mode} randomisation: {args.method}")
     print(f"{'layer':16s}" + "".join(f"{m:>14s}" for m in MEASURES))
     for row, layer in enumerate(result.layers):
@@ -422,7 +447,7 @@ def _wsol(args: argparse.Namespace) -> int:
                                               "openimages": args.openimages}})
     print(wsol_table(table), end="")
     if args.json:
-        Path(args.json).write_text(json.dumps(table, indent=2))
+        write_atomic(args.json, json.dumps(table, indent=2))
     print(f"per-image scores: {Path(args.out) / 'val'}" + (f", {Path(args.out) / 'pxap'}" if test is not None else ""))
     return 0
 
@@ -466,15 +491,11 @@ def _bench_rows(specs: list[str], settings: list[tuple[str, str, object]],
 
 
 def _bench_run(args: argparse.Namespace) -> int:
-    import shutil
-
     from saliencylab.bench.run import run_benchmark, table
-    from saliencylab.data.formats import load_dataset
 
     rows = _bench_rows(args.rows, args.set, args.subset)
     classifier, description = _load_classifier(args)
-    dataset = load_dataset(args.data, class_names=classifier.class_names, image_size=_classifier_size(args, description),
-                           options=dict(args.data_set))
+    dataset = _load_dataset(args, classifier, description)
     results = run_benchmark(classifier, dataset, rows, args.out, metric_names=args.metrics,
                             description={"classifier": _classifier_identity(args),
                                          "dataset": {"data": args.data, **dict(args.data_set)}},
@@ -485,7 +506,7 @@ def _bench_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     for flag, name in ((args.json, "results.json"), (args.csv, "results.csv"), (args.html, "report.html")):
         if flag:
-            shutil.copyfile(out / name, flag)
+            write_atomic(flag, (out / name).read_text(encoding="utf-8"))
     missing = sum(row["batches_missing"] for row in results["rows"].values())
     print(f"wrote {out / 'results.json'}, results.csv, scores.csv and report.html"
           + (f"; {missing} batches are left to other shards (rerun or `bench merge` when they finish)" if missing else ""))
@@ -499,12 +520,16 @@ def _bench_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+CONSISTENT_IMAGE_SIZE = 64
+"""Image side of reproduction 002 (the consistent presets' ``synthetic`` data)."""
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from saliencylab.bench.reproduce import reproduce
     from saliencylab.data.synthetic import SyntheticConfig
 
     _quiet_lightning()
-    options: dict[str, object] = {"epochs": args.epochs}
+    options: dict[str, object] = {} if args.epochs is None else {"epochs": args.epochs}
     if args.paper == "000":
         overrides: dict[str, dict] = {}
         for method, key, value in args.set:
@@ -514,7 +539,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         raise ValueError("--set, --images and --explainer-epochs apply to paper 000 only")
     if args.paper == "001":
         options["masker_epochs"] = args.masker_epochs
-    config = SyntheticConfig(image_size=args.image_size, train=args.train, val=args.val, test=args.test, seed=args.seed)
+    size = args.image_size or (CONSISTENT_IMAGE_SIZE if args.paper == "002" else 96)
+    config = SyntheticConfig(image_size=size, train=args.train, val=args.val, test=args.test, seed=args.seed)
     out = args.out or str(Path("runs") / "reproduce" / args.paper)
     reproduce(args.paper, out, fresh=args.fresh, device=args.device, config=config, progress=not args.no_progress,
               **options)
@@ -586,6 +612,24 @@ def _add_training_data_options(parser: argparse.ArgumentParser, classifier: bool
     parser.add_argument("--val-json", metavar="FILE", help="ImageNet-format metadata JSON of the validation images")
 
 
+def _resume(args: argparse.Namespace) -> bool:
+    """--resume, with a note when --out holds nothing to resume from."""
+    from saliencylab.training.fit import last_checkpoint
+
+    if args.resume and last_checkpoint(args.out) is None:
+        print(f"note: --resume, but {Path(args.out) / 'checkpoints'} holds no last.ckpt: starting from scratch",
+              file=sys.stderr)
+    return args.resume
+
+
+def _add_resume_option(parser: argparse.ArgumentParser) -> None:
+    """--resume of the training commands (every fit goes through training.fit.fit_module)."""
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run into --out from OUT/checkpoints/last.ckpt (weights, "
+                             "optimiser, epoch, early stopping), given the same settings; without it training "
+                             "starts from scratch")
+
+
 def _add_classifier_options(parser: argparse.ArgumentParser) -> None:
     """--classifier DIR or --model torchvision:NAME|timm:NAME with its options; read by _load_classifier."""
     group = parser.add_argument_group("classifier", "the classifier to explain: --classifier DIR or --model SPEC")
@@ -613,6 +657,23 @@ def _add_classifier_options(parser: argparse.ArgumentParser) -> None:
                             "maps to float rounding")
 
 
+def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
+    """--data FORMAT:PATH (any registered dataset format) and its --data-set options; read by _load_dataset."""
+    parser.add_argument("--data", required=True, metavar="FORMAT:PATH",
+                        help="the dataset: voc:ROOT, coco:JSON (--data-set images=DIR), imagenet:META/val.json "
+                             "(--data-set boxes=META/val_bboxes.json), openimages:ROOT, folder:DIR (--data-set masks=DIR)")
+    parser.add_argument("--data-set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                        help="a dataset option, e.g. split=val (repeatable; see the README's format table)")
+
+
+def _load_dataset(args: argparse.Namespace, classifier: Classifier, description: dict):
+    """The dataset named by --data and --data-set, resized to --image-size or the classifier's training size."""
+    from saliencylab.data.formats import load_dataset
+
+    return load_dataset(args.data, class_names=classifier.class_names, image_size=_classifier_size(args, description),
+                        options=dict(args.data_set))
+
+
 def _add_evaluation_options(parser: argparse.ArgumentParser, size_note: str = "") -> None:
     """The classifier options, --val-json, --image-size and --device of the commands that explain
     ImageNet-format images."""
@@ -625,6 +686,9 @@ def _add_evaluation_options(parser: argparse.ArgumentParser, size_note: str = ""
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saliencylab", description="Explain image classifiers and measure the explanations.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error in your input too (before the command: "
+                             "saliencylab --debug explain ...)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="synthetic data -> classifier -> every method and metric -> report")
@@ -680,6 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                        help="override a preset setting, e.g. --set lr=1e-4 (repeatable)")
     train.add_argument("--no-progress", action="store_true")
+    _add_resume_option(train)
     train.set_defaults(run=_train_explainer)
 
     fit = commands.add_parser("train-classifier", help="train a zoo classifier (small_cnn, vgg16, resnet18, resnet50, "
@@ -702,7 +767,33 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a preset classifier setting, e.g. --set lr=1e-4 or --set arch=resnet18 "
                           "(repeatable)")
     fit.add_argument("--no-progress", action="store_true")
+    _add_resume_option(fit)
     fit.set_defaults(run=_train_classifier)
+
+    consistent = commands.add_parser("train-consistent", help="train a classifier whose Grad-CAM is consistent "
+                                     "through 2x2 image grids, optionally with GMP (paper 002)")
+    consistent.add_argument("--out", required=True, metavar="DIR",
+                            help="output folder: classifier.safetensors, classifier.json, checkpoints/")
+    consistent.add_argument("--preset", default="synthetic", metavar="NAME",
+                            help="synthetic (default; ImageNet-format data), synthetic_multilabel, resnet18_imagenet, "
+                                 "resnet50_imagenet, resnet18_coco, or a YAML file")
+    _add_training_data_options(consistent, classifier=True)
+    consistent.add_argument("--backbone-weights", metavar="FILE",
+                            help="torchvision ImageNet state dict loaded before the new head (resnet18_coco: the "
+                                 "ImageNet checkpoint)")
+    consistent.add_argument("--pooling", choices=["avg", "max"], help="override the preset's: max = GMP")
+    consistent.add_argument("--lambda", dest="consistency_weight", type=float, metavar="L",
+                            help="consistency loss weight (default: the preset's; 0 trains the baseline)")
+    consistent.add_argument("--negatives-cache", metavar="FILE", help="JSON cache of the negative lists")
+    consistent.add_argument("--epochs", type=int, metavar="N", help="epochs (default: the preset's)")
+    consistent.add_argument("--image-size", type=int, metavar="S", help="resize side (default: the preset's)")
+    consistent.add_argument("--batch-size", type=int, metavar="B", help="default: the preset's")
+    consistent.add_argument("--device", default="auto", help="Lightning accelerator: auto (default), cpu, gpu")
+    consistent.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                            help="override a preset setting, e.g. --set lr=0.01 or --set detach_target=true (repeatable)")
+    consistent.add_argument("--no-progress", action="store_true")
+    _add_resume_option(consistent)
+    consistent.set_defaults(run=_train_consistent)
 
     masker = commands.add_parser("train-masker", help="train a CASME masker (FIX or CA) on ImageNet-format data "
                                                        "(paper 001)")
@@ -730,16 +821,21 @@ def build_parser() -> argparse.ArgumentParser:
     masker.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                         help="override a preset masker setting, e.g. --set lambda_out=15 (repeatable)")
     masker.add_argument("--no-progress", action="store_true")
+    _add_resume_option(masker)
     masker.set_defaults(run=_train_masker)
 
     sanity = commands.add_parser("sanity", help="model- and data-randomisation sanity checks of a method (paper 001)")
     sanity.add_argument("method", metavar="METHOD", help="a registered method (see: saliencylab methods)")
-    _add_evaluation_options(sanity, "; at least 48 for the HOG measure")
+    _add_classifier_options(sanity)
+    _add_dataset_options(sanity)
+    sanity.add_argument("--image-size", type=int, metavar="S", help="resize side (default: the classifier's training "
+                                                                    "size, else 224; at least 48 for the HOG measure)")
+    sanity.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
     sanity.add_argument("--mode", default="cascading", choices=["cascading", "independent", "data"],
                         help="cascading (default) or independent layer randomisation of --classifier; data: the "
                              "maps of --set/--classifier against those of --other-set/--other-classifier")
     sanity.add_argument("--images", type=int, metavar="N", default=16,
-                        help="images, evenly spaced through --val-json, each explained for its label (default 16)")
+                        help="images, evenly spaced through --data, each explained for its first label (default 16)")
     sanity.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                         help="a method hyper-parameter, e.g. --set checkpoint=runs/fix (repeatable)")
     sanity.add_argument("--other-set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
@@ -766,6 +862,9 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     speed.add_argument("--repeats", type=int, default=3, help="timed runs per method after a warm-up (median)")
     speed.add_argument("--json", help="also write the rows to this JSON file")
+    speed.add_argument("--consistency-step", action="store_true",
+                       help="instead: time and memory of a Grad-CAM consistency training step (two differentiable "
+                            "Grad-CAMs, double backward; paper 002) against a plain step")
     speed.set_defaults(run=_speed)
 
     peers = bench.add_parser("peers", help="time our methods beside Captum, pytorch-grad-cam and TorchRay's (ratios)")
@@ -816,11 +915,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a registered method or reference (zeros, half, ones, ground_truth), or NAME=METHOD to "
                           "name a row, e.g. fix=masker")
     _add_classifier_options(run)
-    run.add_argument("--data", required=True, metavar="FORMAT:PATH",
-                     help="the dataset: voc:ROOT, coco:JSON (--data-set images=DIR), imagenet:META/val.json "
-                          "(--data-set boxes=META/val_bboxes.json), openimages:ROOT, folder:DIR (--data-set masks=DIR)")
-    run.add_argument("--data-set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
-                     help="a dataset option, e.g. split=val (repeatable; see the README's format table)")
+    _add_dataset_options(run)
     run.add_argument("--out", required=True, metavar="DIR", help="output folder (rerun to resume)")
     run.add_argument("--metrics", nargs="+", metavar="METRIC",
                      help="registered metrics (default: every one the dataset supports; see: saliencylab metrics)")
@@ -832,7 +927,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="explain the ground-truth labels (default) or the top-k predicted classes")
     run.add_argument("--option", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                      help="a metric protocol switch: tolerance=15 (px), boxes_inclusive=false, one_pixel_smaller=true, "
-                          "unclipped_area=true, original_protocol=true (repeatable)")
+                          "unclipped_area=true, original_protocol=true, explain_short_side=448 (explain at that smaller side, maps "
+                          "resized back; paper 002's protocol) (repeatable)")
     run.add_argument("--image-size", type=int, metavar="S",
                      help="resize side (default: the classifier's training size, else 224)")
     run.add_argument("--batch-size", type=int, default=16, metavar="B", help="images per batch file (default 16)")
@@ -855,10 +951,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     reproduce = commands.add_parser("reproduce", help="train what a paper trains on the synthetic data, score it at "
                                     "the paper's settings, check the paper's claims (000 NN-Explainer, 001 masking)")
-    reproduce.add_argument("paper", choices=["000", "001"], help="000: NN-Explainer; 001: masking-based saliency")
+    reproduce.add_argument("paper", choices=["000", "001", "002"],
+                           help="000: NN-Explainer; 001: masking-based saliency; 002: consistent interpretations "
+                                "(at 64 px unless --image-size)")
     reproduce.add_argument("--out", help="output folder (default runs/reproduce/PAPER)")
     reproduce.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")
-    reproduce.add_argument("--epochs", type=int, default=15, help="most classifier epochs; early stopping ends sooner")
+    reproduce.add_argument("--epochs", type=int, help="most classifier epochs (default 15, early stopping ends sooner; "
+                           "002: the presets' 15 epochs of every classifier)")
     reproduce.add_argument("--images", type=int, default=50,
                            help="000: test images every compared method is scored on (default 50)")
     reproduce.add_argument("--explainer-epochs", type=int, help="000: most explainer epochs (default: the preset's 30)")
@@ -867,7 +966,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--masker-epochs", type=int, default=20, help="001: epochs of each masker (default 20, "
                            "the synthetic presets')")
     _add_data_options(reproduce)
-    reproduce.set_defaults(run=_reproduce)
+    reproduce.set_defaults(run=_reproduce, image_size=None)
 
     commands.add_parser("methods", help="list the attribution methods").set_defaults(run=_methods)
     commands.add_parser("metrics", help="list the metrics").set_defaults(run=_metrics)
@@ -878,13 +977,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+USER_ERRORS = (ValueError, OSError)
+"""What a user's input causes, and so ends a command with exit code 2 and one message (no traceback unless
+--debug): ValueError, which saliencylab raises for a value, option, file content or setting that is not what
+was expected (its message names the file, field or option and what was expected), and OSError, a file that
+is missing or cannot be read or written (permissions, a read-only or full disk). Any other exception
+(TypeError, KeyError, RuntimeError, ...) is a bug in saliencylab or a library and keeps its traceback."""
+
+POSITIVE_OPTIONS = ("image_size", "batch_size", "batch", "size", "repeats", "epochs", "images", "slow_images",
+                    "masker_epochs", "explainer_epochs", "examples_per_class", "bootstrap", "train", "num_classes")
+"""Integer options (dest names) that must be at least 1 when given."""
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """ValueError for an integer option below 1 or an --out that is not a folder."""
+    for name in POSITIVE_OPTIONS:
+        value = getattr(args, name, None)
+        if isinstance(value, int) and value < 1:  # (explain's --images is a folder)
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    out = getattr(args, "out", None)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} is a file; expected a folder (new or one this command wrote before)")
+
+
+def _user_message(error: Exception) -> str:
+    """The one-line message of a user error: ours as raised; a system OSError with the file it names."""
+    if isinstance(error, OSError) and error.filename is not None:
+        files = f"{error.filename}" + (f" -> {error.filename2}" if error.filename2 is not None else "")
+        hint = {errno.ENOSPC: "; free some space or choose another --out",
+                errno.EROFS: "; expected a writable folder: choose another --out",
+                errno.EACCES: "; expected a file or folder you may read and write"}.get(error.errno, "")
+        return f"{files}: {error.strerror}{hint}"
+    return str(error)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """Warnings on the command line: one line each, without the source line."""
+    print(f"saliencylab: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; 0 on success, 2 (with one message on stderr) on a user error (:data:`USER_ERRORS`)."""
     args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except (ValueError, FileNotFoundError, TypeError, RuntimeError) as err:
-        print(f"saliencylab {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    command = " ".join(filter(None, (args.command, getattr(args, "benchmark", None))))
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            _check_options(args)
+            return args.run(args)
+        except USER_ERRORS as err:
+            if args.debug:
+                raise
+            print(f"saliencylab {command}: error: {_user_message(err)}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

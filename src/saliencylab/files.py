@@ -1,10 +1,13 @@
-"""Writing files so that a reader (or a rerun after a kill) sees either the old complete file or the new one."""
+"""Writing files so that a reader (or a rerun after a kill) sees either the old complete file or the new one;
+reading JSON files with errors that name them."""
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -26,3 +29,23 @@ def write_atomic(path: str | Path, text: str) -> None:
     """Write UTF-8 text to ``path`` through :func:`atomic_path`."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def read_json(path: str | Path, what: str, keys: Sequence[str] = ()) -> Any:
+    """The JSON value in ``path`` (``what`` names the file in errors, e.g. "classifier description").
+
+    A missing file is a FileNotFoundError, malformed JSON a ValueError naming the file and position; with
+    ``keys`` the value must be an object holding each of them (ValueError naming the file and missing keys).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{what} {path} is not valid JSON: {error}") from None
+    missing = [key for key in keys if not isinstance(value, dict) or key not in value]
+    if missing:
+        raise ValueError(f"{what} {path} lacks {', '.join(map(repr, missing))}; expected a JSON object with keys "
+                         f"{', '.join(map(repr, keys))}")
+    return value

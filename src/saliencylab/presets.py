@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 FIT = {"classifier": ("saliencylab.training.classifier", "fit_classifier", "ClassifierModule"),
        "explainer": ("saliencylab.training.explainer", "fit_explainer", "ExplainerModule"),
-       "masker": ("saliencylab.training.masker", "fit_masker", "MaskerModule")}
+       "masker": ("saliencylab.training.masker", "fit_masker", "MaskerModule"),
+       "consistent": ("saliencylab.training.consistency", "fit_consistent", "ConsistencyModule")}
 """scheme -> (module, fit function, LightningModule its extra keyword arguments go to)."""
 
 RUNTIME = {"classifier_dir", "progress", "accelerator", "callbacks", "ckpt_path", "generator"}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from saliencylab import methods
-from saliencylab.files import write_atomic
+from saliencylab.files import atomic_path, read_json, write_atomic
 from saliencylab.models.classifier import Classifier
 from saliencylab.targets import from_multi_hot, top_k_predicted
 from saliencylab.types import Batch, collate
@@ -48,17 +47,12 @@ def batch_targets(rule: str, batch: Batch, classifier: Classifier) -> torch.Tens
 def _load_manifest(path: Path) -> dict | None:
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not a valid manifest ({err}); move it away to start over") from err
+    return read_json(path, "manifest (move it away to start over)")
 
 
 def _save_maps(path: Path, maps: torch.Tensor, targets: torch.Tensor) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as handle:
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
         np.savez_compressed(handle, maps=maps.cpu().numpy(), targets=targets.cpu().numpy())
-    os.replace(tmp, path)
 
 
 def explain_to_disk(name: str, classifier: Classifier, dataset: Dataset, out_dir: str | Path, *,

@@ -32,12 +32,11 @@ import csv
 import html
 import json
 import math
-import os
 from pathlib import Path
 
 from PIL import Image
 
-from saliencylab.files import write_atomic
+from saliencylab.files import atomic_path, write_atomic
 
 
 def _json_number(value: object) -> object:
@@ -59,8 +58,7 @@ def write_json(results: dict, path: Path) -> None:
 def write_csv(results: dict, path: Path) -> None:
     """One row per method: its kind, every metric, images/s."""
     metric_names = list(results["metrics"])
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["method", "kind", *metric_names, "images_per_second", "images"])
         for name, row in results["methods"].items():
@@ -68,7 +66,6 @@ def write_csv(results: dict, path: Path) -> None:
             writer.writerow([name, row["kind"], *("" if v is None else f"{v:.6g}" for v in values),
                              "" if row["images_per_second"] is None else f"{row['images_per_second']:.6g}",
                              row["images"]])
-    os.replace(tmp, path)
 
 
 def _image_tag(path: Path, alt: str) -> str:
@@ -282,7 +279,6 @@ slowest optimisation methods see only the first few on a CPU demo). Grey rows ar
 def save_png(image: Image.Image, path: Path) -> str:
     """Save a figure atomically; returns its path relative to the run folder (``figures/<name>.png``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
     return f"{path.parent.name}/{path.name}"

@@ -22,7 +22,6 @@ import hashlib
 import html
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +37,7 @@ import saliencylab
 from saliencylab import methods, metrics
 from saliencylab.bench.export import batch_targets
 from saliencylab.bench.report import STYLE
-from saliencylab.files import write_atomic
+from saliencylab.files import atomic_path, write_atomic
 from saliencylab.metrics import ground_truth, wsol
 from saliencylab.metrics.registry import MetricInputs
 from saliencylab.models.classifier import Classifier
@@ -137,6 +136,9 @@ def check_metrics(names: Sequence[str] | None, dataset: Dataset) -> list[str]:
         single = int(sample.labels.sum()) == 1
         return [n for n in metrics.names() if metrics.get(n).needs <= have
                 and ("single_label" not in metrics.get(n).needs or single)]
+    unknown = [name for name in names if name not in metrics.names()]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; registered metrics: {', '.join(metrics.names())}")
     for name in names:
         missing = metrics.get(name).needs - have
         if missing:
@@ -206,7 +208,8 @@ def run_benchmark(classifier: Classifier, dataset: Dataset, rows: Sequence[str] 
     reference names, or name -> :class:`Row`; metric_names: registered metrics (None: every one the
     dataset supports); description: what the classifier and dataset are (recorded in run.json and
     compared on resume; ``weights_stamp`` makes it change when a network is retrained); targets: "labels"
-    or "top1"/"top3"/"top5"; options: metric protocol switches (see :class:`MetricInputs`).
+    or "top1"/"top3"/"top5"; options: metric protocol switches (see :class:`MetricInputs`) and
+    ``explain_short_side`` (see :func:`explain_at`).
     Resumable and shardable as the module docstring says. A folder holding a run of another classifier or
     dataset is refused, or with ``replace_stale`` removed and computed anew (callers that retrain networks).
     """
@@ -267,7 +270,7 @@ def _score_batch(path: Path, row: Row, built: dict, name: str, classifier: Class
     else:
         if name not in built:
             built[name] = methods.build(row.method, classifier, **row.settings)
-        maps = built[name].attribute(batch.images, targets)
+        maps = explain_at(built[name], batch.images, targets, options.get("explain_short_side"))
         masks = built[name].output_range == "unit"
     if maps.is_cuda:
         torch.cuda.synchronize(maps.device)
@@ -276,6 +279,23 @@ def _score_batch(path: Path, row: Row, built: dict, name: str, classifier: Class
                         options={**options, **reference_options(reference)})
     write_atomic(path, json.dumps({"images": batch.image_ids, "first": first, "targets": targets.cpu().tolist(),
                                    "seconds": seconds, "scores": {m: v.tolist() for m, v in scores.items()}}))
+
+
+def explain_at(method: methods.Method, images: Tensor, targets: Tensor, short_side: int | None = None) -> Tensor:
+    """The method's maps (B,K,H,W) of images (B,3,H,W); with ``short_side`` (the engine option
+    ``explain_short_side``) explained on the images resized so their smaller side is ``short_side`` (bilinear,
+    antialiased, aspect kept) and the maps resized back to H,W bilinearly: the consistent-interpretations
+    evaluation (Pillai & Pirsiavash 2021: Resize(448), maps cv2-resized to the original image size)."""
+    if not short_side:
+        return method.attribute(images, targets)
+    height, width = images.shape[-2:]
+    scale = int(short_side) / min(height, width)
+    size = (round(height * scale), round(width * scale))
+    resized = torch.nn.functional.interpolate(images, size=size, mode="bilinear", antialias=True,
+                                              align_corners=False).clamp(0, 1)
+    maps = method.attribute(resized, targets)
+    return torch.nn.functional.interpolate(maps.flatten(0, 1)[:, None], size=(height, width), mode="bilinear",
+                                           align_corners=False).view(*maps.shape[:2], height, width)
 
 
 def reference_options(reference: Reference | None) -> dict[str, object]:
@@ -407,12 +427,10 @@ def _write_outputs(out_dir: Path, results: dict, per_pair: list[tuple]) -> None:
         ("scores.csv", ["row", "image", "target", "metric", "score"],
          [[r, i, t, m, _number(v)] for r, i, t, m, v in per_pair]),
     ]:
-        tmp = out_dir / f"{name}.tmp"
-        with tmp.open("w", newline="", encoding="utf-8") as handle:
+        with atomic_path(out_dir / name) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(header)
             writer.writerows(lines)
-        os.replace(tmp, out_dir / name)
     write_atomic(out_dir / "report.html", html_report(results))
 
 

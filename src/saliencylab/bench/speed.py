@@ -208,3 +208,67 @@ def format_row(row: SpeedRow) -> str:
 
 HEADER = (f"{'method':24s} {'images/s':>10s} {'ms/image':>12s} {'peak MiB':>10s} {'min ms/img':>12s} {'ratio':>7s} "
           f"{'spread':>11s}")
+
+
+@dataclass
+class StepRow:
+    """One training step's cost: seconds and peak memory per step of ``batch`` images, and its time over the plain
+    step's in the same round (median, lowest, highest)."""
+
+    step: str
+    seconds_per_step: float
+    peak_memory_mb: float
+    ratio: float
+    ratio_low: float
+    ratio_high: float
+
+
+def training_step_cost(model: str = "small_cnn", size: int = 64, batch: int = 8, device: str = "cpu",
+                       repeats: int = 3, num_classes: int = 6,
+                       progress: Callable[[str], None] = print) -> list[StepRow]:
+    """The cost of a Grad-CAM consistency training step (Pillai & Pirsiavash 2021: CE + λ·L1 between the
+    differentiable element-wise Grad-CAMs of ``batch`` images of ``size`` px and of their 2x2 composites, a
+    double backward) against a plain CE step, on a random-weight ``model`` in train mode, forward + backward
+    (no optimiser step). Peak memory from a warm-up call each; ``repeats`` (>= 3) interleaved rounds."""
+    from saliencylab.training.consistency import consistency_loss, differentiable_gradcam
+
+    if repeats < 3:
+        raise ValueError(f"repeats must be >= 3 (a median and a spread), got {repeats}")
+    torch_device = torch.device(device)
+    torch.manual_seed(0)
+    classifier = build_classifier(model, num_classes, freeze_backbone=False).to(torch_device).train()
+    images = torch.rand(batch, 3, size, size, device=torch_device)
+    composites = torch.rand(batch, 3, 2 * size, 2 * size, device=torch_device)
+    labels = torch.randint(num_classes, (batch,), device=torch_device)
+    quadrants = torch.randint(4, (batch,), device=torch_device)
+
+    def plain() -> None:
+        torch.nn.functional.cross_entropy(classifier(images), labels).backward()
+
+    def consistency() -> None:
+        logits, image_maps = differentiable_gradcam(classifier, images, labels)
+        _, composite_maps = differentiable_gradcam(classifier, composites, labels)
+        loss = torch.nn.functional.cross_entropy(logits, labels) + 25 * consistency_loss(
+            image_maps, composite_maps, quadrants, image_size=(size, size))
+        loss.backward()
+
+    steps = {"plain": plain, "consistency": consistency}
+    peaks = {}
+    for name, step in steps.items():
+        with peak_memory(torch_device) as peak:
+            step()
+        peaks[name] = peak[0]
+        classifier.zero_grad(set_to_none=True)
+    def then_zero_grad(step: Callable[[], None]) -> Callable[[], None]:
+        return lambda: (step(), classifier.zero_grad(set_to_none=True))
+
+    times = interleaved({name: then_zero_grad(step) for name, step in steps.items()}, torch_device, repeats)
+    rows = []
+    for name in steps:
+        rows.append(StepRow(name, statistics.median(times[name]), peaks[name], *ratio_spread(times[name], times["plain"])))
+        progress(f"{name:12s} {rows[-1].seconds_per_step * 1e3:12.1f} {rows[-1].peak_memory_mb:10.1f} "
+                 f"{rows[-1].ratio:7.2f} {rows[-1].ratio_low:.2f}–{rows[-1].ratio_high:.2f}")
+    return rows
+
+
+STEP_HEADER = f"{'step':12s} {'ms/step':>12s} {'peak MiB':>10s} {'ratio':>7s} spread"

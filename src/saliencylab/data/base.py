@@ -1,6 +1,7 @@
 """What the format readers share: the dataset base class and reading, resizing and writing images."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -31,16 +32,44 @@ class AnnotatedDataset(Dataset):
         return len(self.ids)
 
 
+def open_rgb(path: Path, listed_in: Path | None = None) -> Image.Image:
+    """The image file at ``path`` decoded as PIL RGB; a missing or undecodable file is an error naming it
+    (and ``listed_in``, the file that lists it)."""
+    listed = f" (it is listed in {listed_in})" if listed_in else ""
+    try:
+        with Image.open(path) as file:
+            return file.convert("RGB")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image {path} not found{listed}") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"cannot read image {path}{listed}: {error}; expected a readable JPEG/PNG image") from None
+
+
 def read_image(path: Path, size: tuple[int, int], described_in: Path) -> Tensor:
     """Read an RGB image as (3,H,W) float32 in [0,1]; check that (H,W) equals ``size`` from ``described_in``."""
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} not found (it is listed in {described_in})")
-    with Image.open(path) as file:
-        image = pil_to_tensor(file.convert("RGB")).float() / 255
+    image = pil_to_tensor(open_rgb(path, described_in)).float() / 255
     if tuple(image.shape[1:]) != tuple(size):
         raise ValueError(f"image {path} is {image.shape[2]}x{image.shape[1]} (WxH) but {described_in} "
                          f"says {size[1]}x{size[0]}")
     return image
+
+
+def clip_boxes(boxes: list[list[float]], size: tuple[int, int], path: str | Path) -> list[list[float]]:
+    """Boxes ``[x1, y1, x2, y2]`` (0-based inclusive: a box covers [x1, x2 + 1) x [y1, y2 + 1)) of an image of
+    ``size`` (H,W), as ``path`` gives them, clipped to the image with a warning naming ``path``; a box wholly
+    outside the image is an error."""
+    height, width = size
+    clipped = []
+    for x1, y1, x2, y2 in boxes:
+        if x1 >= width or y1 >= height or x2 <= -1 or y2 <= -1:
+            raise ValueError(f"{path}: box (x1, y1, x2, y2) = {(x1, y1, x2, y2)} (0-based) lies wholly outside "
+                             f"its {width}x{height} (WxH) image; expected a box that overlaps the image")
+        inside = [max(x1, 0.0), max(y1, 0.0), min(x2, width - 1.0), min(y2, height - 1.0)]
+        if inside != [x1, y1, x2, y2]:
+            warnings.warn(f"{path}: box {(x1, y1, x2, y2)} (0-based) reaches outside its {width}x{height} (WxH) "
+                          f"image; clipped to {tuple(inside)}", stacklevel=2)
+        clipped.append(inside)
+    return clipped
 
 
 def write_image(path: Path, image: Tensor) -> None:
@@ -71,14 +100,7 @@ def load_resized_image(path: Path, size: int, break_ratio: bool = False, listed_
 
     With ``break_ratio``: Resize([size, size]), aspect ratio not kept.
     """
-    try:
-        with Image.open(path) as file:
-            image = file.convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image {path} not found" + (f" (it is listed in {listed_in})" if listed_in else "")) \
-            from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"cannot read image {path}: {error}") from None
+    image = open_rgb(path, listed_in)
     if break_ratio:
         image = F.resize(image, [size, size])
     else:

@@ -17,7 +17,8 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from saliencylab.data.base import AnnotatedDataset, build_sample, read_image, write_image
+from saliencylab.data.base import AnnotatedDataset, build_sample, clip_boxes, read_image, write_image
+from saliencylab.files import read_json, write_atomic
 from saliencylab.types import BACKGROUND, VOID, Sample
 
 _FILE_KEYS = ("images", "annotations", "categories")
@@ -80,7 +81,7 @@ def write_coco(annotation_file: str | Path, image_dir: str | Path, samples: list
     }
     annotation_file = Path(annotation_file)
     annotation_file.parent.mkdir(parents=True, exist_ok=True)
-    annotation_file.write_text(json.dumps(data))
+    write_atomic(annotation_file, json.dumps(data))
     return annotation_file
 
 
@@ -93,18 +94,37 @@ def _check_keys(entries: list, keys: tuple[str, ...], what: str, path: Path) -> 
                              f"(expected {list(keys)})")
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_values(data: dict, path: Path) -> None:
+    """The value types the loader relies on: integer image ids and sides, file names, numeric boxes."""
+    for image in data["images"]:
+        if not _is_int(image["id"]):
+            raise ValueError(f"{path}: image id {image['id']!r} (file_name {image['file_name']!r}) is not an "
+                             "integer; expected COCO's integer image ids")
+        for key in ("width", "height"):
+            if not _is_int(image[key]) or image[key] < 1:
+                raise ValueError(f"{path}: image {image['id']} has {key} {image[key]!r}; expected a positive integer")
+        if not isinstance(image["file_name"], str) or not image["file_name"]:
+            raise ValueError(f"{path}: image {image['id']} has file_name {image['file_name']!r}; expected a file name")
+    for ann in data["annotations"]:
+        bbox = ann["bbox"]
+        if (not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_int(v) or isinstance(v, float) for v in bbox)
+                or bbox[2] < 0 or bbox[3] < 0):
+            raise ValueError(f"{path}: annotation {ann['id']} has bbox {bbox!r}; expected [x, y, width, height], "
+                             "four numbers with width and height >= 0")
+
+
 def _load_coco(annotation_file: Path) -> COCO:
     """A pycocotools COCO index of an instances file, checked for the keys and ids the loader uses."""
-    if not annotation_file.is_file():
-        raise FileNotFoundError(f"COCO annotation file {annotation_file} not found")
-    try:
-        data = json.loads(annotation_file.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"COCO annotation file {annotation_file} is not valid JSON: {error}") from None
+    data = read_json(annotation_file, "COCO annotation file")
     _check_keys([data], _FILE_KEYS, "the top level", annotation_file)
     _check_keys(data["images"], _IMAGE_KEYS, "image", annotation_file)
     _check_keys(data["categories"], _CATEGORY_KEYS, "category", annotation_file)
     _check_keys(data["annotations"], _ANNOTATION_KEYS, "annotation", annotation_file)
+    _check_values(data, annotation_file)
     image_ids = {image["id"] for image in data["images"]}
     category_ids = sorted(category["id"] for category in data["categories"])
     for ann in data["annotations"]:
@@ -143,17 +163,23 @@ class COCODataset(AnnotatedDataset):
         self.class_names = tuple(category["name"] for category in categories)
         self.ids = sorted(i for i in self.coco.imgs if self.coco.imgToAnns[i] or not skip_empty)
 
+    def instance_labels(self, index: int) -> list[int]:
+        """The class of each annotation of image ``index`` (the Sample's ``box_labels``), read without the image."""
+        anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=self.ids[index]))
+        return [self.category_ids.index(ann["category_id"]) for ann in anns]
+
     def __getitem__(self, index: int) -> Sample:
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
         size = (info["height"], info["width"])
         image = read_image(self.image_dir / info["file_name"], size, described_in=self.annotation_file)
         anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id))
-        labels = [self.category_ids.index(ann["category_id"]) for ann in anns]
+        labels = self.instance_labels(index)
         segmentation = torch.full(size, BACKGROUND, dtype=torch.long)
         for ann, label in zip(anns, labels):
             segmentation[torch.from_numpy(self.coco.annToMask(ann)).bool()] = VOID if ann["iscrowd"] else label
-        boxes = [[x, y, x + w - 1, y + h - 1] for x, y, w, h in (ann["bbox"] for ann in anns)]
+        boxes = clip_boxes([[x, y, x + w - 1, y + h - 1] for x, y, w, h in (ann["bbox"] for ann in anns)], size,
+                           f"{self.annotation_file} (image {image_id})")
         sample = build_sample(image, boxes, labels, [bool(ann["iscrowd"]) for ann in anns], segmentation,
                               str(image_id), self.num_classes)
         return self.transform(sample) if self.transform else sample

@@ -5,10 +5,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from saliencylab.data.base import IMAGE_EXTENSIONS, AnnotatedDataset
+from saliencylab.data.base import IMAGE_EXTENSIONS, AnnotatedDataset, open_rgb
 from saliencylab.data.voc import read_class_png
 from saliencylab.types import Sample
 
@@ -41,11 +40,7 @@ class ImageFolder(AnnotatedDataset):
 
     def __getitem__(self, index: int) -> Sample:
         path = self.files[index]
-        try:
-            with Image.open(path) as file:
-                image = pil_to_tensor(file.convert("RGB")).float() / 255
-        except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"cannot read image {path}: expected a {', '.join(IMAGE_EXTENSIONS)} file ({err})") from err
+        image = pil_to_tensor(open_rgb(path)).float() / 255
         labels, segmentation = torch.zeros(len(self.class_names)), None
         if self.masks is not None:
             mask = self.masks / f"{path.stem}.png"

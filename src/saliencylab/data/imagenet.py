@@ -35,6 +35,10 @@ class ImageNetDataset(AnnotatedDataset):
                 raise ValueError(f"box file {boxes_file} has no boxes for {len(missing)} images of "
                                  f"{self.metadata_file}, e.g. {missing[:5]}")
 
+    def instance_labels(self, index: int) -> list[int]:
+        """The one class of image ``index``, read from the metadata without the image."""
+        return [self.metadata.samples[index][1]]
+
     def __getitem__(self, index: int) -> Sample:
         path, label = self.metadata.samples[index]
         image = load_resized_image(Path(self.metadata.root) / path, self.size, self.break_ratio, self.metadata_file)

@@ -29,6 +29,7 @@ import numpy as np
 
 from saliencylab.data.base import IMAGE_EXTENSIONS
 from saliencylab.data.voc import parse_annotation
+from saliencylab.files import read_json, write_atomic
 
 BOX_KEYS = ("xmin", "ymin", "xmax", "ymax")
 
@@ -74,24 +75,15 @@ def write_metadata(path: str | Path, metadata: ImageNetMetadata) -> Path:
     """Write ``metadata`` as a metadata JSON; return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"root": metadata.root, "samples": [list(s) for s in metadata.samples],
+    write_atomic(path, json.dumps({"root": metadata.root, "samples": [list(s) for s in metadata.samples],
                                 "classes": metadata.classes, "class_to_idx": metadata.class_to_idx}))
     return path
-
-
-def _load_json(path: Path, what: str) -> object:
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{what} {path} is not valid JSON: {error}") from None
 
 
 def read_metadata(path: str | Path) -> ImageNetMetadata:
     """Read and check a metadata JSON (see the module docstring)."""
     path = Path(path)
-    data = _load_json(path, "metadata file")
+    data = read_json(path, "metadata file")
 
     def fail(expected: str) -> ValueError:
         return ValueError(f"metadata file {path}: expected {expected}")
@@ -120,14 +112,14 @@ def write_boxes(path: str | Path, boxes: dict[str, list[list[int]]]) -> Path:
     """Write a box JSON: image key -> list of [xmin, ymin, xmax, ymax]; return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({key: [dict(zip(BOX_KEYS, box)) for box in value] for key, value in boxes.items()}))
+    write_atomic(path, json.dumps({key: [dict(zip(BOX_KEYS, box)) for box in value] for key, value in boxes.items()}))
     return path
 
 
 def read_boxes(path: str | Path) -> dict[str, list[list[int]]]:
     """Read a box JSON: image key -> list of [xmin, ymin, xmax, ymax] integers."""
     path = Path(path)
-    data = _load_json(path, "box file")
+    data = read_json(path, "box file")
     if not isinstance(data, dict):
         raise ValueError(f"box file {path}: expected an object mapping image keys to lists of boxes")
     boxes = {}

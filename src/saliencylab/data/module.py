@@ -37,23 +37,28 @@ class SaliencyDataModule(L.LightningDataModule):
     """Train / val / test datasets of Samples (any may be None) served as Batches; only train shuffles.
 
     A stage without a dataset yields no batches (an empty list of loaders), so Lightning skips it.
+    ``train_collate`` batches the training set (default :func:`collate`; e.g. ``gridding.collate_gridded``);
+    ``drop_last``: leave out the last partial training batch (as the consistent-interpretations COCO training).
     """
 
     def __init__(self, train: Dataset | None = None, val: Dataset | None = None, test: Dataset | None = None,
-                 batch_size: int = 32, num_workers: int = 0) -> None:
+                 batch_size: int = 32, num_workers: int = 0, train_collate: Callable[[list], object] = collate,
+                 drop_last: bool = False) -> None:
         super().__init__()
         self.train, self.val, self.test = train, val, test
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.train_collate, self.drop_last = train_collate, drop_last
 
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader | list:
+    def _loader(self, dataset: Dataset | None, shuffle: bool, collate_fn: Callable[[list], object] = collate,
+                drop_last: bool = False) -> DataLoader | list:
         if dataset is None:
             return []
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=collate, persistent_workers=self.num_workers > 0)
+                          collate_fn=collate_fn, persistent_workers=self.num_workers > 0, drop_last=drop_last)
 
     def train_dataloader(self) -> DataLoader | list:
-        return self._loader(self.train, shuffle=True)
+        return self._loader(self.train, shuffle=True, collate_fn=self.train_collate, drop_last=self.drop_last)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val, shuffle=False)

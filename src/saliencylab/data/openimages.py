@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from saliencylab.data.base import AnnotatedDataset, load_resized_image, write_image
+from saliencylab.files import write_atomic
 from saliencylab.types import BACKGROUND, VOID, Sample
 
 _LAYOUT = """expected layout:
@@ -183,5 +184,5 @@ def write_openimages(data_root: str | Path, metadata_root: str | Path, samples: 
                          for k, (path, _) in enumerate(masks)]
     meta.mkdir(parents=True, exist_ok=True)
     for name, lines in (("image_ids", image_ids), ("class_labels", class_labels), ("localization", localization)):
-        (meta / f"{name}.txt").write_text("".join(f"{line}\n" for line in lines))
+        write_atomic(meta / f"{name}.txt", "".join(f"{line}\n" for line in lines))
     return meta

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from tqdm import tqdm
 
+from saliencylab.files import write_atomic
 from saliencylab.types import BACKGROUND, VOID, Sample
 
 CLASSES = ("disc", "square", "triangle", "cross", "ring", "star")
@@ -235,5 +236,5 @@ def write_synthetic(root: str | Path, config: SyntheticConfig = SyntheticConfig(
     for split in SPLITS:
         write_coco(root / "coco" / "annotations" / f"instances_{split}.json", root / "coco" / split,
                    splits[split], list(CLASSES))
-    marker.write_text(json.dumps(asdict(config), indent=2))
+    write_atomic(marker, json.dumps(asdict(config), indent=2))
     return root

@@ -14,6 +14,7 @@ from saliencylab.data.base import write_image
 from saliencylab.data.imagenet_metadata import prepare_metadata, write_box_xml
 from saliencylab.data.openimages import write_openimages
 from saliencylab.data.synthetic import CLASSES, SPLITS, SyntheticConfig, render_scene
+from saliencylab.files import write_atomic
 from saliencylab.types import Sample
 
 
@@ -92,5 +93,5 @@ def write_synthetic_imagenet(root: str | Path, config: SyntheticConfig = Synthet
                      seed=config.seed, size=config.image_size)
     write_openimages(root / "openimages" / "dataset", root / "openimages" / "metadata",
                      single_class_scenes(config, "test", progress), list(WNIDS))
-    marker.write_text(json.dumps(settings, indent=2))
+    write_atomic(marker, json.dumps(settings, indent=2))
     return root

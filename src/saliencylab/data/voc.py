@@ -14,10 +14,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from saliencylab.data.base import AnnotatedDataset, build_sample, read_image, write_image
+from saliencylab.data.base import AnnotatedDataset, build_sample, clip_boxes, read_image, write_image
+from saliencylab.files import write_atomic
 from saliencylab.types import BACKGROUND, VOID, Sample
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -59,6 +60,14 @@ def _text(element: ET.Element, tag: str, path: Path) -> str:
     return node.text.strip()
 
 
+def _number(element: ET.Element, tag: str, path: Path) -> float:
+    text = _text(element, tag, path)
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"annotation {path}: <{tag}> inside <{element.tag}> is {text!r}; expected a number") from None
+
+
 def parse_annotation(path: Path) -> tuple[ET.Element, ET.Element]:
     """(root, <size> element) of a VOC-style annotation XML (VOC, ImageNet bbox files); errors name the file."""
     if not path.is_file():
@@ -76,7 +85,9 @@ def parse_annotation(path: Path) -> tuple[ET.Element, ET.Element]:
 def _read_xml(path: Path, class_names: tuple[str, ...]) -> tuple[tuple[int, int], list, list, list]:
     """Parse a VOC annotation: ((H,W), boxes 0-based inclusive, class indices, difficult flags)."""
     root, size = parse_annotation(path)
-    hw = (int(_text(size, "height", path)), int(_text(size, "width", path)))
+    hw = (int(_number(size, "height", path)), int(_number(size, "width", path)))
+    if min(hw) < 1:
+        raise ValueError(f"annotation {path}: <size> is {hw[1]}x{hw[0]} (WxH); expected positive sides")
     boxes, labels, difficult = [], [], []
     for obj in root.findall("object"):
         name = _text(obj, "name", path)
@@ -85,18 +96,21 @@ def _read_xml(path: Path, class_names: tuple[str, ...]) -> tuple[tuple[int, int]
         box = obj.find("bndbox")
         if box is None:
             raise ValueError(f"annotation {path}: expected <bndbox> inside the <object> named {name!r}")
-        boxes.append([float(_text(box, tag, path)) - 1 for tag in ("xmin", "ymin", "xmax", "ymax")])
+        boxes.append([_number(box, tag, path) - 1 for tag in ("xmin", "ymin", "xmax", "ymax")])
         labels.append(class_names.index(name))
         difficult.append(obj.findtext("difficult", "0").strip() == "1")
-    return hw, boxes, labels, difficult
+    return hw, clip_boxes(boxes, hw, path), labels, difficult
 
 
 def read_class_png(path: Path, size: tuple[int, int], num_classes: int) -> Tensor:
     """Read a VOC class PNG as (H,W) int64 in the Sample label space."""
-    with Image.open(path) as png:
-        if png.mode not in ("P", "L"):
-            raise ValueError(f"segmentation {path} has mode {png.mode}; expected a palette ('P') PNG of class indices")
-        values = np.asarray(png)
+    try:
+        with Image.open(path) as png:
+            mode, values = png.mode, np.asarray(png)
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"cannot read segmentation {path}: {error}; expected a palette ('P') PNG") from None
+    if mode not in ("P", "L"):
+        raise ValueError(f"segmentation {path} has mode {mode}; expected a palette ('P') PNG of class indices")
     if values.shape != tuple(size):
         raise ValueError(f"segmentation {path} is {values.shape[1]}x{values.shape[0]} (WxH) but its image is "
                          f"{size[1]}x{size[0]}")
@@ -148,7 +162,7 @@ def _write_xml(path: Path, sample: Sample, class_names: list[str], year: str) ->
 
 def _write_lines(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{line}\n" for line in lines))
+    write_atomic(path, "".join(f"{line}\n" for line in lines))
 
 
 def write_voc(root: str | Path, samples: list[Sample], class_names: list[str], splits: dict[str, list[str]],

@@ -8,6 +8,7 @@ device, NaN for padded targets.
 from __future__ import annotations
 
 import inspect
+import os
 from dataclasses import dataclass
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,13 +56,38 @@ def hyperparameters(name: str) -> dict[str, object]:
     return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
-def build(name: str, classifier: Classifier, **kwargs: object) -> "Method":
-    """Instantiate the registered method ``name`` bound to ``classifier``; unknown kwargs are an error."""
+_SIMPLE_TYPES = {"int": (int,), "float": (int, float), "str": (str, os.PathLike), "bool": (bool,),
+                 "None": (type(None),)}
+"""Annotations whose values :func:`check_hyperparameters` checks, and what they accept (paths as str)."""
+
+
+def _has_type(value: object, names: list[str]) -> bool:
+    """Whether ``value`` has one of the simple types ``names`` (a bool is no number)."""
+    if isinstance(value, bool):
+        return "bool" in names
+    return any(isinstance(value, _SIMPLE_TYPES[name]) for name in names)
+
+
+def check_hyperparameters(name: str, settings: dict[str, object]) -> None:
+    """ValueError unless every key of ``settings`` is a hyper-parameter of method ``name`` and every value of
+    one annotated with simple types (int, float, str, bool, None and their unions) has one of them."""
     allowed = hyperparameters(name)
-    unknown = sorted(set(kwargs) - set(allowed))
+    unknown = sorted(set(settings) - set(allowed))
     if unknown:
-        raise TypeError(f"method {name!r} has no hyper-parameter(s) {', '.join(unknown)}; "
-                        f"it takes: {', '.join(f'{k}={v!r}' for k, v in allowed.items())}")
+        raise ValueError(f"method {name!r} has no hyper-parameter(s) {', '.join(unknown)}; "
+                         f"it takes: {', '.join(f'{k}={v!r}' for k, v in allowed.items())}")
+    annotations = {p.name: p.annotation for p in inspect.signature(get(name).__init__).parameters.values()}
+    for key, value in settings.items():
+        names = [part.strip() for part in str(annotations[key]).split("|")]
+        if set(names) <= set(_SIMPLE_TYPES) and not _has_type(value, names):
+            raise ValueError(f"method {name!r}: {key} must be {' or '.join(names)} (default {allowed[key]!r}), "
+                             f"got {value!r} ({type(value).__name__})")
+
+
+def build(name: str, classifier: Classifier, **kwargs: object) -> "Method":
+    """Instantiate the registered method ``name`` bound to ``classifier``; unknown kwargs or values of the
+    wrong type are an error (:func:`check_hyperparameters`)."""
+    check_hyperparameters(name, kwargs)
     return get(name)(classifier, **kwargs)
 
 
@@ -105,10 +131,13 @@ class Method:
     - ``output_range``: one of OUTPUT_RANGES (default ``"raw"``);
     - ``per_class``: False for a class-agnostic method, whose map is the same for every target
       of an image (default True);
-    - ``trained``: True when the method needs a trained network (``checkpoint=``; default False).
+    - ``trained``: True when the method needs a trained network (``checkpoint=``; default False);
+    - ``layer``: the classifier layer the maps are read from (CAM methods set their ``layer=``), whose
+      grid must be at least 2x2 for the images given; None (default): only the forward pass must work.
     """
 
     name: ClassVar[str] = ""
+    layer: str | None = None
     output_range: str = "raw"
     per_class: bool = True
     trained: bool = False
@@ -123,8 +152,17 @@ class Method:
         self.max_batch = max_batch
 
     def attribute(self, images: Tensor, targets: int | list[int] | Tensor) -> Tensor:
-        """Maps (B,K,H,W) float32 for images (B,3,H,W) in [0,1] and targets (B,K) (see saliencylab.targets)."""
+        """Maps (B,K,H,W) float32 for images (B,3,H,W) in [0,1] and targets (B,K) (see saliencylab.targets);
+        float64 images are converted to float32 (the networks' precision)."""
         check_images(images)
+        if images.dtype == torch.float64:
+            images = images.float()
+        if not self.classifier.fits(*images.shape[2:], self.layer):
+            minimum = self.classifier.minimum_size(self.layer)
+            reason = ("a forward pass fails at every square side up to 1024" if minimum is None else
+                      f"expected at least {minimum}x{minimum}" + ("" if self.layer is None else
+                      f" (below it layer {self.layer!r} is a single cell: the maps would be constant)"))
+            raise ValueError(f"images of {images.shape[2]}x{images.shape[3]} do not fit this classifier; {reason}")
         targets = as_targets(targets, images.shape[0], self.classifier.num_classes)
         with scoped_eval(self.classifier):
             maps = self.attribute_targets(images.detach(), targets.to(images.device))

@@ -51,8 +51,8 @@ class Occlusion(Method):
 
     Square windows of ``window`` px slide with ``stride`` px (defaults 16 / 8); offsets are
     Captum's (0, stride, …, ⌈(H − window)/stride⌉·stride, the last window truncated at the border),
-    and the averaging over covering windows is Captum's ``Occlusion``. A window larger than the
-    image is shrunk to the image. ``fill``: ``"mean"`` (the classifier's mean colour, i.e. zero
+    and the averaging over covering windows is Captum's ``Occlusion``. A window longer than one
+    side of the image is shrunk to it; one covering the whole image (a constant map) is refused. ``fill``: ``"mean"`` (the classifier's mean colour, i.e. zero
     after normalisation), ``"black"``, or ``"blur"`` (the image blurred with std ``blur_sigma`` px).
     S is the classifier's score. Each occluded image's forward serves all of its targets.
     """
@@ -78,6 +78,9 @@ class Occlusion(Method):
 
     def attribute_targets(self, images: Tensor, targets: Tensor) -> Tensor:
         batch, _, height, width = images.shape
+        if self.window >= height and self.window >= width:
+            raise ValueError(f"occlusion window {self.window} px covers the whole {height}x{width} image (every pixel "
+                             f"would get the same value); expected window < {max(height, width)}")
         rows, cols = (b.to(images) for b in self.bands(height, width))
         fill = fill_images(images, self.fill, self.classifier.mean, self.blur_sigma)
         with torch.no_grad():

@@ -202,6 +202,22 @@ def energy(maps: Tensor, gt: Tensor, ignore: Tensor | None = None) -> Tensor:
     return _undefined(_sum(positive * gt) / total, undefined)
 
 
+def label_counts(logits: Tensor, labels: Tensor) -> Tensor:
+    """(B,3,C) float: per image and class, whether it is a true positive, a false positive, a false negative of
+    the prediction logit > 0; logits (B,C), multi-hot labels (B,C)."""
+    predicted, truth = logits > 0, labels.to(logits.device) > 0.5
+    return torch.stack([predicted & truth, predicted & ~truth, ~predicted & truth], 1).float()
+
+
+def multilabel_f1(tp: Tensor, fp: Tensor, fn: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-class F1 averaged over classes (CF1) and overall F1 of pooled counts (OF1), from per-class counts (C,)
+    of true positives, false positives and false negatives (the COCO classifier scores of Pillai & Pirsiavash
+    2021). A class without any positive or prediction has F1 0 (its denominator is clamped to 1)."""
+    per_class = 2 * tp / (2 * tp + fp + fn).clamp(min=1)
+    overall = 2 * tp.sum() / (2 * tp.sum() + fp.sum() + fn.sum()).clamp(min=1)
+    return per_class.mean(), overall
+
+
 # ---------------------------------------------------------------- NN-Explainer segmentation suite
 
 def _prepare(maps: Tensor, gt: Tensor, ignore: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -351,6 +351,32 @@ def _classifier_top1(inputs: MetricInputs) -> Tensor:
     return inputs.correct.float().unsqueeze(1)
 
 
+def reduce_f1_per_class(scores: Tensor, _targets: Tensor) -> float:
+    """CF1: per-class F1 averaged over classes, from per-image counts [tp | fp | fn] (each C wide)."""
+    return float(F.multilabel_f1(*scores.nan_to_num(nan=0.0).sum(0).chunk(3))[0])
+
+
+def reduce_f1_overall(scores: Tensor, _targets: Tensor) -> float:
+    """OF1: F1 of the counts pooled over classes, from per-image counts [tp | fp | fn] (each C wide)."""
+    return float(F.multilabel_f1(*scores.nan_to_num(nan=0.0).sum(0).chunk(3))[1])
+
+
+def _label_counts(inputs: MetricInputs) -> Tensor:
+    """(B,3C) per image: true positives, false positives, false negatives per class at logit > 0."""
+    with torch.no_grad(), scoped_eval(inputs.classifier):
+        return F.label_counts(inputs.classifier(inputs.batch.images), inputs.batch.labels).flatten(1)
+
+
+for _name, _reduce, _description in [
+    ("classifier_f1_per_class", reduce_f1_per_class, "the classifier's per-class F1 at logit > 0, averaged over classes "
+                                                      "(CF1, the COCO score of Pillai & Pirsiavash 2021; the same for every row)"),
+    ("classifier_f1_overall", reduce_f1_overall, "the classifier's overall F1 at logit > 0 of the counts pooled over "
+                                                  "classes (OF1; the same for every row)"),
+]:
+    register(_name, higher_is_better=True, needs={"model"}, per="dataset", reduce=_reduce,
+             description=_description)(_label_counts)
+
+
 def reduce_pxap(scores: Tensor, _targets: Tensor) -> float:
     """PxAP in percent from per-image pixel histograms (positives then negatives per threshold bin)."""
     histograms = scores.nan_to_num(nan=0.0).sum(0).round().long()

@@ -197,6 +197,7 @@ class Classifier(nn.Module):
             if layout not in LAYOUTS:
                 raise ValueError(f"layout of layer {name!r} must be one of {LAYOUTS}, got {layout!r}")
         self._auto_layer: str | None = None
+        self._fits: dict[tuple[int, int, str | None], bool] = {}
         self.memory_format = torch.contiguous_format
         self.class_names = list(class_names) if class_names is not None else None
 
@@ -259,6 +260,43 @@ class Classifier(nn.Module):
     def read_layout(self, name: str, output: Tensor, size: tuple[int, int]) -> Layout:
         """The :class:`Layout` of ``output``, layer ``name``'s output for input images of ``size`` (H,W)."""
         return infer_layout(output, tuple(size), self.model, self.layer(name), self.layer_layout(name))
+
+    def fits(self, height: int, width: int, layer: str | None = None) -> bool:
+        """Whether a 1x3xHxW image passes the model and, with ``layer`` (a name as in :meth:`layer_path`), that
+        layer's output reads as a grid of at least 2x2 (else a map read from it is constant). Probed once
+        per (size, layer) with a zero image."""
+        key = (height, width, layer)
+        if key not in self._fits:
+            module = self.model if layer is None else self.layer(layer)
+            param = next(self.model.parameters(), None)
+            image = torch.zeros(1, 3, height, width, device=param.device if param is not None else None)
+            try:
+                with scoped_eval(self.model), torch.no_grad(), captured_output(module) as outputs:
+                    self(image)
+            except Exception:  # a probe: a forward pass that fails in any way means this size does not fit
+                outputs = None
+            if outputs is None:
+                self._fits[key] = False
+            elif layer is None or not outputs:  # (a layer the forward pass skips: its method says so)
+                self._fits[key] = True
+            else:  # a layout error is the layer's, not the size's: it propagates
+                grid = self.read_layout(layer, outputs[0], (height, width)).to_grid(outputs[0])
+                self._fits[key] = min(grid.shape[2:]) >= 2
+        return self._fits[key]
+
+    def minimum_size(self, layer: str | None = None) -> int | None:
+        """The smallest side S of square images that :meth:`fits` (with ``layer``): sides 2, 4, ... up to 1024,
+        then bisection below the first that fits. None when none fits (a fixed-size model, e.g. a ViT for 224)."""
+        side = 2
+        while not self.fits(side, side, layer):
+            if side >= 1024:
+                return None
+            side *= 2
+        low = side // 2  # does not fit (or is 1)
+        while side - low > 1:
+            middle = (low + side) // 2
+            low, side = (low, middle) if self.fits(middle, middle, layer) else (middle, side)
+        return side
 
     @property
     def num_classes(self) -> int | None:

@@ -1,7 +1,6 @@
 """Safe weight files: safetensors or ``torch.load(weights_only=True)``; never arbitrary unpickling."""
 from __future__ import annotations
 
-import json
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +9,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from saliencylab.files import atomic_path, read_json
 
 
 def load_state_dict(path: str | Path, prefix: str = "") -> dict[str, Tensor]:
@@ -44,9 +45,8 @@ def save_state_dict(state: dict[str, Tensor], path: str | Path) -> Path:
     """Write a state dict as safetensors (atomically: a partial file never replaces a good one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
     return path
 
 
@@ -87,7 +87,7 @@ def load_described_network(out_dir: str | Path, stem: str, build: Callable[[dict
     description_file = out_dir / f"{stem}.json"
     if not description_file.is_file():
         raise FileNotFoundError(f"{description_file} not found: train a {stem} with {trained_by} first")
-    description = json.loads(description_file.read_text())
+    description = read_json(description_file, f"{stem} description")
     network = build(description)
     load_weights(network, out_dir / f"{stem}.safetensors", f"the {stem} described in {description_file}")
     return network.eval(), description

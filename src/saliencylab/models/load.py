@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
-from saliencylab.files import write_atomic
+from saliencylab.files import read_json, write_atomic
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.io import load_weights, save_state_dict
 from saliencylab.models.zoo import build_classifier
@@ -52,7 +52,8 @@ def load_trained_classifier(out_dir: str | Path) -> tuple[Classifier, dict]:
     if not description_file.is_file():
         raise FileNotFoundError(f"{description_file} not found: train a classifier with fit_classifier (or "
                                 "saliencylab train-classifier), or write one with save_classifier")
-    description = json.loads(description_file.read_text())
+    description = read_json(description_file, "classifier description", ("arch", "num_classes", "class_names"))
+    _check_description(description, description_file)
     weights = out_dir / "classifier.safetensors"
     names = description["class_names"] or None
     if description["arch"].partition(":")[0] in LIBRARIES:
@@ -61,8 +62,21 @@ def load_trained_classifier(out_dir: str | Path) -> tuple[Classifier, dict]:
                                         layer=next(iter((description.get("layers") or {}).values()), None))
     else:
         classifier = build_classifier(description["arch"], description["num_classes"], class_names=names,
-                                      width=description["width"], weights=weights)
+                                      width=description["width"], weights=weights,
+                                      pooling=description.get("pooling", "avg"))
     return classifier.eval(), description
+
+
+def _check_description(description: dict, path: Path) -> None:
+    """ValueError naming ``path`` unless arch, num_classes and class_names have the types save_classifier writes."""
+    arch, count, names = description["arch"], description["num_classes"], description["class_names"]
+    if not isinstance(arch, str):
+        raise ValueError(f"{path}: arch is {arch!r}; expected a zoo name or torchvision:NAME / timm:NAME")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ValueError(f"{path}: num_classes is {count!r}; expected a positive integer")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) not in (0, count):
+        raise ValueError(f"{path}: class_names is {str(names)[:80]}; expected a list of {count} names (num_classes) "
+                         "or []")
 
 
 def classifier_image_size(description: dict) -> int:

@@ -76,6 +76,21 @@ TORCHVISION = {
     "alexnet": (_alexnet, "classifier"),
 }
 ARCHITECTURES = ("small_cnn", *TORCHVISION)
+POOLINGS = ("avg", "max")
+
+
+def use_global_max_pooling(model: nn.Module) -> nn.Module:
+    """Replace the model's global average pooling (its last ``nn.AdaptiveAvgPool2d(1)``) with global max pooling,
+    in place: the GMP variant of Pillai & Pirsiavash (AAAI 2021, 'Explainable Models with Consistent
+    Interpretations', Sec. 4). Parameter-free, so weights load into either variant."""
+    pools = [name for name, m in model.named_modules()
+             if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1))]
+    if not pools:
+        raise ValueError(f"{type(model).__name__} has no nn.AdaptiveAvgPool2d(1) (global average pooling) to "
+                         "replace with global max pooling")
+    parent, _, child = pools[-1].rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, nn.AdaptiveMaxPool2d(1))
+    return model
 
 
 def build_classifier(
@@ -88,6 +103,7 @@ def build_classifier(
     freeze_backbone: bool = True,
     score: str = "logit",
     width: int = 32,
+    pooling: str = "avg",
 ) -> Classifier:
     """Build a Classifier for ``arch`` in ARCHITECTURES with ``num_classes`` outputs.
 
@@ -96,11 +112,15 @@ def build_classifier(
     by :func:`saliencylab.models.load.save_classifier` or training) loaded last. torchvision backbones are
     frozen unless ``freeze_backbone=False``; the new head always trains. The small CNN
     (``width`` channels in its first stage) uses mean/std 0.5/0.25, the others ImageNet's.
+    ``pooling``: "avg" (the architecture's global average pooling) or "max" (:func:`use_global_max_pooling`;
+    AlexNet has none).
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
     if arch == "small_cnn":
@@ -117,6 +137,8 @@ def build_classifier(
             model.requires_grad_(False)
         setattr(model, head_name, head)
         mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if pooling == "max":
+        use_global_max_pooling(model)
     if weights is not None:
         load_weights(model, weights, f"a {arch} with {num_classes} classes")
     return Classifier(model, mean, std, score=score, layers=layers, class_names=class_names)

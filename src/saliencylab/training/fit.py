@@ -6,10 +6,12 @@ end of the last finished epoch) and the same resume rule.
 """
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 LAST_CHECKPOINT = "last.ckpt"
@@ -19,6 +21,24 @@ def last_checkpoint(out_dir: str | Path) -> Path | None:
     """``OUT/checkpoints/last.ckpt`` when an earlier fit into ``out_dir`` saved one, else None."""
     path = Path(out_dir) / "checkpoints" / LAST_CHECKPOINT
     return path if path.is_file() else None
+
+
+def check_resumable(module: L.LightningModule, checkpoint: Path) -> None:
+    """ValueError naming ``checkpoint`` when it cannot be read or was saved by a module with other
+    hyper-parameters (it would not load, or would silently continue another fit)."""
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        return  # holds objects only Lightning's own loader reads; it checks the weights when loading
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"cannot read checkpoint {checkpoint} ({error}); delete it or rerun without --resume "
+                         "to start over") from None
+    before, now = saved.get("hyper_parameters", {}), dict(module.hparams)
+    changed = sorted(key for key in set(before) | set(now) if repr(before.get(key)) != repr(now.get(key)))
+    if changed:
+        shown = "; ".join(f"{key}: {before.get(key)!r} then, {now.get(key)!r} now" for key in changed)
+        raise ValueError(f"{checkpoint} was saved with other settings ({shown}); resume with the same settings, "
+                         "or rerun without --resume to start over")
 
 
 def fit_module(module: L.LightningModule, datamodule: L.LightningDataModule, out_dir: str | Path, *,
@@ -32,8 +52,9 @@ def fit_module(module: L.LightningModule, datamodule: L.LightningDataModule, out
     only the last epoch (``best_model_path`` is then the last checkpoint). ``patience``: early stopping on
     ``monitor`` after that many epochs without an improvement of ``min_delta`` (None: no early stopping).
     ``resume``: continue from ``OUT/checkpoints/last.ckpt`` (weights, optimiser, epoch, early-stopping and
-    checkpoint state) when it exists; without it a fit starts from scratch. ``trainer_options`` go to
-    ``lightning.Trainer`` (e.g. ``limit_train_batches``).
+    checkpoint state) when it exists, saved by a module of the same hyper-parameters (:func:`check_resumable`);
+    without it a fit starts from scratch. ``trainer_options`` go to ``lightning.Trainer`` (e.g.
+    ``limit_train_batches``).
     """
     out_dir = Path(out_dir)
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor=monitor, mode="min",
@@ -44,5 +65,7 @@ def fit_module(module: L.LightningModule, datamodule: L.LightningDataModule, out
                         enable_progress_bar=progress, enable_model_summary=False, default_root_dir=out_dir,
                         **trainer_options)
     previous = last_checkpoint(out_dir) if resume else None
+    if previous is not None:
+        check_resumable(module, previous)
     trainer.fit(module, datamodule=datamodule, ckpt_path=previous)
     return trainer, checkpoint
