@@ -73,6 +73,23 @@ def _speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _peers(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from saliencylab.bench.peers import HEADER, run_peers
+
+    settings: dict[str, dict] = {}
+    for method, key, value in args.set:
+        settings.setdefault(method, {})[key] = value
+    print(HEADER)
+    rows = run_peers(args.model, args.size, args.batch, args.methods, args.repeats, args.channels_last, settings,
+                     progress=lambda line: print(line, flush=True), show_progress=not args.no_progress)
+    if args.json:
+        write_atomic(args.json, json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+    return 0
+
+
 def _setting(text: str) -> tuple[str, object]:
     """``key=value`` with the value read as YAML (numbers, lists, booleans); for --set."""
     import yaml
@@ -916,6 +933,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="instead: time and memory of a Grad-CAM consistency training step (two differentiable "
                             "Grad-CAMs, double backward; paper 002) against a plain step")
     speed.set_defaults(run=_speed)
+
+    peers = bench.add_parser("peers", help="time our methods beside Captum, pytorch-grad-cam and TorchRay's (ratios)")
+    peers.add_argument("--model", default="resnet50", help="resnet50 (default), small_cnn, ... (random weights)")
+    peers.add_argument("--size", type=int, default=224, help="image side in pixels (default 224)")
+    peers.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    peers.add_argument("--methods", nargs="+", help="only these methods (default: every method with a peer)")
+    peers.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds after a warm-up (median)")
+    peers.add_argument("--channels-last", action="store_true", help="run the network channels-last on both sides")
+    peers.add_argument("--set", type=_method_setting, action="append", default=[], metavar="METHOD:KEY=VALUE",
+                       help="override a setting of bench/peers.py PEER_SETTINGS for both sides, e.g. "
+                            "--set rise:num_masks=1000 (repeatable)")
+    peers.add_argument("--json", help="also write the rows to this JSON file")
+    peers.add_argument("--no-progress", action="store_true")
+    peers.set_defaults(run=_peers)
 
     wsol = bench.add_parser("wsol", help="WSOL table (LE, OM, F1, SM, ...; PxAP) of methods and baselines (paper 001)")
     wsol.add_argument("methods", nargs="+", metavar="METHOD",

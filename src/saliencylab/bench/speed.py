@@ -13,9 +13,10 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -116,6 +117,24 @@ def timed(run: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def interleaved(calls: Mapping[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, list[float]]:
+    """Wall times of ``repeats`` rounds, each calling every entry of ``calls`` once in order, so a
+    machine's changing load hits them alike; round i's times are the i-th entries of each list."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            times[name].append(timed(call, device))
+    return times
+
+
+def ratio_spread(times: Sequence[float], references: Sequence[float]) -> tuple[float, float, float]:
+    """Median, lowest and highest of the per-round ratios times[i] / references[i] (NaNs when a reference is 0)."""
+    if min(references) <= 0:
+        return float("nan"), float("nan"), float("nan")
+    ratios = sorted(t / r for t, r in zip(times, references))
+    return statistics.median(ratios), ratios[0], ratios[-1]
+
+
 def unit_passes(classifier: Classifier, images: Tensor) -> tuple[Callable[[], None], Callable[[], None]]:
     """One forward, and one forward + backward to the input, of the whole batch."""
     def forward() -> None:
@@ -159,13 +178,11 @@ def run_speed(model: str = "small_cnn", size: int = 96, batch: int = 8, names: S
         with peak_memory(torch_device) as peak:
             method.attribute(images, targets)
         peaks[name] = peak[0]
-    units, times = [], {name: [] for name in built}
-    for _ in range(repeats):
-        with scoped_eval(classifier):
-            round_forward = timed(forward, torch_device)
-            units.append((round_forward, max(timed(forward_backward, torch_device) - round_forward, 0.0)))
-        for name, method in built.items():
-            times[name].append(timed(lambda: method.attribute(images, targets), torch_device))
+    calls = {" forward": forward, " forward_backward": forward_backward}  # not method names: those have no space
+    calls.update({name: partial(method.attribute, images, targets) for name, method in built.items()})
+    with scoped_eval(classifier):
+        times = interleaved(calls, torch_device, repeats)
+    units = [(f, max(fb - f, 0.0)) for f, fb in zip(times[" forward"], times[" forward_backward"])]
     forward_time, backward_time = (statistics.median(u[i] for u in units) for i in (0, 1))
     progress(f"{model} at {size} px, batch {batch} on {torch_device}: forward {forward_time / batch * 1e3:.2f} ms/image, "
              f"backward {backward_time / batch * 1e3:.2f} ms/image (medians of {repeats} interleaved rounds)")
@@ -173,10 +190,9 @@ def run_speed(model: str = "small_cnn", size: int = 96, batch: int = 8, names: S
     for name, method in built.items():
         passes = method.passes(size, size)
         minima = [passes.forward * f + passes.backward * b for f, b in units]
-        ratios = sorted(t / m for t, m in zip(times[name], minima)) if min(minima) > 0 else [float("nan")]
         per_image = statistics.median(times[name]) / batch
         row = SpeedRow(name, 1 / per_image, per_image, peaks[name], statistics.median(minima) / batch,
-                       statistics.median(ratios), ratios[0], ratios[-1], settings_for(name, settings))
+                       *ratio_spread(times[name], minima), settings_for(name, settings))
         rows.append(row)
         progress(format_row(row))
     return rows
@@ -243,18 +259,15 @@ def training_step_cost(model: str = "small_cnn", size: int = 64, batch: int = 8,
             step()
         peaks[name] = peak[0]
         classifier.zero_grad(set_to_none=True)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            times[name].append(timed(step, torch_device))
-            classifier.zero_grad(set_to_none=True)
+    def then_zero_grad(step: Callable[[], None]) -> Callable[[], None]:
+        return lambda: (step(), classifier.zero_grad(set_to_none=True))
+
+    times = interleaved({name: then_zero_grad(step) for name, step in steps.items()}, torch_device, repeats)
     rows = []
     for name in steps:
-        ratios = sorted(t / p for t, p in zip(times[name], times["plain"]))
-        rows.append(StepRow(name, statistics.median(times[name]), peaks[name], statistics.median(ratios), ratios[0],
-                            ratios[-1]))
+        rows.append(StepRow(name, statistics.median(times[name]), peaks[name], *ratio_spread(times[name], times["plain"])))
         progress(f"{name:12s} {rows[-1].seconds_per_step * 1e3:12.1f} {rows[-1].peak_memory_mb:10.1f} "
-                 f"{rows[-1].ratio:7.2f} {ratios[0]:.2f}–{ratios[-1]:.2f}")
+                 f"{rows[-1].ratio:7.2f} {rows[-1].ratio_low:.2f}–{rows[-1].ratio_high:.2f}")
     return rows
 
 

@@ -58,16 +58,29 @@ def probe(classifier: Classifier, layer: str, height: int, width: int) -> Tensor
         return raw_output(classifier, layer, zeros)[0]
 
 
+def graph_from_here(_module: nn.Module, _inputs: object, output: object) -> object:
+    """Forward hook: the autograd graph starts at this module's output (as TorchRay's Grad-CAM), so the
+    layers before it run without recording one. The output becomes a leaf that requires grad, handed on as
+    a clone so that in-place operations after the module (ResNet's ``out += identity``) touch the clone."""
+    return output.detach().requires_grad_(True).clone() if isinstance(output, Tensor) else None
+
+
 def layer_activation_and_gradient(classifier: Classifier, layer: str, images: Tensor,
                                   classes: Tensor) -> tuple[Tensor, Tensor]:
-    """Activation A (N,C',h,w) of ``layer`` and d score[class] / dA, one class per row."""
+    """Activation A (N,C',h,w) of ``layer`` and d score[class] / dA, one class per row.
+
+    The weights are frozen and the graph starts at the layer (:func:`graph_from_here`), so the
+    backward pass stops there."""
     module = classifier.layer(layer)
-    inputs = images.detach().requires_grad_(True)  # frozen weights: the graph must start at the input
-    with torch.enable_grad(), captured_output(module) as outputs:
-        logits = classifier(inputs)
-        activation = single_output(outputs, layer)
-        score = selected_scores(classifier, logits, classes).sum()
-        (grad,) = torch.autograd.grad(score, activation)
+    handle = module.register_forward_hook(graph_from_here)
+    try:
+        with torch.enable_grad(), captured_output(module) as outputs:
+            logits = classifier(images.detach())
+            activation = single_output(outputs, layer)
+            score = selected_scores(classifier, logits, classes).sum()
+            (grad,) = torch.autograd.grad(score, activation)
+    finally:
+        handle.remove()
     layout = classifier.read_layout(layer, activation, images.shape[-2:])
     return layout.to_grid(activation.detach()), layout.to_grid(grad)
 
