@@ -57,6 +57,14 @@ def _speed(args: argparse.Namespace) -> int:
     for flag, value in (("--size", args.size), ("--batch", args.batch), ("--repeats", args.repeats)):
         if value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
+    if args.aopc:
+        from saliencylab.bench.speed import run_aopc_speed
+
+        result = run_aopc_speed(args.model, args.size, args.batch, args.aopc, args.patch, args.perturbation,
+                                device=args.device)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return 0
     _check_methods(args.methods or [])
     print(HEADER)
     rows = run_speed(args.model, args.size, args.batch, args.methods, args.settings, args.device, args.repeats,
@@ -526,7 +534,9 @@ def _metrics(_args: argparse.Namespace) -> int:
         metric = metrics.get(name)
         direction = {True: "higher is better", False: "lower is better", None: "a statistic"}[metric.higher_is_better]
         needs = ", ".join(sorted(metric.needs)) or "maps only"
-        print(f"{name:28s} ({direction}; per {metric.per}; {metric.aggregation}; needs {needs}) {metric.description}")
+        named = "" if metric.by_default else "; only when named"
+        print(f"{name:28s} ({direction}; per {metric.per}; {metric.aggregation}; needs {needs}{named}) "
+              f"{metric.description}")
     return 0
 
 
@@ -735,6 +745,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="reduced (default): cheaper counts for the slowest methods; default: the papers' settings")
     speed.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     speed.add_argument("--repeats", type=int, default=3, help="timed runs per method after a warm-up (median)")
+    speed.add_argument("--aopc", type=int, metavar="STEPS",
+                       help="instead: time the AOPC metric's MoRF curve of STEPS steps on --batch images, batched "
+                            "against a step-by-step loop (e.g. --model resnet18 --size 224 --aopc 100)")
+    speed.add_argument("--patch", type=int, default=16, help="--aopc patch side in pixels (default 16)")
+    speed.add_argument("--perturbation", default="blur", help="--aopc perturbation (default blur)")
     speed.add_argument("--json", help="also write the rows to this JSON file")
     speed.set_defaults(run=_speed)
 
