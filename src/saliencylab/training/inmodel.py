@@ -68,12 +68,10 @@ class InModelModule(StagedModule):
         self.register_buffer("class_weights", None if class_weights is None else torch.tensor(class_weights))
         self._correct: dict[str, list[int]] = {}
 
-    def train(self, mode: bool = True) -> "InModelModule":
-        """Lightning's train(): phase 1 keeps the frozen explainer in eval mode."""
-        super().train(mode)
+    def on_train_epoch_start(self) -> None:
+        """Phase 1 keeps the frozen explainer in eval mode (Lightning put the whole module in train mode)."""
         if self.hparams.phase == 1:
             self.net.explainer.eval()
-        return self
 
     def _step(self, batch: Batch, stage: str) -> Tensor:
         hp = self.hparams
