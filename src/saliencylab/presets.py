@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 FIT = {"classifier": ("saliencylab.training.classifier", "fit_classifier", "ClassifierModule"),
        "explainer": ("saliencylab.training.explainer", "fit_explainer", "ExplainerModule"),
-       "masker": ("saliencylab.training.masker", "fit_masker", "MaskerModule")}
+       "masker": ("saliencylab.training.masker", "fit_masker", "MaskerModule"),
+       "inmodel": ("saliencylab.training.inmodel", "fit_inmodel", "InModelModule")}
 """scheme -> (module, fit function, LightningModule its extra keyword arguments go to)."""
 
 RUNTIME = {"classifier_dir", "progress", "accelerator", "callbacks", "ckpt_path", "generator"}

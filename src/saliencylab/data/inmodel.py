@@ -3,7 +3,8 @@ the synthetic polygons and ImagenetHVZ, both binary classification with a weak m
 
 Layout of one split folder (``ROOT/trainval``, ``ROOT/test``)::
 
-    data.csv                          imageID,label   (the original's data table; it used data.xlsx / data.csv)
+    data.csv                          imageID,label[,split]   (the original's data table: data.xlsx / data.csv;
+                                      the optional split column, train or val, fixes trainval's split)
     images/<label>/<imageID>.png      the image
     masks/<label>/<imageID>_mask.png  the mask: white on the target instances (polygons) or the filled boxes
                                       (ImagenetHVZ), black elsewhere; all black for a negative image
@@ -12,8 +13,9 @@ Layout of one split folder (``ROOT/trainval``, ``ROOT/test``)::
 Labels are the column ``label`` (0 .. C−1, C = len(class_names)). Masks are read as grey levels and
 thresholded at 0.5 (the original cast /255 to uint8, which keeps only pixels of exactly 255 and drops JPEG
 edges); they become the Sample's segmentation (class = the image's label) and, when there are no boxes
-files, its boxes (the mask's bounding box). The original's 75/25 train/val split of ``trainval`` is
-:func:`stratified_split` (seeded, stratified; not scikit-learn's exact permutation).
+files, its boxes (the mask's bounding box). Without a split column, ``trainval`` is split 75/25 into train and
+val (the original polygon loader's split) by :func:`stratified_split` (seeded, stratified; not scikit-learn's
+exact permutation).
 """
 from __future__ import annotations
 
@@ -47,8 +49,8 @@ def stratified_split(labels: Sequence[int], test_fraction: float, seed: int = SP
     return [i for i in range(len(labels)) if i not in held_set], sorted(held)
 
 
-def read_table(path: Path) -> list[tuple[str, int]]:
-    """(imageID, label) rows of a data.csv; ValueError naming the file and line when a row is malformed."""
+def read_table(path: Path) -> list[tuple[str, int, str | None]]:
+    """(imageID, label, split or None) rows of a data.csv; ValueError naming the file and line when one is malformed."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: expected the split's data table (imageID,label)")
     rows = []
@@ -58,14 +60,20 @@ def read_table(path: Path) -> list[tuple[str, int]]:
             raise ValueError(f"{path}: expected the columns imageID,label, got {reader.fieldnames}")
         for line, row in enumerate(reader, start=2):
             try:
-                rows.append((row["imageID"], int(row["label"])))
+                label = int(row["label"])
             except (TypeError, ValueError):
                 raise ValueError(f"{path}, line {line}: label must be an integer, got {row['label']!r}") from None
+            split = row.get("split") or None
+            if split not in (None, "train", "val"):
+                raise ValueError(f"{path}, line {line}: split must be train or val, got {split!r}")
+            rows.append((row["imageID"], label, split))
     return rows
 
 
-def write_split(folder: Path, samples: Sequence[tuple[str, int, np.ndarray, np.ndarray, list[list[int]]]]) -> None:
-    """Write one split in the layout above: (imageID, label, image HxWx3 uint8, mask HxW bool, boxes) per image."""
+def write_split(folder: Path, samples: Sequence[tuple[str, int, np.ndarray, np.ndarray, list[list[int]]]],
+                splits: Sequence[str] | None = None) -> None:
+    """Write one split in the layout above: (imageID, label, image HxWx3 uint8, mask HxW bool, boxes) per image;
+    ``splits``: the train/val column of each image (trainval only; None: no column)."""
     folder.mkdir(parents=True, exist_ok=True)
     for image_id, label, image, mask, boxes in samples:
         for sub, name, array in (("images", f"{image_id}.png", image),
@@ -74,8 +82,12 @@ def write_split(folder: Path, samples: Sequence[tuple[str, int, np.ndarray, np.n
             target.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(array).save(target)
         write_boxes(folder / "annotations" / f"{image_id}.xml", image_id, image.shape[:2], boxes)
-    rows = "".join(f"{image_id},{label}\n" for image_id, label, *_ in samples)
-    (folder / "data.csv").write_text("imageID,label\n" + rows, encoding="utf-8")
+    if splits is None:
+        text = "imageID,label\n" + "".join(f"{image_id},{label}\n" for image_id, label, *_ in samples)
+    else:
+        text = "imageID,label,split\n" + "".join(f"{image_id},{label},{split}\n"
+                                                  for (image_id, label, *_), split in zip(samples, splits))
+    (folder / "data.csv").write_text(text, encoding="utf-8")
 
 
 def write_boxes(path: Path, image_id: str, size: tuple[int, int], boxes: list[list[int]]) -> None:
@@ -122,16 +134,18 @@ class InModelDataset(AnnotatedDataset):
         self.folder = self.root / ("trainval" if split in ("train", "val") else split)
         self.table = self.folder / "data.csv"
         rows = read_table(self.table)
-        if split in ("train", "val"):
-            kept, held = stratified_split([label for _, label in rows], VAL_FRACTION)
+        if split in ("train", "val") and all(row[2] is not None for row in rows):
+            rows = [row for row in rows if row[2] == split]
+        elif split in ("train", "val"):
+            kept, held = stratified_split([label for _, label, _ in rows], VAL_FRACTION)
             rows = [rows[i] for i in (kept if split == "train" else held)]
         self.class_names = tuple(class_names)
-        for image_id, label in rows:
+        for image_id, label, _ in rows:
             if not 0 <= label < len(self.class_names):
                 raise ValueError(f"{self.table}: image {image_id!r} has label {label}, but there are "
                                  f"{len(self.class_names)} classes {self.class_names}")
-        self.ids = [image_id for image_id, _ in rows]
-        self.labels = [label for _, label in rows]
+        self.ids = [row[0] for row in rows]
+        self.labels = [row[1] for row in rows]
         self.transform = transform
 
     def __getitem__(self, index: int) -> Sample:

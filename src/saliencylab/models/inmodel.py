@@ -34,8 +34,8 @@ class ConvMod(nn.Sequential):
     """[conv 3×3 (padding 1, bias) → ReLU] × 2."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True),
-                         nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True))
+        super().__init__(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.ReLU())
 
 
 class Explainer(nn.Module):
