@@ -193,3 +193,27 @@ def test_phase_two_freezes_the_classifier_but_its_batchnorm_keeps_learning_stati
     assert isinstance(groups["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau)
     assert "lr_scheduler" not in InModelModule(2, "vgg", phase=3, explainer_widths=(2, 2, 2),
                                                vgg_widths=(2, 2, 2, 2)).configure_optimizers()
+
+
+def test_imagenet_hvz_from_an_imagenet_tree(tmp_path):
+    from saliencylab.data.imagenet_hvz import CLASS_NAMES as HVZ, SYNSETS, build_imagenet_hvz
+    from saliencylab.data.imagenet_metadata import write_box_xml
+
+    for wnid in SYNSETS:
+        for i in range(10):
+            stem = f"{wnid}_{i}"
+            (tmp_path / "train" / wnid).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((20, 30, 3), 20 * i, np.uint8)).save(tmp_path / "train" / wnid / f"{stem}.JPEG")
+            if i < 7:  # three images of each class have no boxes
+                write_box_xml(tmp_path / "boxes" / wnid / f"{stem}.xml", wnid, stem, 30, 20, [[2, 3, 10, 12]], wnid)
+    root = build_imagenet_hvz(tmp_path / "train", tmp_path / "boxes", tmp_path / "hvz", progress=False)
+    test, trainval = (InModelDataset(root, s, HVZ) for s in ("test", "trainval"))
+    assert len(test) == 2 and len(trainval) == 12  # round(0.149 · 7) = 1 test image per class
+    train, val = (InModelDataset(root, s, HVZ) for s in ("train", "val"))
+    assert len(val) == 2 and len(train) == 10  # round(0.2 · 6) = 1 val image per class, from the split column
+    sample = test[0]
+    assert sample.boxes.tolist() == [[2.0, 3.0, 10.0, 12.0]] and sample.image.shape == (3, 20, 30)
+    label = int(sample.labels.argmax())
+    assert (sample.segmentation == label).sum() == 9 * 10 and (sample.segmentation[3:13, 2:11] == label).all()
+    with pytest.raises(FileNotFoundError, match="n02389026"):
+        build_imagenet_hvz(tmp_path / "nothing", tmp_path / "boxes", tmp_path / "out", progress=False)

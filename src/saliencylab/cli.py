@@ -299,6 +299,13 @@ def _train_inmodel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _aopc_grid(name: str) -> tuple[tuple[str, int], ...]:
+    """The (perturbation, patch) pairs of reproduce 004's --aopc-grid."""
+    from saliencylab.bench.reproduce import CLAIM_GRID_004, FULL_GRID_004
+
+    return FULL_GRID_004 if name == "full" else (CLAIM_GRID_004,)
+
+
 def _phase_values(text: str) -> list[int]:
     """``A,B,C``: one integer per phase, for --phase-epochs."""
     values = text.split(",")
@@ -516,7 +523,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     _quiet_lightning()
     options: dict[str, object] = {"epochs": args.epochs} if args.paper != "004" else {
-        "images": args.images, "phase_epochs": args.phase_epochs}
+        "images": args.images, "phase_epochs": args.phase_epochs, "grid": _aopc_grid(args.aopc_grid)}
     if args.phase_epochs is not None and args.paper != "004":
         raise ValueError("--phase-epochs applies to paper 004 only")
     if args.paper == "000":
@@ -889,6 +896,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "curves (default 50)")
     reproduce.add_argument("--phase-epochs", type=_phase_values, metavar="A,B,C",
                            help="004: epochs of the three phases (default: the polygons preset's)")
+    reproduce.add_argument("--aopc-grid", choices=["claims", "full"], default="claims",
+                           help="004: AOPC for the claims' perturbation and patch only (default), or every "
+                                "perturbation and patch size (8 times the AOPC work)")
     reproduce.add_argument("--explainer-epochs", type=int, help="000: most explainer epochs (default: the preset's 30)")
     reproduce.add_argument("--set", action="append", type=_method_setting, default=[], metavar="METHOD:KEY=VALUE",
                            help="000: replace a paper setting (e.g. rise:num_masks=1000); recorded as a deviation")
