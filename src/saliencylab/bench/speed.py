@@ -25,6 +25,7 @@ from saliencylab.methods.base import scoped_eval
 from saliencylab.metrics import faithfulness
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.explainer import build_explainer
+from saliencylab.models.inmodel import InModelNet
 from saliencylab.models.masker import Masker, layer_channels
 from saliencylab.models.zoo import build_classifier
 
@@ -152,6 +153,8 @@ def run_speed(model: str = "small_cnn", size: int = 96, batch: int = 8, names: S
             extra["explainer"] = build_explainer("light", num_classes).to(torch_device)
         if "masker" in methods.hyperparameters(name):
             extra["masker"] = Masker(["auto"], layer_channels(classifier, ["auto"])).to(torch_device)
+        if "network" in methods.hyperparameters(name):  # the in-model explainer's own network (paper 004)
+            extra["network"] = InModelNet(num_classes, "vgg").to(torch_device)
         built[name] = methods.build(name, classifier, **settings_for(name, settings), **extra)
     forward, forward_backward = unit_passes(classifier, images)
     with scoped_eval(classifier):
