@@ -141,6 +141,7 @@ def parameters(state: dict, prefix: str, module: torch.nn.Module) -> dict:
     return {k: v for k, v in state.items() if k in names}
 
 
+@pytest.mark.slow
 def test_three_phases_freeze_what_they_must(polygon_data, tmp_path):
     L.seed_everything(0, verbose=False)
     initial = InModelModule(2, phase=1, class_names=CLASS_NAMES, loss="hybrid", **NETWORK).net.state_dict()

@@ -97,8 +97,9 @@ def test_paper_004_claims_on_hand_built_numbers():
     assert not claims_004({"hybrid": 0.6, "unsupervised": 0.6}, aopc)[0]["holds"]  # a tie is no win
 
 
+@pytest.mark.slow
 def test_reproduce_004_end_to_end_on_tiny_polygons(tmp_path):
-    polygons = PolygonConfig(image_size=32, trainval=16, test=4, radius=(4, 7), shapes=2, seed=1)
+    polygons = PolygonConfig(image_size=32, trainval=12, test=4, radius=(4, 7), shapes=2, seed=1)
     results = reproduce("004", tmp_path / "004", polygons=polygons, phase_epochs=(1, 1, 1), images=2,
                         grid=(("blur", 2),), batch_size=4, progress=False)
     on_disk = json.loads((tmp_path / "004" / "results.json").read_text())

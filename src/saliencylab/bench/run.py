@@ -363,8 +363,8 @@ def aggregate(out_dir: str | Path, bootstrap: int = 1000, rows: Sequence[str] | 
             raw = [r for p in parts for r in p["scores"][name]]
             curve = None
             if metric.per == "curve":  # (N,K,T) -> one score per target, and the mean curve
-                curves = torch.tensor([_pad_rows(r, max(map(len, r))) + [[math.nan] * len(r[0])] * (width - len(r))
-                                       for r in raw], dtype=torch.float64)
+                curves = torch.tensor([r + [[math.nan] * len(r[0])] * (width - len(r)) for r in raw],
+                                      dtype=torch.float64)
                 scores, curve = metric.summary(curves), curves.flatten(0, 1).nanmean(0).tolist()
             else:
                 scores = torch.tensor(_pad_rows(raw, max(len(r) for r in raw)), dtype=torch.float64)
