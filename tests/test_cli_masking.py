@@ -30,6 +30,11 @@ def maskers(root, classifier_dir, tmp_path_factory):
     return out / "a", out / "b"
 
 
+def _sanity_common(root, classifier_dir) -> list[str]:
+    return ["--classifier", str(classifier_dir), "--data", f"imagenet:{root / 'imagenet' / 'metadata' / 'val.json'}",
+            "--image-size", "48"]
+
+
 def _common(root, classifier_dir) -> list[str]:
     return ["--classifier", str(classifier_dir), "--val-json", str(root / "imagenet" / "metadata" / "val.json"),
             "--image-size", "48"]
@@ -46,7 +51,7 @@ def test_train_masker_records_mode_epochs_settings_and_subset(maskers, capsys):
 
 
 def test_sanity_cascading_writes_json_plot_and_table(root, classifier_dir, tmp_path, capsys):
-    assert main(["sanity", "gradcam", *_common(root, classifier_dir), "--images", "4", "--layers", "head",
+    assert main(["sanity", "gradcam", *_sanity_common(root, classifier_dir), "--images", "4", "--layers", "head",
                  "features.19", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "sanity_cascading_gradcam.json").read_text())
     assert result["layers"] == ["original", "head", "features.19"]
@@ -58,7 +63,7 @@ def test_sanity_cascading_writes_json_plot_and_table(root, classifier_dir, tmp_p
 
 
 def test_sanity_data_compares_two_maskers(root, classifier_dir, maskers, tmp_path, capsys):
-    assert main(["sanity", "masker", *_common(root, classifier_dir), "--mode", "data", "--images", "3",
+    assert main(["sanity", "masker", *_sanity_common(root, classifier_dir), "--mode", "data", "--images", "3",
                  "--set", f"checkpoint={maskers[0]}", "--other-set", f"checkpoint={maskers[1]}",
                  "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "sanity_data_masker.json").read_text())
@@ -70,7 +75,7 @@ def test_sanity_data_compares_two_maskers(root, classifier_dir, maskers, tmp_pat
 
 
 def test_sanity_data_needs_a_second_run(root, classifier_dir, tmp_path, capsys):
-    assert main(["sanity", "gradcam", *_common(root, classifier_dir), "--mode", "data", "--out", str(tmp_path)]) == 2
+    assert main(["sanity", "gradcam", *_sanity_common(root, classifier_dir), "--mode", "data", "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert "saliencylab sanity: error: --mode data compares two sets of maps: give --other-set" in error
 
@@ -117,7 +122,7 @@ def test_bad_paths_unknown_methods_and_settings_exit_2(root, classifier_dir, tmp
     assert f"saliencylab train-masker: error: metadata file {missing} not found" in capsys.readouterr().err
     assert main(["bench", "wsol", "gradcam", *_common(root, classifier_dir), "--boxes", str(missing)]) == 2
     assert f"box file {missing} not found" in capsys.readouterr().err
-    assert main(["sanity", "gradcam", "--classifier", str(tmp_path), "--val-json", str(meta / "val.json")]) == 2
+    assert main(["sanity", "gradcam", "--classifier", str(tmp_path), "--data", f"imagenet:{meta / 'val.json'}"]) == 2
     assert f"{tmp_path / 'classifier.json'} not found" in capsys.readouterr().err
     assert main(["bench", "wsol", "gradcam", "nosuch", *_common(root, classifier_dir), "--boxes", str(missing)]) == 2
     assert "row 'nosuch': unknown method 'nosuch'; registered methods:" in capsys.readouterr().err
@@ -131,7 +136,7 @@ def test_bad_paths_unknown_methods_and_settings_exit_2(root, classifier_dir, tmp
 
 def test_sanity_randomizes_the_classifier_a_ca_masker_reads(root, classifier_dir, maskers, tmp_path, capsys):
     ca = maskers[0]
-    args = ["sanity", "masker", "--val-json", str(root / "imagenet" / "metadata" / "val.json"), "--image-size", "48",
+    args = ["sanity", "masker", "--data", f"imagenet:{root / 'imagenet' / 'metadata' / 'val.json'}", "--image-size", "48",
             "--images", "3", "--set", f"checkpoint={ca}", "--layers", "features.0", "--out", str(tmp_path)]
     assert main([*args, "--classifier", str(classifier_dir)]) == 2  # not the classifier it reads: would test nothing
     assert f"{ca} is a CA masker: it reads its co-trained classifier" in capsys.readouterr().err
@@ -143,7 +148,7 @@ def test_sanity_randomizes_the_classifier_a_ca_masker_reads(root, classifier_dir
 
 def test_sanity_and_bench_speed_refuse_impossible_counts(root, classifier_dir, capsys):
     val_json = root / "imagenet" / "metadata" / "val.json"
-    assert main(["sanity", "gradient", "--classifier", str(classifier_dir), "--val-json", str(val_json),
+    assert main(["sanity", "gradient", "--classifier", str(classifier_dir), "--data", f"imagenet:{val_json}",
                  "--images", "100000", "--no-progress"]) == 2
     assert "--images 100000, but" in capsys.readouterr().err
     for flag in ("--size", "--batch", "--repeats"):

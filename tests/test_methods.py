@@ -136,6 +136,16 @@ def test_contract_chunking_does_not_change_results(method_name):
     assert_invariant(method_name, whole, chunked)
 
 
+def test_contract_channels_last_classifier_gives_the_same_maps(method_name):
+    images = torch.rand(2, 3, 32, 32)
+    targets = torch.tensor([[0, 1], [2, -1]])
+    default = build_fast(method_name, small_cnn()).attribute(images, targets)
+    classifier = small_cnn().use_channels_last()
+    assert classifier.model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    fast = build_fast(method_name, classifier).attribute(images, targets)
+    assert_invariant(method_name, fast, default)
+
+
 def test_contract_results_are_reproducible(method_name):
     classifier = small_cnn()
     images = torch.rand(2, 3, 32, 32)

@@ -127,7 +127,7 @@ def reproduce_000(out_dir: Path, *, config: SyntheticConfig, device: torch.devic
         settings[method] = {**settings[method], **changed}
     rows = {name: Row(name, values, images) for name, values in settings.items()}
     stamp = {"classifier": weights_stamp(out_dir / "classifier", trained["explainer"]), "dataset": "synthetic voc test"}
-    bench = run_benchmark(classifier, datamodule.test, rows, out_dir / "bench", metric_names=METRICS_000,
+    bench = run_benchmark(classifier.use_channels_last(), datamodule.test, rows, out_dir / "bench", metric_names=METRICS_000,
                           description=stamp, batch_size=batch_size, device=device, progress=progress,
                           replace_stale=True)
     return {"claims": claims_000(bench), "settings": settings, "deviations": overrides or {},
