@@ -24,6 +24,15 @@ def _tiny_masker():
         return Masker(["features"], [32], channels=8)  # reads the suite's small CNN (width 4: 32 channels)
 
 
+def _tiny_inmodel():
+    import torch
+
+    from saliencylab.models.inmodel import InModelNet
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return InModelNet(4, "vgg", explainer_widths=(2, 2, 2), vgg_widths=(2, 2, 2, 2), init_bias=0.5)
+
+
 _TINY_EXPLAINER = _tiny_explainer()  # trained explainers (below)
 _TINY_MASKER = _tiny_masker()
 
@@ -40,6 +49,8 @@ FAST: dict[str, dict] = {
     **{name: {"explainer": _TINY_EXPLAINER} for name in ("explainer", "rt_saliency", "fcnn")},
     # masker (paper 001): a tiny random masker stands in for a directory written by fit_masker
     "masker": {"masker": _TINY_MASKER},
+    # in-model explainer (paper 004): a tiny random in-model network stands in for a folder written by fit_inmodel
+    "inmodel": {"network": _tiny_inmodel()},
 }
 
 ATOL: dict[str, float] = {

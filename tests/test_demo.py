@@ -32,8 +32,9 @@ def test_demo_writes_every_output(demo_run):
     out, results = demo_run
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["schema"] == "saliencylab.results/1"
-    # fcnn explains itself, not the demo classifier; the masker (paper 001) is trained on single-label data
-    explained = set(methods.names()) - {"fcnn", "masker"}
+    # fcnn explains itself, not the demo classifier; the masker (paper 001) is trained on single-label data;
+    # inmodel (paper 004) is the map of its own in-model network
+    explained = set(methods.names()) - {"fcnn", "masker", "inmodel"}
     assert set(on_disk["methods"]) == explained | set(REFERENCE_ROWS)
     assert list(on_disk["metrics"]) == list(DEMO_METRICS)
     assert on_disk["dataset"]["images"] == 8 and on_disk["dataset"]["image_size"] == 40

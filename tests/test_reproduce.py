@@ -5,10 +5,11 @@ import math
 
 import pytest
 
-from saliencylab.bench.reproduce import (OTHER_METHODS_002, PAPERS, claim, claims_000, claims_001, claims_002,
-                                        claims_table, html_table, markdown_table, paper_settings_000, reproduce,
-                                        table_002)
+from saliencylab.bench.reproduce import (OTHER_METHODS_002, PAPERS, POST_HOC_004, claim, claims_000, claims_001,
+                                        claims_002, claims_004, claims_table, html_table, markdown_table,
+                                        paper_settings_000, reproduce, table_002)
 from saliencylab.cli import build_parser, main
+from saliencylab.data.polygons import PolygonConfig
 from saliencylab.data.synthetic import SyntheticConfig
 
 TINY = SyntheticConfig(image_size=40, train=24, val=8, test=8, seed=2)
@@ -122,6 +123,33 @@ def test_reproduce_end_to_end_writes_claims_and_report(tmp_path, paper):
 
 def test_cli_lists_reproduce_and_rejects_000_options_for_001(capsys):
     assert "reproduce" in build_parser().format_help()
-    assert set(PAPERS) == {"000", "001", "002"}
+    assert set(PAPERS) == {"000", "001", "002", "004"}
     assert main(["reproduce", "001", "--set", "rise:num_masks=10", "--out", "unused"]) == 2
     assert "paper 000 only" in capsys.readouterr().err
+
+
+def test_paper_004_claims_on_hand_built_numbers():
+    aopc = {"hybrid": {"inmodel": 0.3, **{m: 0.1 for m in POST_HOC_004}},
+            "unsupervised": {"inmodel": 0.2, **{m: 0.1 for m in POST_HOC_004}, "gradient": 0.25}}
+    by_id = {c["id"]: c for c in claims_004({"hybrid": 0.2, "unsupervised": 0.6}, aopc)}
+    assert by_id["pompom_hybrid_below_unsupervised"]["holds"]
+    assert by_id["aopc_hybrid_above_post_hoc"]["holds"] and not by_id["aopc_unsupervised_above_post_hoc"]["holds"]
+    assert not claims_004({"hybrid": 0.6, "unsupervised": 0.6}, aopc)[0]["holds"]  # a tie is no win
+
+
+@pytest.mark.slow
+def test_reproduce_004_end_to_end_on_tiny_polygons(tmp_path):
+    polygons = PolygonConfig(image_size=32, trainval=12, test=4, radius=(4, 7), shapes=2, seed=1)
+    results = reproduce("004", tmp_path / "004", polygons=polygons, phase_epochs=(1, 1, 1), images=2,
+                        grid=(("blur", 2),), batch_size=4, progress=False)
+    on_disk = json.loads((tmp_path / "004" / "results.json").read_text())
+    assert [c["id"] for c in on_disk["claims"]] == ["pompom_hybrid_below_unsupervised", "aopc_hybrid_above_post_hoc",
+                                                    "aopc_unsupervised_above_post_hoc"]
+    assert set(on_disk["claims"][1]["ours"]) == {"inmodel", *POST_HOC_004}
+    runs = on_disk["bench"]
+    assert set(runs) == {f"{v}: {k}" for v in ("hybrid", "unsupervised")
+                         for k in ("POMPOM", "AOPC blur, 2 px")}
+    assert {row["images"] for row in runs["hybrid: AOPC blur, 2 px"]["rows"].values()} == {2}
+    assert runs["hybrid: POMPOM"]["rows"]["inmodel"]["images"] == 4
+    assert 0 <= results["networks"]["hybrid"]["test"]["accuracy"] <= 1
+    assert "<svg" in (tmp_path / "004" / "report.html").read_text()

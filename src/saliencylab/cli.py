@@ -58,6 +58,14 @@ def _speed(args: argparse.Namespace) -> int:
 
     from saliencylab.bench.speed import HEADER, STEP_HEADER, run_speed, training_step_cost
 
+    if args.aopc:
+        from saliencylab.bench.speed import run_aopc_speed
+
+        result = run_aopc_speed(args.model, args.size, args.batch, args.aopc, args.patch, args.perturbation,
+                                device=args.device)
+        if args.json:
+            write_atomic(args.json, json.dumps(result, indent=2))
+        return 0
     if args.consistency_step:
         print(f"{args.model} at {args.size} px (composites {2 * args.size} px), batch {args.batch} on {args.device}")
         print(STEP_HEADER)
@@ -336,6 +344,43 @@ def _train_masker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_inmodel(args: argparse.Namespace) -> int:
+    from saliencylab import presets
+    from saliencylab.data.formats import load_dataset
+    from saliencylab.data.module import InMemory, SaliencyDataModule
+    from saliencylab.training.inmodel import fit_inmodel
+
+    _quiet_lightning()
+    settings, size, batch_size = _training_settings("inmodel", args, loss=args.loss, epochs=args.phase_epochs)
+    class_names = presets.load("inmodel", args.preset)["data"]["class_names"]
+    splits = [InMemory(load_dataset(f"inmodel:{args.data}", class_names=class_names, image_size=size,
+                                    options={"split": split})) for split in ("train", "val", "test")]
+    datamodule = SaliencyDataModule(*splits, batch_size=batch_size, num_workers=args.workers)
+    classifier, description = fit_inmodel(datamodule, args.out, num_classes=len(class_names), class_names=class_names,
+                                          accelerator=args.device, progress=not args.no_progress,
+                                          data={"image_size": size}, **settings)
+    print(f"trained the in-model network ({description['classifier']}, {description['loss']} loss) on "
+          f"{len(splits[0])} images; test accuracy {description['test']['accuracy']:.3f} on "
+          f"{description['test']['images']} images; wrote {Path(args.out) / 'classifier.safetensors'}: use "
+          f"--classifier {args.out} and method 'inmodel'")
+    return 0
+
+
+def _aopc_grid(name: str) -> tuple[tuple[str, int], ...]:
+    """The (perturbation, patch) pairs of reproduce 004's --aopc-grid."""
+    from saliencylab.bench.reproduce import CLAIM_GRID_004, FULL_GRID_004
+
+    return FULL_GRID_004 if name == "full" else (CLAIM_GRID_004,)
+
+
+def _phase_values(text: str) -> list[int]:
+    """``A,B,C``: one integer per phase, for --phase-epochs."""
+    values = text.split(",")
+    if len(values) != 3 or not all(v.strip().isdigit() for v in values):
+        raise argparse.ArgumentTypeError(f"expected three epoch counts A,B,C, got {text!r}")
+    return [int(v) for v in values]
+
+
 def _randomizable_masker(settings: dict[str, object], classifier_dir: str) -> dict[str, object]:
     """Settings under which a masker reads the classifier that gets randomised.
 
@@ -558,13 +603,19 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     _quiet_lightning()
     options: dict[str, object] = {} if args.epochs is None else {"epochs": args.epochs}
+    if args.paper == "004":
+        if args.epochs is not None:
+            raise ValueError("--epochs does not apply to paper 004: give its three phases' epochs with --phase-epochs")
+        options.update(images=args.images, phase_epochs=args.phase_epochs, grid=_aopc_grid(args.aopc_grid))
+    elif args.phase_epochs is not None:
+        raise ValueError("--phase-epochs applies to paper 004 only")
     if args.paper == "000":
         overrides: dict[str, dict] = {}
         for method, key, value in args.set:
             overrides.setdefault(method, {})[key] = value
         options.update(images=args.images, explainer_epochs=args.explainer_epochs, overrides=overrides)
-    elif args.set or args.images != 50 or args.explainer_epochs is not None:
-        raise ValueError("--set, --images and --explainer-epochs apply to paper 000 only")
+    elif args.set or args.explainer_epochs is not None or (args.images != 50 and args.paper != "004"):
+        raise ValueError("--set and --explainer-epochs apply to paper 000 only, --images to 000 and 004")
     if args.paper == "001":
         options["masker_epochs"] = args.masker_epochs
     size = args.image_size or (CONSISTENT_IMAGE_SIZE if args.paper == "002" else 96)
@@ -607,7 +658,9 @@ def _metrics(_args: argparse.Namespace) -> int:
         metric = metrics.get(name)
         direction = {True: "higher is better", False: "lower is better", None: "a statistic"}[metric.higher_is_better]
         needs = ", ".join(sorted(metric.needs)) or "maps only"
-        print(f"{name:28s} ({direction}; per {metric.per}; {metric.aggregation}; needs {needs}) {metric.description}")
+        named = "" if metric.by_default else "; only when named"
+        print(f"{name:28s} ({direction}; per {metric.per}; {metric.aggregation}; needs {needs}{named}) "
+              f"{metric.description}")
     return 0
 
 
@@ -860,6 +913,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_resume_option(consistent)
     _add_scale_options(consistent)
     consistent.set_defaults(run=_train_consistent)
+    inmodel = commands.add_parser("train-inmodel", help="train the in-model explainer-classifier in three phases "
+                                                         "(Rio-Torto et al. 2020, paper 004)")
+    inmodel.add_argument("--data", required=True, metavar="ROOT",
+                         help="a root in the in-model layout (trainval/ and test/: data.csv, images/, masks/; "
+                              "saliencylab.data.polygons or imagenet_hvz write it)")
+    inmodel.add_argument("--out", required=True, metavar="DIR", help="output folder (a classifier folder)")
+    inmodel.add_argument("--preset", default="polygons", metavar="NAME",
+                         help="polygons (default), imagenet_hvz, nih_nci, or a YAML file")
+    inmodel.add_argument("--loss", choices=["unsupervised", "hybrid"], help="override the preset's loss")
+    inmodel.add_argument("--phase-epochs", type=_phase_values, metavar="A,B,C", help="epochs of the three phases")
+    inmodel.add_argument("--set", action="append", default=[], type=_setting, metavar="KEY=VALUE",
+                         help="any fit_inmodel / InModelModule setting, e.g. alpha=[1.0,0.25,0.9] (repeatable)")
+    inmodel.add_argument("--image-size", type=int, metavar="S", help="resize side (default: the preset's)")
+    inmodel.add_argument("--batch-size", type=int, metavar="B", help="default: the preset's")
+    inmodel.add_argument("--workers", type=int, metavar="N", default=0, help="data loader worker processes (default 0)")
+    inmodel.add_argument("--device", default="auto", help="Lightning accelerator: auto (default), cpu, gpu")
+    inmodel.add_argument("--no-progress", action="store_true", help="no progress bars")
+    inmodel.set_defaults(run=_train_inmodel, epochs=None)
 
     masker = commands.add_parser("train-masker", help="train a CASME masker (FIX or CA) on ImageNet-format data "
                                                        "(paper 001)")
@@ -928,6 +999,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="reduced (default): cheaper counts for the slowest methods; default: the papers' settings")
     speed.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     speed.add_argument("--repeats", type=int, default=3, help="timed runs per method after a warm-up (median)")
+    speed.add_argument("--aopc", type=int, metavar="STEPS",
+                       help="instead: time the AOPC metric's MoRF curve of STEPS steps on --batch images, batched "
+                            "against a step-by-step loop (e.g. --model resnet18 --size 224 --aopc 100)")
+    speed.add_argument("--patch", type=int, default=16, help="--aopc patch side in pixels (default 16)")
+    speed.add_argument("--perturbation", default="blur", help="--aopc perturbation (default blur)")
     speed.add_argument("--json", help="also write the rows to this JSON file")
     speed.add_argument("--consistency-step", action="store_true",
                        help="instead: time and memory of a Grad-CAM consistency training step (two differentiable "
@@ -1032,16 +1108,23 @@ def build_parser() -> argparse.ArgumentParser:
     merge.set_defaults(run=_bench_merge)
 
     reproduce = commands.add_parser("reproduce", help="train what a paper trains on the synthetic data, score it at "
-                                    "the paper's settings, check the paper's claims (000 NN-Explainer, 001 masking)")
-    reproduce.add_argument("paper", choices=["000", "001", "002"],
+                                    "the paper's settings, check the paper's claims (000 NN-Explainer, 001 masking, "
+                                    "002 consistent interpretations, 004 in-model explainer)")
+    reproduce.add_argument("paper", choices=["000", "001", "002", "004"],
                            help="000: NN-Explainer; 001: masking-based saliency; 002: consistent interpretations "
-                                "(at 64 px unless --image-size)")
+                                "(at 64 px unless --image-size); 004: in-model explainer-classifier")
     reproduce.add_argument("--out", help="output folder (default runs/reproduce/PAPER)")
     reproduce.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")
     reproduce.add_argument("--epochs", type=int, help="most classifier epochs (default 15, early stopping ends sooner; "
                            "002: the presets' 15 epochs of every classifier)")
     reproduce.add_argument("--images", type=int, default=50,
-                           help="000: test images every compared method is scored on (default 50)")
+                           help="000: test images every compared method is scored on; 004: the images of the AOPC "
+                                "curves (default 50)")
+    reproduce.add_argument("--phase-epochs", type=_phase_values, metavar="A,B,C",
+                           help="004: epochs of the three phases (default: the polygons preset's)")
+    reproduce.add_argument("--aopc-grid", choices=["claims", "full"], default="claims",
+                           help="004: AOPC for the claims' perturbation and patch only (default), or every "
+                                "perturbation and patch size (8 times the AOPC work)")
     reproduce.add_argument("--explainer-epochs", type=int, help="000: most explainer epochs (default: the preset's 30)")
     reproduce.add_argument("--set", action="append", type=_method_setting, default=[], metavar="METHOD:KEY=VALUE",
                            help="000: replace a paper setting (e.g. rise:num_masks=1000); recorded as a deviation")

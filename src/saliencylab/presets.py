@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 FIT = {"classifier": ("saliencylab.training.classifier", "fit_classifier", "ClassifierModule"),
        "explainer": ("saliencylab.training.explainer", "fit_explainer", "ExplainerModule"),
        "masker": ("saliencylab.training.masker", "fit_masker", "MaskerModule"),
-       "consistent": ("saliencylab.training.consistency", "fit_consistent", "ConsistencyModule")}
+       "consistent": ("saliencylab.training.consistency", "fit_consistent", "ConsistencyModule"),
+       "inmodel": ("saliencylab.training.inmodel", "fit_inmodel", "InModelModule")}
 """scheme -> (module, fit function, LightningModule its extra keyword arguments go to)."""
 
 RUNTIME = {"classifier_dir", "progress", "accelerator", "callbacks", "ckpt_path", "generator"}

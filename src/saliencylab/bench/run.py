@@ -131,12 +131,12 @@ def provided(sample) -> set[str]:
 
 def check_metrics(names: Sequence[str] | None, dataset: Dataset) -> list[str]:
     """The metrics to score: ``names`` (ValueError when the dataset lacks what one needs), or, when None,
-    every registered metric whose needs the dataset meets (single-label metrics only on one-label data)."""
+    every registered ``by_default`` metric whose needs the dataset meets (single-label metrics only on one-label data)."""
     sample = dataset[0]
     have = provided(sample)
     if names is None:
         single = int(sample.labels.sum()) == 1
-        return [n for n in metrics.names() if metrics.get(n).needs <= have
+        return [n for n in metrics.names() if metrics.get(n).by_default and metrics.get(n).needs <= have
                 and ("single_label" not in metrics.get(n).needs or single)]
     unknown = [name for name in names if name not in metrics.names()]
     if unknown:
@@ -326,7 +326,8 @@ def reference_options(reference: Reference | None) -> dict[str, object]:
 def score_maps(maps: Tensor, targets: Tensor, batch: Batch, classifier: Classifier | None, metric_names: Sequence[str],
                *, maps_are_masks: bool = False, seed: int = 0, options: dict[str, object] | None = None
                ) -> dict[str, Tensor]:
-    """Every metric's scores of maps (B,K,H,W) for targets (B,K) on ``batch``: name -> (B,K|1|T) float64 on the CPU.
+    """Every metric's scores of maps (B,K,H,W) for targets (B,K) on ``batch``: name -> (B,K|1|T) or, for curve
+    metrics, (B,K,T) float64 on the CPU.
 
     What the engine runs on each batch; call it directly to score maps from elsewhere (see :class:`MetricInputs`).
     """
@@ -400,10 +401,18 @@ def aggregate(out_dir: str | Path, bootstrap: int = 1000, rows: Sequence[str] | 
             results["metrics"][name] = {"higher_is_better": metric.higher_is_better, "per": metric.per,
                                         "aggregation": metric.aggregation, "description": metric.description}
             raw = [r for p in parts for r in p["scores"][name]]
-            scores = torch.tensor(_pad_rows(raw, max(len(r) for r in raw)), dtype=torch.float64)
+            curve = None
+            if metric.per == "curve":  # (N,K,T) -> one score per target, and the mean curve
+                curves = torch.tensor([r + [[math.nan] * len(r[0])] * (width - len(r)) for r in raw],
+                                      dtype=torch.float64)
+                scores, curve = metric.summary(curves), curves.flatten(0, 1).nanmean(0).tolist()
+            else:
+                scores = torch.tensor(_pad_rows(raw, max(len(r) for r in raw)), dtype=torch.float64)
             score = {"value": metric.reduce(scores, targets), "ci": _bootstrap(metric.reduce, scores, targets, bootstrap),
                      "defined": int((~scores.isnan()).sum())}
-            if metric.per == "target":
+            if curve is not None:
+                score["curve"] = curve
+            if metric.per in ("target", "curve"):
                 per_class = metrics.class_mean(scores, targets, len(class_names))[0]
                 score["per_class"] = {class_names[c]: per_class[c].item()
                                       for c in sorted(set(targets[targets != PAD].tolist()))}
@@ -498,7 +507,7 @@ def html_tables(results: dict) -> str:
         + "".join(f"<td>{html.escape(_cell(entry['scores'].get(m)))}</td>" for m in names)
         + f"<td>{entry['images']}</td></tr>" for row, entry in results["rows"].items())
     per_class = []
-    for m in (m for m in names if results["metrics"][m]["per"] == "target"):
+    for m in (m for m in names if results["metrics"][m]["per"] in ("target", "curve")):
         classes = run["class_names"]
         cells = "".join(
             f"<tr><th>{html.escape(row)}</th>" + "".join(
@@ -511,4 +520,40 @@ def html_tables(results: dict) -> str:
 value over the images [95 % bootstrap interval]; ↑ higher is better, ↓ lower is better. Created
 {html.escape(results['created'])} with saliencylab {html.escape(results['saliencylab_version'])}.</p>
 <table><tr><th>row</th>{head}<th>images</th></tr>{body}</table>
+{''.join(curve_plot(m, {row: entry["scores"][m]["curve"] for row, entry in results["rows"].items()
+                        if entry["scores"].get(m, {}).get("curve")})
+         for m in names if results["metrics"][m]["per"] == "curve")}
 {''.join(per_class)}"""
+
+
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")
+
+
+def curve_plot(metric: str, curves: dict[str, list[float]], width: int = 420, height: int = 240) -> str:
+    """An inline SVG of the mean curve of each row (x: step, y: class probability), with a legend (HTML fragment)."""
+    if not curves:
+        return ""
+    values = [v for c in curves.values() for v in c if v is not None and math.isfinite(v)]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    high = high if high > low else low + 1.0
+    left, top, plot_w, plot_h = 40, 10, width - 50, height - 40
+
+    def point(i: int, value: float, steps: int) -> str:
+        return f"{left + plot_w * i / max(steps - 1, 1):.1f},{top + plot_h * (high - value) / (high - low):.1f}"
+
+    lines, legend = [], []
+    for k, (row, curve) in enumerate(curves.items()):
+        colour = PALETTE[k % len(PALETTE)]
+        points = " ".join(point(i, v, len(curve)) for i, v in enumerate(curve) if v is not None and math.isfinite(v))
+        lines.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{points}"/>')
+        legend.append(f'<span style="color:{colour}">&#9632; {html.escape(row)}</span>')
+    axes = (f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#444"/>'
+            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#444"/>'
+            f'<text x="2" y="{top + 10}" font-size="10">{high:.2f}</text>'
+            f'<text x="2" y="{top + plot_h}" font-size="10">{low:.2f}</text>'
+            f'<text x="{left}" y="{height - 8}" font-size="10">step 0</text>'
+            f'<text x="{left + plot_w - 40}" y="{height - 8}" font-size="10">last step</text>')
+    return (f'<h3>{html.escape(metric)}: mean curve (class probability per step)</h3>'
+            f'<svg width="{width}" height="{height}" role="img">{axes}{"".join(lines)}</svg>'
+            f'<p>{" ".join(legend)}</p>')

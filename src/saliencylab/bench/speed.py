@@ -23,8 +23,10 @@ from torch import Tensor
 
 from saliencylab import methods
 from saliencylab.methods.base import scoped_eval
+from saliencylab.metrics import faithfulness
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.explainer import build_explainer
+from saliencylab.models.inmodel import InModelNet
 from saliencylab.models.masker import Masker, layer_channels
 from saliencylab.models.zoo import build_classifier
 
@@ -170,6 +172,8 @@ def run_speed(model: str = "small_cnn", size: int = 96, batch: int = 8, names: S
             extra["explainer"] = build_explainer("light", num_classes).to(torch_device)
         if "masker" in methods.hyperparameters(name):
             extra["masker"] = Masker(["auto"], layer_channels(classifier, ["auto"])).to(torch_device)
+        if "network" in methods.hyperparameters(name):  # the in-model explainer's own network (paper 004)
+            extra["network"] = InModelNet(num_classes, "vgg").to(torch_device)
         built[name] = methods.build(name, classifier, **settings_for(name, settings), **extra)
     forward, forward_backward = unit_passes(classifier, images)
     with scoped_eval(classifier):
@@ -272,3 +276,56 @@ def training_step_cost(model: str = "small_cnn", size: int = 64, batch: int = 8,
 
 
 STEP_HEADER = f"{'step':12s} {'ms/step':>12s} {'peak MiB':>10s} {'ratio':>7s} spread"
+def aopc_loop(score_fn: Callable[[Tensor], Tensor], images: Tensor, maps: Tensor, classes: Tensor, *, patch: int,
+              steps: int, perturbation: str, seed: int = 0) -> Tensor:
+    """(N,L+1) MoRF curves the step-by-step way: one image and one classifier pass per step, each step
+    perturbing one more patch of a working copy (what :func:`metrics.faithfulness.morf_curves` batches).
+
+    maps (N,H,W) with the patches ordered by :func:`metrics.faithfulness.patch_ranks`; classes (N,).
+    """
+    replacement = faithfulness.perturbed_images(images, perturbation, seed=seed)
+    ranks = faithfulness.patch_ranks(maps, patch)
+    curves = torch.empty(len(images), min(steps, int(ranks.max()) + 1) + 1)
+    with torch.no_grad():
+        for i in range(len(images)):
+            image = images[i:i + 1].clone()
+            for k in range(curves.shape[1]):
+                if k:
+                    image = torch.where(ranks[i] == k - 1, replacement[i:i + 1], image)
+                curves[i, k] = score_fn(image)[0, classes[i]]
+    return curves
+
+
+def run_aopc_speed(model: str = "resnet18", size: int = 224, images: int = 4, steps: int = 100, patch: int = 16,
+                   perturbation: str = "blur", max_batch: int = 64, device: str = "cpu", num_classes: int = 2,
+                   progress: Callable[[str], None] = print) -> dict[str, float]:
+    """Seconds per image of one MoRF curve (``steps`` + 1 classifier passes) of ``images`` random images on a
+    random-weight ``model``: batched (:func:`metrics.faithfulness.morf_curves`, ``max_batch`` images per pass)
+    against :func:`aopc_loop`; both give the same curves (checked here to 1e-4)."""
+    torch_device = torch.device(device)
+    torch.manual_seed(0)
+    classifier = build_classifier(model, num_classes).to(torch_device).eval()
+    batch = torch.rand(images, 3, size, size, device=torch_device)
+    maps = torch.rand(images, 1, size, size, device=torch_device)
+    classes = torch.zeros(images, 1, dtype=torch.long, device=torch_device)
+
+    def score_fn(x: Tensor) -> Tensor:
+        return classifier(x).softmax(1)
+
+    curves = {}
+    batched = timed(lambda: curves.setdefault("batched", faithfulness.morf_curves(
+        score_fn, batch, maps, classes, patch=patch, steps=steps, perturbation=perturbation, max_batch=max_batch)),
+        torch_device)
+    loop = timed(lambda: curves.setdefault("loop", aopc_loop(score_fn, batch, maps[:, 0], classes[:, 0], patch=patch,
+                                                             steps=steps, perturbation=perturbation)), torch_device)
+    difference = float((curves["batched"][:, 0].cpu() - curves["loop"]).abs().max())
+    if difference > 1e-4:
+        raise RuntimeError(f"batched and step-by-step MoRF curves differ by {difference:.2e}")
+    result = {"model": model, "size": size, "images": images, "steps": steps, "patch": patch,
+              "perturbation": perturbation, "max_batch": max_batch, "device": str(torch_device),
+              "batched_seconds_per_image": batched / images, "loop_seconds_per_image": loop / images,
+              "speedup": loop / batched}
+    progress(f"AOPC ({steps} steps, {patch} px patches, {perturbation}) on {model} at {size} px, {images} images on "
+             f"{torch_device}: batched {batched / images:.2f} s/image (max_batch {max_batch}), step-by-step loop "
+             f"{loop / images:.2f} s/image ({loop / batched:.2f}x)")
+    return result

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from saliencylab.data.coco import COCODataset
 from saliencylab.data.folder import ImageFolder
 from saliencylab.data.imagenet import ImageNetDataset
+from saliencylab.data.inmodel import InModelDataset
 from saliencylab.data.openimages import OpenImagesDataset
 from saliencylab.data.transforms import Resize
 from saliencylab.data.voc import VOCDataset
@@ -126,3 +127,9 @@ def _openimages(path: str, *, class_names: tuple[str, ...], image_size: int, spl
                              "k = class k-1, 255 void) as segmentation and labels")
 def _folder(path: str, *, class_names: tuple[str, ...], image_size: int, masks: str | None = None) -> Dataset:
     return ImageFolder(path, class_names, transform=Resize(image_size), masks=masks)
+
+
+@register_format("inmodel", path="a split root holding trainval/ and test/ (data.csv, images/, masks/, annotations/)",
+                 description="the in-model explainer's layout (Rio-Torto et al. 2020): synthetic polygons, ImagenetHVZ")
+def _inmodel(path: str, *, class_names: tuple[str, ...], image_size: int, split: str = "test") -> Dataset:
+    return InModelDataset(path, split, class_names, transform=Resize(image_size))

@@ -2,8 +2,9 @@
 
 Every registered metric is a function ``fn(inputs: MetricInputs) -> Tensor`` returning one row of
 scores per image: ``(B,K)`` aligned with the targets (``per="target"``), ``(B,1)`` (``per="image"``),
-or ``(B,T)`` per-image statistics that only make sense over a whole dataset (``per="dataset"``,
-e.g. PxAP's pixel histograms), reduced by the metric's ``reduce``. NaN means undefined.
+``(B,T)`` per-image statistics that only make sense over a whole dataset (``per="dataset"``,
+e.g. PxAP's pixel histograms), reduced by the metric's ``reduce``, or ``(B,K,T)`` a curve per target
+(``per="curve"``, e.g. MoRF), whose ``summary`` makes it one score per target. NaN means undefined.
 
 Adding a metric = a tensor function (e.g. in ``metrics/functional.py``) + one ``@register`` here
 (its direction, what it needs, how it aggregates) + its known-answer test.
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from saliencylab.maps import merge_max, normalize_minmax
 from saliencylab.metrics import functional as F
-from saliencylab.metrics import ground_truth, wsol
+from saliencylab.metrics import faithfulness, ground_truth, wsol
 from saliencylab.metrics.aggregate import class_mean
 from saliencylab.models.classifier import Classifier, scoped_eval
 from saliencylab.targets import PAD
@@ -34,7 +35,7 @@ NEEDS = {
     "model": "the classifier",
 }
 """What a metric may need besides the maps; the engine checks the dataset provides it before running."""
-PER = ("target", "image", "dataset")
+PER = ("target", "image", "dataset", "curve")
 TOLERANCE_FRACTION = 0.04
 """Default pointing tolerance as a fraction of the shorter image side: TorchRay's 15 px on VOC
 images, whose shorter side is typically 375 px (15/375 = 0.04), so small images are not scored leniently."""
@@ -50,7 +51,9 @@ class MetricInputs:
     normalised). ``seed`` seeds stochastic metrics (the engine derives it from the position of the
     batch's first image, so results do not depend on sharding). ``options``: protocol switches
     (``tolerance`` px, ``boxes_inclusive``, ``one_pixel_smaller``, ``unclipped_area``, ``original_protocol``;
-    for reference rows ``reference`` and ``reference_box``).
+    for reference rows ``reference`` and ``reference_box``; the faithfulness metrics' ``perturbation``
+    (default "blur"), ``patch`` px (16), ``steps`` (100), ``causal_steps`` (224), ``signed`` (false: patches
+    and pixels are ordered by |map|) and ``faithfulness_batch`` (64 images per classifier pass)).
     """
 
     maps: Tensor
@@ -164,6 +167,17 @@ class MetricInputs:
             return wsol.baseline(box, len(self.batch), self.size, self.maps.device)[1]
         return wsol.predicted_boxes(self.wsol_mask, bool(self.options.get("one_pixel_smaller", False)))
 
+    def probabilities(self, images: Tensor) -> Tensor:
+        """Softmax (N,C) of the classifier on images (N,3,H,W) in [0,1], in eval mode (faithfulness metrics)."""
+        with scoped_eval(self.classifier):
+            return self.classifier(images).softmax(1)
+
+    @cached_property
+    def faithfulness(self) -> dict[str, object]:
+        """Keyword arguments of the faithfulness curves from ``options`` (see the class docstring)."""
+        return {"absolute": not _flag(self.options.get("signed", False)),
+                "max_batch": int(self.options.get("faithfulness_batch", 64))}
+
     @cached_property
     def unclipped_area(self) -> bool:
         return bool(self.options.get("unclipped_area", False))
@@ -173,6 +187,11 @@ class MetricInputs:
         """WSOL's saliency metric of the predicted boxes: ``metrics.wsol.saliency_metric_wsol``'s (B,) results."""
         with scoped_eval(self.classifier):
             return wsol.saliency_metric_wsol(self.classifier, self.batch.images, self.predicted_boxes, self.label)
+
+
+def _flag(value: object) -> bool:
+    """An option's truth value: True, "true", "1", "yes" (as ``--option KEY=VALUE`` passes it)."""
+    return value is True or str(value).lower() in ("true", "1", "yes")
 
 
 Reduce = Callable[[Tensor, Tensor], float]
@@ -185,8 +204,10 @@ class Metric:
 
     fn(inputs) -> (B,K) / (B,1) / (B,T) scores (see ``per``); higher_is_better (None for a descriptive
     statistic with no better direction, such as the mean mask value); needs: keys of
-    :data:`NEEDS`; per: "target", "image" or "dataset"; reduce: scores of a dataset -> one number
-    (default: NaN-mean; ``class_mean`` for the TorchRay pointing protocol); description: one line.
+    :data:`NEEDS`; per: "target", "image", "dataset" or "curve"; reduce: scores of a dataset -> one number
+    (default: NaN-mean; ``class_mean`` for the TorchRay pointing protocol); description: one line;
+    summary (curve metrics): curves (...,T) -> one score each (...), e.g. AOPC; by_default: scored when no metric
+    is named (False for the faithfulness curves: hundreds of classifier passes per image).
     """
 
     name: str
@@ -196,6 +217,8 @@ class Metric:
     per: str
     reduce: Reduce
     description: str
+    summary: Callable[[Tensor], Tensor] | None = None
+    by_default: bool = True
 
     @property
     def aggregation(self) -> str:
@@ -219,19 +242,22 @@ _REGISTRY: dict[str, Metric] = {}
 
 
 def register(name: str, *, higher_is_better: bool | None, needs: set[str] | frozenset[str] = frozenset(),
-             per: str = "target", reduce: Reduce = reduce_mean,
-             description: str) -> Callable[[Callable[[MetricInputs], Tensor]], Callable[[MetricInputs], Tensor]]:
+             per: str = "target", reduce: Reduce = reduce_mean, description: str,
+             summary: Callable[[Tensor], Tensor] | None = None, by_default: bool = True) -> Callable[[Callable[[MetricInputs], Tensor]], Callable[[MetricInputs], Tensor]]:
     """Decorator adding ``fn(inputs) -> scores`` to the registry under ``name``."""
     unknown = set(needs) - set(NEEDS)
     if unknown:
         raise ValueError(f"metric {name!r} needs unknown input(s) {sorted(unknown)}; known: {sorted(NEEDS)}")
     if per not in PER:
         raise ValueError(f"metric {name!r}: per must be one of {PER}, got {per!r}")
+    if (per == "curve") != (summary is not None):
+        raise ValueError(f"metric {name!r}: a summary is given exactly for per='curve' metrics")
 
     def add(fn: Callable[[MetricInputs], Tensor]) -> Callable[[MetricInputs], Tensor]:
         if name in _REGISTRY:
             raise ValueError(f"metric {name!r} is already registered")
-        _REGISTRY[name] = Metric(name, fn, higher_is_better, frozenset(needs), per, reduce, description)
+        _REGISTRY[name] = Metric(name, fn, higher_is_better, frozenset(needs), per, reduce, description, summary,
+                                 by_default)
         return fn
     return add
 
@@ -428,3 +454,45 @@ def _max_box_acc(inputs: MetricInputs) -> Tensor:
 def _max_box_acc_v2(inputs: MetricInputs) -> Tensor:
     return wsol.box_iou_curve(inputs.wsol_mask, inputs.gt_boxes, multi_contour=True,
                               unclipped_area=inputs.unclipped_area)
+
+
+# ---------------------------------------------------------------- faithfulness (perturbation curves; the classifier)
+
+def _patch_curves(inputs: MetricInputs, most_relevant_first: bool) -> Tensor:
+    """MoRF or LeRF curves (B,K,L+1) of the batch under ``options`` (patch, steps, perturbation)."""
+    return faithfulness.morf_curves(inputs.probabilities, inputs.batch.images, inputs.maps, inputs.targets,
+                                    patch=int(inputs.options.get("patch", 16)), steps=int(inputs.options.get("steps", 100)),
+                                    perturbation=str(inputs.options.get("perturbation", "blur")), seed=inputs.seed,
+                                    most_relevant_first=most_relevant_first, **inputs.faithfulness)
+
+
+register("aopc_morf", higher_is_better=True, needs={"model"}, per="curve", summary=faithfulness.aopc, by_default=False,
+         description="AOPC of the MoRF curve (Samek et al. 2017): patches of the map's highest mean perturbed first"
+         )(lambda inputs: _patch_curves(inputs, True))
+register("aopc_lerf", higher_is_better=False, needs={"model"}, per="curve", summary=faithfulness.aopc, by_default=False,
+         description="AOPC of the LeRF curve: patches of the map's lowest mean perturbed first"
+         )(lambda inputs: _patch_curves(inputs, False))
+
+
+def _causal_metric(mode: str, higher_is_better: bool, description: str) -> None:
+    """Register Petsiuk et al.'s deletion or insertion AUC."""
+    register(f"{mode}_auc", higher_is_better=higher_is_better, needs={"model"}, per="curve",
+             summary=faithfulness.area_under_curve, by_default=False, description=description)(
+        lambda inputs: faithfulness.causal_curves(inputs.probabilities, inputs.batch.images, inputs.maps,
+                                                  inputs.targets, mode=mode,
+                                                  steps=int(inputs.options.get("causal_steps", 224)),
+                                                  **inputs.faithfulness))
+
+
+_causal_metric("deletion", False, "deletion AUC (Petsiuk et al. 2018): most relevant pixels turned black first")
+_causal_metric("insertion", True, "insertion AUC (Petsiuk et al. 2018): most relevant pixels put back into a blurred image first")
+
+
+@register("pompom", higher_is_better=False, needs={"masks"},
+          description="POMPOM (Rio-Torto et al. 2020): share of pixels outside the class's mask with a map value > 1e-6")
+def _pompom(inputs: MetricInputs) -> Tensor:
+    maps = inputs.maps
+    if not inputs.maps_are_masks:  # raw maps: |map| relative to its peak, so ε does not depend on the map's scale
+        peak = maps.abs().flatten(2).amax(-1)[..., None, None]
+        maps = torch.where(peak > 0, maps.abs() / peak, maps * 0)  # NaN maps stay NaN
+    return faithfulness.pompom(maps, inputs.class_masks)

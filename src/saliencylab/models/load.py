@@ -15,6 +15,7 @@ from torch import nn
 
 from saliencylab.files import read_json, write_atomic
 from saliencylab.models.classifier import Classifier
+from saliencylab.models.inmodel import build_inmodel_classifier
 from saliencylab.models.io import load_weights, save_state_dict
 from saliencylab.models.zoo import build_classifier
 from saliencylab.types import IMAGENET_MEAN, IMAGENET_STD
@@ -60,6 +61,9 @@ def load_trained_classifier(out_dir: str | Path) -> tuple[Classifier, dict]:
         classifier, _ = load_classifier(description["arch"], weights=weights, num_classes=description["num_classes"],
                                         class_names=names, mean=description["mean"], std=description["std"],
                                         layer=next(iter((description.get("layers") or {}).values()), None))
+    elif description["arch"] == "inmodel":  # Rio-Torto et al.'s explainer-classifier (training.inmodel)
+        classifier = build_inmodel_classifier(description["num_classes"], class_names=names, **description["inmodel"])
+        load_weights(classifier.model, weights, f"the in-model network described in {description_file}")
     else:
         classifier = build_classifier(description["arch"], description["num_classes"], class_names=names,
                                       width=description["width"], weights=weights,

@@ -207,3 +207,40 @@ def alternative_image(images_normalized: Tensor, generator: torch.Generator | No
     noise = torch.randn(images_normalized.shape, generator=generator, device=draw_on, dtype=dtype).to(device)
     shift = torch.rand((batch, channels, 1, 1), generator=generator, device=draw_on, dtype=dtype).to(device)
     return mean + std * noise + (2 * shift - 1) * offset
+
+
+# ---------------------------------------------------------------- in-model explainer (Rio-Torto et al. 2020)
+
+def sparsity(explanation: Tensor) -> Tensor:
+    """(B,) mean |ẑ| of each map (B,1,H,W) (Rio-Torto et al. 2020, the penalised l1 norm)."""
+    return explanation.abs().flatten(1).mean(1)
+
+
+def contiguity(explanation: Tensor) -> Tensor:
+    """(B,) total variation of each map (B,1,H,W): mean |ẑ_{i+1,j} − ẑ_ij| + mean |ẑ_{i,j+1} − ẑ_ij|, each mean over
+    its own (H−1)·W or H·(W−1) differences, per sample (the PyTorch original; its Keras twin mixed the batch)."""
+    vertical = (explanation[..., 1:, :] - explanation[..., :-1, :]).abs().flatten(1).mean(1)
+    horizontal = (explanation[..., :, 1:] - explanation[..., :, :-1]).abs().flatten(1).mean(1)
+    return vertical + horizontal
+
+
+def explanation_loss(explanation: Tensor, beta: float, gamma: float = 0.0, mask: Tensor | None = None) -> Tensor:
+    """(B,) unsupervised β·sparsity + (1−β)·contiguity, plus, with a ground-truth ``mask`` (B,1,H,W) (the hybrid
+    loss), γ·|Σ(1−z)ẑ / (Σ(1−z) + 1e-6)|: the mean explanation outside the mask."""
+    loss = beta * sparsity(explanation) + (1 - beta) * contiguity(explanation)
+    if mask is None:
+        return loss
+    outside = 1 - mask.float()
+    return loss + gamma * ((outside * explanation).flatten(1).sum(1) / (outside.flatten(1).sum(1) + 1e-6)).abs()
+
+
+def joint_loss(logits: Tensor, labels: Tensor, explanation_losses: Tensor, alpha: float,
+               class_weights: Tensor | None = None) -> Tensor:
+    """α·CE(logits (B,C), labels (B,)) + (1−α)·mean of the explanation losses (B,); ``class_weights`` (C,) weigh CE."""
+    return alpha * F.cross_entropy(logits, labels, weight=class_weights) + (1 - alpha) * explanation_losses.mean()
+
+
+def balanced_class_weights(labels: Tensor, num_classes: int) -> Tensor:
+    """scikit-learn's "balanced" weights (C,): n / (C · count of the class) for labels (N,); 0 for absent classes."""
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    return torch.where(counts > 0, len(labels) / (num_classes * counts.clamp(min=1)), torch.zeros_like(counts))

@@ -1,0 +1,178 @@
+"""Three-phase training of the in-model explainer-classifier (Rio-Torto et al., "Understanding the decisions of
+CNNs: an in-model approach", Pattern Recognition Letters 2020; network in :mod:`saliencylab.models.inmodel`).
+
+Loss: α·CE + (1−α)·L_expl, with L_expl the unsupervised β·sparsity + (1−β)·TV, or the hybrid one adding
+γ·(mean explanation outside the label's ground-truth mask: the target instances' boxes or pixels).
+
+- phase 1: the classifier trains; the explainer is frozen **and in eval mode** (its BatchNorm uses the initial
+  running statistics, so its map stays ≈ tanh(init_bias) ≈ 1 everywhere);
+- phase 2: the explainer trains; the classifier is frozen but stays in train mode (BatchNorm statistics and
+  dropout still run, as in the original);
+- phase 3: both train.
+
+Each phase builds a new optimiser (SGD with momentum 0.9 and weight decay 1e-4, or Adadelta) with one
+learning rate per module, early-stops on the validation loss (min delta 1e-4), uses ReduceLROnPlateau
+(factor 0.2, patience 10, min lr 1e-5) for ResNet classifiers, and the next phase starts from the best
+checkpoint of the previous one.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from saliencylab.metrics.ground_truth import class_masks
+from saliencylab.models.classifier import Classifier
+from saliencylab.models.inmodel import build_inmodel_classifier
+from saliencylab.models.load import save_classifier
+from saliencylab.training.fit import fit_module
+from saliencylab.training.losses import balanced_class_weights, explanation_loss, joint_loss
+from saliencylab.training.staged import StagedModule
+from saliencylab.types import Batch
+
+LOSSES = ("unsupervised", "hybrid")
+OPTIMIZERS = ("sgd", "adadelta")
+
+
+class InModelModule(StagedModule):
+    """One phase (1, 2 or 3) of in-model training; logs ``{stage}_loss``, ``_ce``, ``_explanation`` and ``_accuracy``.
+
+    ``classifier``: "vgg" or "resnet18/34/50"; ``class_weights``: CE weights (C,) or None; ``plateau``:
+    ReduceLROnPlateau on val_loss (None: for ResNet classifiers only, as the original). Network sizes:
+    ``init_bias``, ``explainer_widths``, ``vgg_widths`` (see :class:`~saliencylab.models.inmodel.InModelNet`).
+    """
+
+    def __init__(self, num_classes: int = 2, classifier: str = "resnet18", class_names: Sequence[str] | None = None,
+                 phase: int = 1, loss: str = "hybrid", alpha: float = 1.0, beta: float = 0.9, gamma: float = 1.0,
+                 lr_clf: float = 0.01, lr_expl: float = 0.01, optimizer: str = "sgd",
+                 class_weights: Sequence[float] | None = None, plateau: bool | None = None, init_bias: float = 3.0,
+                 explainer_widths: Sequence[int] = (32, 64, 128),
+                 vgg_widths: Sequence[int] = (32, 64, 128, 256)) -> None:
+        super().__init__()
+        if phase not in (1, 2, 3):
+            raise ValueError(f"phase must be 1, 2 or 3, got {phase}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        self.save_hyperparameters()
+        self.classifier = build_inmodel_classifier(num_classes, classifier, class_names=class_names,
+                                                   init_bias=init_bias, explainer_widths=tuple(explainer_widths),
+                                                   vgg_widths=tuple(vgg_widths))
+        self.net = self.classifier.model
+        self.net.explainer.requires_grad_(phase != 1)
+        self.net.classifier.requires_grad_(phase != 2)
+        self.register_buffer("class_weights", None if class_weights is None else torch.tensor(class_weights))
+        self._correct: dict[str, list[int]] = {}
+
+    def on_train_epoch_start(self) -> None:
+        """Phase 1 keeps the frozen explainer in eval mode (Lightning put the whole module in train mode)."""
+        if self.hparams.phase == 1:
+            self.net.explainer.eval()
+
+    def _step(self, batch: Batch, stage: str) -> Tensor:
+        hp = self.hparams
+        labels = batch.labels.argmax(1)
+        logits, explanation = self.net.logits_and_map(self.classifier.normalize(batch.images))
+        mask = class_masks(batch, labels[:, None]) if hp.loss == "hybrid" else None
+        explanation_losses = explanation_loss(explanation, hp.beta, hp.gamma, mask)
+        loss = joint_loss(logits, labels, explanation_losses, hp.alpha, self.class_weights)
+        size = len(batch)
+        self.log(f"{stage}_loss", loss, prog_bar=stage != "test", batch_size=size)
+        self.log(f"{stage}_explanation", explanation_losses.mean(), batch_size=size)
+        self.log(f"{stage}_ce", torch.nn.functional.cross_entropy(logits, labels), batch_size=size)
+        correct = self._correct.setdefault(stage, [0, 0])
+        correct[0] += int((logits.argmax(1) == labels).sum())
+        correct[1] += size
+        return loss
+
+    def _log_epoch(self, stage: str) -> None:
+        correct, total = self._correct.pop(stage, (0, 0))
+        if total:
+            self.log(f"{stage}_accuracy", correct / total, prog_bar=stage != "test")
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        groups = [{"params": [p for p in module.parameters() if p.requires_grad], "lr": lr}
+                  for module, lr in ((self.net.classifier, hp.lr_clf), (self.net.explainer, hp.lr_expl))]
+        groups = [g for g in groups if g["params"]]
+        optimizer = (torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=0.9, weight_decay=1e-4)
+                     if hp.optimizer == "sgd" else torch.optim.Adadelta(groups))
+        plateau = hp.classifier.startswith("resnet") if hp.plateau is None else hp.plateau
+        if not plateau:
+            return {"optimizer": optimizer}
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.2, patience=10, min_lr=1e-5)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
+
+
+def _three(name: str, values: Sequence) -> list:
+    if len(values) != 3:
+        raise ValueError(f"{name} needs one value per phase (3), got {list(values)}")
+    return list(values)
+
+
+def fit_inmodel(datamodule: L.LightningDataModule, out_dir: str | Path, *, num_classes: int,
+                class_names: Sequence[str] | None = None, classifier: str = "resnet18", loss: str = "hybrid",
+                epochs: Sequence[int] = (10, 10, 60), alpha: Sequence[float] = (1.0, 0.25, 0.9),
+                lr_clf: Sequence[float] = (0.01, 0.0, 0.01), lr_expl: Sequence[float] = (0.0, 0.01, 0.01),
+                patience: Sequence[int] = (100, 100, 10), balanced_weights: bool = False, seed: int = 0,
+                progress: bool = True, accelerator: str = "auto", resume: bool = False, data: dict | None = None,
+                **module_kwargs: object) -> tuple[Classifier, dict]:
+    """Run the three phases (a phase of 0 epochs is skipped) into ``out_dir/phase{1,2,3}/``; return the final
+    network wrapped as a Classifier (eval mode) and its description.
+
+    Per-phase lists: ``epochs``, ``alpha``, ``lr_clf``, ``lr_expl``, ``patience`` (the README's ImagenetHVZ run
+    by default). ``balanced_weights``: CE weighted by scikit-learn's "balanced" class weights of the training
+    labels. ``module_kwargs``: the other :class:`InModelModule` hyper-parameters (beta, gamma, optimizer,
+    init_bias, widths). ``resume``: each phase continues from its last checkpoint. Writes
+    ``out_dir/classifier.safetensors`` + ``classifier.json`` (arch "inmodel": a classifier folder for every
+    command and the checkpoint of method ``inmodel``) with the phases' epochs, best validation losses and the
+    test accuracy when the datamodule has a test set.
+    """
+    out_dir = Path(out_dir)
+    phases = [_three(n, v) for n, v in (("epochs", epochs), ("alpha", alpha), ("lr_clf", lr_clf),
+                                         ("lr_expl", lr_expl), ("patience", patience))]
+    L.seed_everything(seed, workers=True, verbose=False)
+    weights = None
+    if balanced_weights:
+        labels = torch.cat([batch.labels.argmax(1) for batch in datamodule.train_dataloader()])
+        weights = balanced_class_weights(labels, num_classes).tolist()
+    state, history, module = None, [], None
+    for phase, (max_epochs, a, lr_c, lr_e, wait) in enumerate(zip(*phases), start=1):
+        if max_epochs == 0:
+            continue
+        module = InModelModule(num_classes, classifier, class_names, phase=phase, loss=loss, alpha=a, lr_clf=lr_c,
+                               lr_expl=lr_e, class_weights=weights, **module_kwargs)
+        if state is not None:
+            module.net.load_state_dict(state)
+        trainer, checkpoint = fit_module(module, datamodule, out_dir / f"phase{phase}", max_epochs=max_epochs,
+                                         patience=wait, min_delta=1e-4, resume=resume, progress=progress,
+                                         accelerator=accelerator)
+        best = InModelModule.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+        state = best.net.state_dict()
+        module.net.load_state_dict(state)
+        history.append({"phase": phase, "epochs": trainer.current_epoch, "alpha": a, "lr_clf": lr_c, "lr_expl": lr_e,
+                        "best_val_loss": float(checkpoint.best_model_score)
+                        if checkpoint.best_model_score is not None else None})
+    if module is None:
+        raise ValueError(f"every phase has 0 epochs ({list(epochs)}): nothing to train")
+    module = module.cpu().eval()
+    test = {}
+    if datamodule.test is not None:
+        correct = total = 0
+        with torch.no_grad():
+            for batch in datamodule.test_dataloader():
+                correct += int((module.classifier(batch.images).argmax(1) == batch.labels.argmax(1)).sum())
+                total += len(batch)
+        test = {"accuracy": correct / max(total, 1), "images": total}
+    hp = module.hparams
+    network = {"classifier": hp.classifier, "init_bias": hp.init_bias, "explainer_widths": list(hp.explainer_widths),
+               "vgg_widths": list(hp.vgg_widths)}
+    description = {"loss": loss, "beta": hp.beta, "gamma": hp.gamma, "optimizer": hp.optimizer, "phases": history,
+                   "class_weights": weights, "seed": seed}
+    save_classifier(module.classifier, out_dir, arch="inmodel", num_classes=num_classes, inmodel=network,
+                    training=description, test=test, **({"data": data} if data is not None else {}))
+    return module.classifier, {**network, **description, "test": test}
