@@ -358,7 +358,10 @@ def _train_inmodel(args: argparse.Namespace) -> int:
     datamodule = SaliencyDataModule(*splits, batch_size=batch_size, num_workers=args.workers)
     classifier, description = fit_inmodel(datamodule, args.out, num_classes=len(class_names), class_names=class_names,
                                           accelerator=args.device, progress=not args.no_progress,
-                                          data={"image_size": size}, **settings)
+                                          resume=_resume(args), scale=_scale(args), data={"image_size": size},
+                                          **settings)
+    if not _rank_zero():
+        return 0
     print(f"trained the in-model network ({description['classifier']}, {description['loss']} loss) on "
           f"{len(splits[0])} images; test accuracy {description['test']['accuracy']:.3f} on "
           f"{description['test']['images']} images; wrote {Path(args.out) / 'classifier.safetensors'}: use "
@@ -930,6 +933,8 @@ def build_parser() -> argparse.ArgumentParser:
     inmodel.add_argument("--workers", type=int, metavar="N", default=0, help="data loader worker processes (default 0)")
     inmodel.add_argument("--device", default="auto", help="Lightning accelerator: auto (default), cpu, gpu")
     inmodel.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_resume_option(inmodel)
+    _add_scale_options(inmodel)
     inmodel.set_defaults(run=_train_inmodel, epochs=None)
 
     masker = commands.add_parser("train-masker", help="train a CASME masker (FIX or CA) on ImageNet-format data "

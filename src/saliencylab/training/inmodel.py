@@ -28,7 +28,8 @@ from saliencylab.metrics.ground_truth import class_masks
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.inmodel import build_inmodel_classifier
 from saliencylab.models.load import save_classifier
-from saliencylab.training.fit import fit_module
+from saliencylab.scale import Scale
+from saliencylab.training.fit import fit_module, on_rank_zero
 from saliencylab.training.losses import balanced_class_weights, explanation_loss, joint_loss
 from saliencylab.training.staged import StagedModule
 from saliencylab.types import Batch
@@ -81,18 +82,20 @@ class InModelModule(StagedModule):
         explanation_losses = explanation_loss(explanation, hp.beta, hp.gamma, mask)
         loss = joint_loss(logits, labels, explanation_losses, hp.alpha, self.class_weights)
         size = len(batch)
-        self.log(f"{stage}_loss", loss, prog_bar=stage != "test", batch_size=size)
-        self.log(f"{stage}_explanation", explanation_losses.mean(), batch_size=size)
-        self.log(f"{stage}_ce", torch.nn.functional.cross_entropy(logits, labels), batch_size=size)
+        self.log(f"{stage}_loss", loss, prog_bar=stage != "test", batch_size=size, sync_dist=True)
+        self.log(f"{stage}_explanation", explanation_losses.mean(), batch_size=size, sync_dist=True)
+        self.log(f"{stage}_ce", torch.nn.functional.cross_entropy(logits, labels), batch_size=size, sync_dist=True)
         correct = self._correct.setdefault(stage, [0, 0])
         correct[0] += int((logits.argmax(1) == labels).sum())
         correct[1] += size
         return loss
 
     def _log_epoch(self, stage: str) -> None:
-        correct, total = self._correct.pop(stage, (0, 0))
-        if total:
-            self.log(f"{stage}_accuracy", correct / total, prog_bar=stage != "test")
+        counts = self._correct.pop(stage, None)
+        if counts is not None:  # every rank's images
+            correct, total = self.trainer.strategy.reduce(torch.tensor(counts, dtype=torch.float32, device=self.device),
+                                                          reduce_op="sum")
+            self.log(f"{stage}_accuracy", float(correct / total), prog_bar=stage != "test", sync_dist=True)
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
@@ -120,14 +123,15 @@ def fit_inmodel(datamodule: L.LightningDataModule, out_dir: str | Path, *, num_c
                 lr_clf: Sequence[float] = (0.01, 0.0, 0.01), lr_expl: Sequence[float] = (0.0, 0.01, 0.01),
                 patience: Sequence[int] = (100, 100, 10), balanced_weights: bool = False, seed: int = 0,
                 progress: bool = True, accelerator: str = "auto", resume: bool = False, data: dict | None = None,
-                **module_kwargs: object) -> tuple[Classifier, dict]:
+                scale: Scale = Scale(), **module_kwargs: object) -> tuple[Classifier, dict]:
     """Run the three phases (a phase of 0 epochs is skipped) into ``out_dir/phase{1,2,3}/``; return the final
     network wrapped as a Classifier (eval mode) and its description.
 
     Per-phase lists: ``epochs``, ``alpha``, ``lr_clf``, ``lr_expl``, ``patience`` (the README's ImagenetHVZ run
     by default). ``balanced_weights``: CE weighted by scikit-learn's "balanced" class weights of the training
     labels. ``module_kwargs``: the other :class:`InModelModule` hyper-parameters (beta, gamma, optimizer,
-    init_bias, widths). ``resume``: each phase continues from its last checkpoint. Writes
+    init_bias, widths). ``resume``: each phase continues from its last checkpoint; ``scale``: devices, nodes,
+    strategy, precision (:class:`~saliencylab.scale.Scale`; rank 0 writes the files). Writes
     ``out_dir/classifier.safetensors`` + ``classifier.json`` (arch "inmodel": a classifier folder for every
     command and the checkpoint of method ``inmodel``) with the phases' epochs, best validation losses and the
     test accuracy when the datamodule has a test set.
@@ -150,7 +154,7 @@ def fit_inmodel(datamodule: L.LightningDataModule, out_dir: str | Path, *, num_c
             module.net.load_state_dict(state)
         trainer, checkpoint = fit_module(module, datamodule, out_dir / f"phase{phase}", max_epochs=max_epochs,
                                          patience=wait, min_delta=1e-4, resume=resume, progress=progress,
-                                         accelerator=accelerator)
+                                         accelerator=accelerator, scale=scale)
         best = InModelModule.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu", weights_only=True)
         state = best.net.state_dict()
         module.net.load_state_dict(state)
@@ -173,6 +177,7 @@ def fit_inmodel(datamodule: L.LightningDataModule, out_dir: str | Path, *, num_c
                "vgg_widths": list(hp.vgg_widths)}
     description = {"loss": loss, "beta": hp.beta, "gamma": hp.gamma, "optimizer": hp.optimizer, "phases": history,
                    "class_weights": weights, "seed": seed}
-    save_classifier(module.classifier, out_dir, arch="inmodel", num_classes=num_classes, inmodel=network,
-                    training=description, test=test, **({"data": data} if data is not None else {}))
+    on_rank_zero(trainer, lambda: save_classifier(module.classifier, out_dir, arch="inmodel", num_classes=num_classes,
+                                                  inmodel=network, training=description, test=test,
+                                                  **({"data": data} if data is not None else {})))
     return module.classifier, {**network, **description, "test": test}
