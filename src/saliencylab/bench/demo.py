@@ -31,6 +31,7 @@ from saliencylab.targets import from_multi_hot
 from saliencylab.training.classifier import fit_classifier
 from saliencylab.training.explainer import fit_explainer
 from saliencylab.types import Batch, collate
+from saliencylab.files import write_atomic
 
 MIN_MICRO_F1 = 0.9
 """Below this held-out micro-F1 the classifier is too weak for its explanations to mean much."""
@@ -104,7 +105,7 @@ def prepare_classifier(out_dir: Path, config: SyntheticConfig, datamodule: Salie
                    max_epochs=epochs, width=16, lr=3e-3, progress=progress)
     description = json.loads(description_file.read_text())
     description["data"] = dataclasses.asdict(config)
-    report.write_atomic(description_file, json.dumps(description, indent=2))
+    write_atomic(description_file, json.dumps(description, indent=2))
     return load_trained_classifier(classifier_dir)
 
 
@@ -126,7 +127,7 @@ def prepare_explainers(out_dir: Path, config: SyntheticConfig, datamodule: Salie
             fit_explainer(datamodule, folder, classifier_dir=out_dir / "classifier", progress=progress, **settings)
             description = json.loads(description_file.read_text())
             description["demo"] = stamp
-            report.write_atomic(description_file, json.dumps(description, indent=2))
+            write_atomic(description_file, json.dumps(description, indent=2))
             print(f"  {variant}: {description['epochs']} epochs, best validation loss {description['best_val_loss']:.4f}")
         folders[variant] = str(folder)
     return folders

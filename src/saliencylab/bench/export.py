@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from saliencylab import methods
-from saliencylab.bench.report import write_atomic
+from saliencylab.files import write_atomic
 from saliencylab.models.classifier import Classifier
 from saliencylab.targets import from_multi_hot, top_k_predicted
 from saliencylab.types import Batch, collate

@@ -42,6 +42,7 @@ from saliencylab.models.masker import load_trained_masker
 from saliencylab.targets import from_multi_hot
 from saliencylab.training.masker import fit_masker
 from saliencylab.types import Batch, collate
+from saliencylab.files import write_atomic
 
 MASKERS = {
     "fix": ("synthetic_fix", "train.json", 0),
@@ -91,7 +92,7 @@ def prepare_masker(name: str, folder: Path, metadata: Path, classifier_dir: Path
     description = json.loads(description_file.read_text())
     description["demo"] = stamp
     description["train_seconds"] = time.perf_counter() - started
-    report.write_atomic(description_file, json.dumps(description, indent=2))
+    write_atomic(description_file, json.dumps(description, indent=2))
     print(f"  {name}: {description['epochs']} epochs on {len(train)} images ({labels}) "
           f"in {description['train_seconds']:.0f} s")
     return description

@@ -37,6 +37,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from saliencylab.files import write_atomic
+
 
 def _json_number(value: object) -> object:
     return None if isinstance(value, float) and not math.isfinite(value) else value
@@ -48,13 +50,6 @@ def _clean(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     return _json_number(value)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write text to path through a temporary file, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_json(results: dict, path: Path) -> None:

@@ -32,6 +32,7 @@ from saliencylab.bench.masking import (data_randomization, masker_methods, prepa
 from saliencylab.bench.run import Row, html_tables, run_benchmark, weights_stamp
 from saliencylab.data.synthetic import SyntheticConfig
 from saliencylab.types import collate
+from saliencylab.files import write_atomic
 
 
 def claim(claim_id: str, statement: str, metric: str, higher_is_better: bool, ours: dict[str, float],
@@ -233,7 +234,7 @@ def reproduce(paper: str, out_dir: str | Path | None = None, *, fresh: bool = Fa
                "device": str(torch_device), "data": asdict(config), **results,
                "elapsed_seconds": time.perf_counter() - started}
     report.write_json(results, out_dir / "results.json")
-    report.write_atomic(out_dir / "report.html", html_page(results))
+    write_atomic(out_dir / "report.html", html_page(results))
     print(claims_table(results["claims"]))
     print(f"  wrote results.json and report.html in {results['elapsed_seconds']:.0f} s")
     return results

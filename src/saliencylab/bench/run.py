@@ -37,7 +37,8 @@ from tqdm import tqdm
 import saliencylab
 from saliencylab import methods, metrics
 from saliencylab.bench.export import batch_targets
-from saliencylab.bench.report import STYLE, write_atomic
+from saliencylab.bench.report import STYLE
+from saliencylab.files import write_atomic
 from saliencylab.metrics import ground_truth, wsol
 from saliencylab.metrics.registry import MetricInputs
 from saliencylab.models.classifier import Classifier

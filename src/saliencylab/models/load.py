@@ -13,6 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
+from saliencylab.files import write_atomic
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.io import load_weights, save_state_dict
 from saliencylab.models.zoo import build_classifier
@@ -39,7 +40,7 @@ def save_classifier(classifier: Classifier, out_dir: str | Path, *, arch: str, w
     description = {"arch": arch, "num_classes": num_classes, "class_names": class_names, "width": width,
                    "mean": classifier.mean.tolist(), "std": classifier.std.tolist(), "layers": classifier.layers,
                    **extra}
-    (out_dir / "classifier.json").write_text(json.dumps(description, indent=2))
+    write_atomic(out_dir / "classifier.json", json.dumps(description, indent=2))
     return out_dir
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch import Tensor, nn
 
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.load import save_classifier
 from saliencylab.models.zoo import build_classifier
+from saliencylab.training.fit import fit_module
 from saliencylab.training.staged import StagedModule
 from saliencylab.types import Batch
 
@@ -94,8 +94,10 @@ def fit_classifier(datamodule: L.LightningDataModule, out_dir: str | Path, *, ar
                    num_classes: int, class_names: Sequence[str] | None = None, lr: float = 1e-3,
                    max_epochs: int = 30, patience: int = 5, seed: int = 42, width: int = 32,
                    progress: bool = True, accelerator: str = "auto", data: dict | None = None,
-                   **module_kwargs: object) -> tuple[Classifier, dict[str, float]]:
+                   resume: bool = False, **module_kwargs: object) -> tuple[Classifier, dict[str, float]]:
     """Train with early stopping on ``val_loss`` (min_delta 1e-3), keep the best checkpoint, test it.
+
+    ``resume``: continue an interrupted fit into ``out_dir`` from its last checkpoint (:func:`fit_module`).
 
     Writes ``out_dir/classifier.safetensors`` (the model's weights) and ``out_dir/classifier.json``
     (how to rebuild it, its test scores, and ``data``, e.g. ``{"image_size": 224}``, the size
@@ -108,11 +110,8 @@ def fit_classifier(datamodule: L.LightningDataModule, out_dir: str | Path, *, ar
     L.seed_everything(seed, workers=True, verbose=False)
     module = ClassifierModule(arch=arch, num_classes=num_classes, class_names=class_names, lr=lr, width=width,
                               **module_kwargs)
-    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor="val_loss", mode="min", save_top_k=1)
-    trainer = L.Trainer(max_epochs=max_epochs, accelerator=accelerator, devices=1, logger=False, deterministic=True,
-                        callbacks=[EarlyStopping("val_loss", min_delta=1e-3, patience=patience), checkpoint],
-                        enable_progress_bar=progress, enable_model_summary=False, default_root_dir=out_dir)
-    trainer.fit(module, datamodule=datamodule)
+    trainer, checkpoint = fit_module(module, datamodule, out_dir, max_epochs=max_epochs, patience=patience,
+                                     min_delta=1e-3, resume=resume, progress=progress, accelerator=accelerator)
     best = ClassifierModule.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu", weights_only=True)
     results = trainer.test(best, datamodule=datamodule, verbose=False)
     scores = {k.removeprefix("test_"): float(v) for k, v in (results or [{}])[0].items() if k != "test_loss"}

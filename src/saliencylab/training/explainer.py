@@ -16,13 +16,15 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
+from saliencylab.files import write_atomic
 from saliencylab.models.explainer import LightExplainer, build_explainer
 from saliencylab.models.io import save_state_dict
 from saliencylab.models.load import load_trained_classifier
 from saliencylab.training.classifier import multilabel_counts, multilabel_scores
+from saliencylab.training.fit import fit_module
 from saliencylab.training.losses import (ALTERNATIVES, LossWeights, aggregate_masks, alternative_image,
                                          explainer_loss, fcnn_loss, rt_saliency_loss)
 from saliencylab.training.staged import StagedModule
@@ -186,11 +188,12 @@ def fit_explainer(datamodule: L.LightningDataModule, out_dir: str | Path, *, cla
                   arch: str = "light", variant: str = "explainer", num_classes: int | None = None,
                   max_epochs: int = 100, patience: int = 5, min_delta: float = 1e-3, seed: int = 42,
                   progress: bool = True, accelerator: str = "auto", callbacks: Sequence[Callback] = (),
-                  **module_kwargs: object) -> ExplainerModule:
+                  resume: bool = False, **module_kwargs: object) -> ExplainerModule:
     """Train with early stopping on ``val_loss`` (the full loss), keep the best checkpoint, write it out.
 
     ``module_kwargs``: the other :class:`ExplainerModule` hyper-parameters (lr, the loss weights,
-    width, ...). The datamodule needs a validation set. Writes ``out_dir/explainer.safetensors``
+    width, ...). The datamodule needs a validation set. ``resume``: continue an interrupted fit into ``out_dir``
+    from its last checkpoint (:func:`~saliencylab.training.fit.fit_module`). Writes ``out_dir/explainer.safetensors``
     (the explainer network's weights) and ``out_dir/explainer.json`` (arch, num_classes, variant,
     classifier_dir, class names, normalisation, hyper-parameters, epochs, best val loss) and
     returns the best module (explainer in eval mode). The original kept the last epoch
@@ -200,13 +203,10 @@ def fit_explainer(datamodule: L.LightningDataModule, out_dir: str | Path, *, cla
     L.seed_everything(seed, workers=True, verbose=False)
     module = ExplainerModule(arch=arch, num_classes=num_classes, variant=variant, seed=seed,
                              classifier_dir=None if classifier_dir is None else str(classifier_dir), **module_kwargs)
-    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor="val_loss", mode="min", save_top_k=1)
-    trainer = L.Trainer(max_epochs=max_epochs, accelerator=accelerator, devices=1, logger=False,
-                        deterministic="warn",  # bilinear upsampling has no deterministic CUDA backward
-                        callbacks=[EarlyStopping("val_loss", min_delta=min_delta, patience=patience), checkpoint,
-                                   *callbacks],
-                        enable_progress_bar=progress, enable_model_summary=False, default_root_dir=out_dir)
-    trainer.fit(module, datamodule=datamodule)
+    trainer, checkpoint = fit_module(module, datamodule, out_dir, max_epochs=max_epochs, patience=patience,
+                                     min_delta=min_delta, resume=resume, progress=progress, accelerator=accelerator,
+                                     deterministic="warn",  # bilinear upsampling has no deterministic CUDA backward
+                                     callbacks=callbacks)
     best = ExplainerModule.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu", weights_only=True)
     best.eval()
     save_state_dict(best.explainer.state_dict(), out_dir / "explainer.safetensors")
@@ -218,7 +218,7 @@ def fit_explainer(datamodule: L.LightningDataModule, out_dir: str | Path, *, cla
         "hyper_parameters": hparams, "epochs": trainer.current_epoch,
         "best_val_loss": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
     }
-    (out_dir / "explainer.json").write_text(json.dumps(description, indent=2))
+    write_atomic(out_dir / "explainer.json", json.dumps(description, indent=2))
     return best
 
 

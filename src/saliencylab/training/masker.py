@@ -33,12 +33,14 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
+from saliencylab.files import write_atomic
 from saliencylab.models.io import save_state_dict
 from saliencylab.models.load import load_trained_classifier, save_classifier
 from saliencylab.models.masker import Masker, classifier_features, default_layers, layer_channels
+from saliencylab.training.fit import fit_module
 from saliencylab.training.infill import SIDES, build_infiller
 from saliencylab.types import Batch
 
@@ -335,14 +337,14 @@ class MaskerModule(L.LightningModule):
 def fit_masker(datamodule: L.LightningDataModule, out_dir: str | Path, *, classifier_dir: str | Path,
                mode: str = "fix", max_epochs: int = 60, epoch_fraction: float = 0.2, seed: int = 42,
                progress: bool = True, accelerator: str = "auto", callbacks: Sequence[Callback] = (),
-               ckpt_path: str | Path | None = None, generator: Callable[[Tensor, Tensor], Tensor] | None = None,
+               resume: bool = False, generator: Callable[[Tensor, Tensor], Tensor] | None = None,
                **module_kwargs: object) -> MaskerModule:
     """Train ``max_epochs`` epochs of ⌊epoch_fraction·len⌋+1 batches; save the last epoch (as the original).
 
     ``module_kwargs``: the other :class:`MaskerModule` hyper-parameters. The datamodule's
     ``train_dataloader()`` must have a length before fit; its batches single-label images; a
-    validation set is optional (logged only). ``ckpt_path``: resume from ``out_dir/checkpoints/*.ckpt``
-    (the pool starts empty, as in the original). Writes ``out_dir/masker.safetensors``,
+    validation set is optional (logged only). ``resume``: continue from ``out_dir/checkpoints/last.ckpt``
+    (:func:`~saliencylab.training.fit.fit_module`; the pool starts empty, as in the original). Writes ``out_dir/masker.safetensors``,
     ``out_dir/masker.json`` (the masker's config, mode, classifier_dir, class names, normalisation,
     hyper-parameters, epochs) and, for CA, the co-trained classifier as ``classifier.safetensors`` +
     ``classifier.json`` (so ``out_dir`` is also a classifier directory and ``classifier_dir`` in the
@@ -353,12 +355,10 @@ def fit_masker(datamodule: L.LightningDataModule, out_dir: str | Path, *, classi
     module = MaskerModule(classifier_dir=str(classifier_dir), mode=mode, seed=seed, generator=generator,
                           **module_kwargs)
     batches = epoch_batches(len(datamodule.train_dataloader()), epoch_fraction)
-    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints")  # the last epoch, to resume from
-    trainer = L.Trainer(max_epochs=max_epochs, limit_train_batches=batches, accelerator=accelerator, devices=1,
-                        logger=False, deterministic="warn",  # bilinear upsampling has no deterministic CUDA backward
-                        callbacks=[checkpoint, *callbacks], enable_progress_bar=progress,
-                        enable_model_summary=False, default_root_dir=out_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer, _ = fit_module(module, datamodule, out_dir, max_epochs=max_epochs, monitor=None, resume=resume,
+                            progress=progress, accelerator=accelerator, callbacks=callbacks,
+                            deterministic="warn",  # bilinear upsampling has no deterministic CUDA backward
+                            limit_train_batches=batches)
     module.eval().cpu()
     hp = module.hparams
     classifier_out = hp.classifier_dir
@@ -375,7 +375,7 @@ def fit_masker(datamodule: L.LightningDataModule, out_dir: str | Path, *, classi
         "hyper_parameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(hp).items()},
         "epochs": trainer.current_epoch, "batches_per_epoch": batches,
     }
-    (out_dir / "masker.json").write_text(json.dumps(description, indent=2))
+    write_atomic(out_dir / "masker.json", json.dumps(description, indent=2))
     return module
 
 
