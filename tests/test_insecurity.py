@@ -13,7 +13,8 @@ from saliencylab.insecurity.attribution import (class_attributions, confidence_s
                                                 hardness_probability)
 from saliencylab.insecurity.evaluate import (hardest, object_curve, object_iou, part_curve, part_precision_recall,
                                              precision_at_recall)
-from saliencylab.insecurity.ground_truth import (CUB_PART_GROUPS, common_objects, common_parts, endres_schindelin,
+from saliencylab.data.cub import CUB_PART_GROUPS
+from saliencylab.insecurity.ground_truth import (common_objects, common_parts, endres_schindelin,
                                                  object_fractions)
 from saliencylab.insecurity.maps import (NO_CLASS, atom_mask, candidate_pairs, insecurities, insecurity_map,
                                          location_top_classes, top_fraction)

@@ -16,18 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-CUB_PARTS = ("back", "beak", "belly", "breast", "crown", "forehead", "left eye", "left leg", "left wing", "nape",
-             "right eye", "right leg", "right wing", "tail", "throat")
-"""CUB-200-2011's 15 parts in ``parts/parts.txt`` order (ids 1..15 there, 0..14 here)."""
-CUB_ATTRIBUTES = 312
-_EYES, _LEGS, _WINGS = [(136, 149)], [(264, 278)], [(10, 24), (213, 217), (309, 312)]
-CUB_PART_GROUPS: tuple[tuple[tuple[int, int], ...], ...] = (
-    ((59, 73), (237, 240)), ((1, 9), (150, 152), (279, 293)), ((198, 212), (245, 248)), ((55, 58), (106, 120)),
-    ((294, 308),), ((153, 167),), tuple(_EYES), tuple(_LEGS), tuple(_WINGS), ((183, 197),), tuple(_EYES),
-    tuple(_LEGS), tuple(_WINGS), ((74, 79), (80, 94), (168, 182), (241, 244)), ((121, 135),),
-)
-"""Per part, its attribute groups as inclusive 1-based column ranges of the 312 attributes (bill shape, wing
-colour, ...); left and right eyes, legs and wings share theirs."""
+from saliencylab.data.cub import CUB_ATTRIBUTES, CUB_PART_GROUPS, CUB_PARTS
+
 PART_PERCENTILE = 20.0
 OBJECT_MIN_FRACTION = 0.3
 OBJECT_PERCENTILE = 99.0
