@@ -2,6 +2,7 @@
 values, and a tiny fit whose saved models reproduce the logged selection criterion."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,3 +65,27 @@ def test_tiny_hardness_fit_saves_what_it_selected(tmp_path):
         correct = classifier(batch.images).argmax(1) == batch.labels.argmax(1)
         hardness = predictor(batch.images)[:, 0].sigmoid()
     assert rejection_auc(hardness, correct) == pytest.approx(description["best_val_rejection_auc"], abs=1e-4)
+
+
+def test_cli_train_hardness_then_insecurity_writes_maps_and_figures(tmp_path):
+    from saliencylab.cli import main
+
+    root = write_synthetic_birds(tmp_path / "birds", AmbiguityConfig(image_size=32, train=30, test=6, classes=5))
+    names = CUBDataset(root, "test", image_size=32).class_names
+    torch.manual_seed(1)
+    save_classifier(build_classifier("small_cnn", 5, class_names=names, width=4), tmp_path / "classifier",
+                    arch="small_cnn", width=4, data={"image_size": 32})
+    assert main(["train-hardness", "--classifier", str(tmp_path / "classifier"), "--data", f"cub:{root}",
+                 "--out", str(tmp_path / "hp"), "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+                 "--set", "hidden=8", "--no-progress"]) == 0
+    assert main(["insecurity", "--hardness", str(tmp_path / "hp"), "--data", f"cub:{root}", "--images", "3",
+                 "--out", str(tmp_path / "maps"), "--figures", "2", "--no-progress"]) == 0
+    manifest = json.loads((tmp_path / "maps" / "manifest.json").read_text())
+    assert len(manifest["images"]) == 3
+    first = manifest["images"][0]
+    stored = np.load(tmp_path / "maps" / first["file"])
+    assert stored["maps"].shape[1:] == (32, 32) or stored["maps"].shape[0] == 0
+    assert len(first["pairs"]) == len(stored["pairs"]) and len(first["top5"]) == 5
+    assert all((tmp_path / "maps" / e["figure"]).is_file() for e in manifest["images"][:2] if e["pairs"])
+    assert main(["insecurity", "--classifier", str(tmp_path / "classifier"), "--data", f"cub:{root}",
+                 "--out", str(tmp_path / "x")]) == 2  # the hardness score needs --hardness

@@ -20,9 +20,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from torchvision.models import vgg16_bn
+
 from saliencylab import methods
+from saliencylab.insecurity.attribution import confidence_score, difficulty_attribution
 from saliencylab.methods.base import scoped_eval
-from saliencylab.models.classifier import Classifier
+from saliencylab.methods.cam import single_output
+from saliencylab.models.classifier import Classifier, captured_output
 from saliencylab.models.explainer import build_explainer
 from saliencylab.models.masker import Masker, layer_channels
 from saliencylab.models.zoo import build_classifier
@@ -192,3 +196,46 @@ def format_row(row: SpeedRow) -> str:
 
 HEADER = (f"{'method':24s} {'images/s':>10s} {'ms/image':>12s} {'peak MiB':>10s} {'min ms/img':>12s} {'ratio':>7s} "
           f"{'spread':>11s}")
+
+
+def second_order_speed(size: int = 224, layer: str = "features.42", entries: int = 20, location_batch: int = 64,
+                       device: str = "cpu", seed: int = 0) -> dict[str, float]:
+    """Seconds per image of the 2ndG difficulty attribution (deliberative explanations, paper 003) on a VGG16-BN
+    with random weights (torchvision, built offline) at ``size`` px, layer ``features.42`` (the ReLU after
+    conv5_3: 14×14×512 at 224 px), difficulty = the confidence score 1 − max p.
+
+    ``ours``: :func:`saliencylab.insecurity.attribution.difficulty_attribution` (one Hessian-vector product per
+    location, ``location_batch`` at a time) on one image, timed once after a warm-up. ``original``: the
+    original's way, one double-backward per Hessian entry (h·w·C of them, each a backward of ∂s/∂A_k,hw through
+    the network above the layer); ``entries`` of them are timed and the total extrapolated as
+    (seconds per entry) × h·w·C (plus the one forward and first backward, which both share).
+    """
+    torch.manual_seed(seed)
+    torch_device = torch.device(device)
+    classifier = Classifier(vgg16_bn(weights=None), layers={"conv5_3": layer}).to(torch_device).eval()
+    image = torch.rand(1, 3, size, size, device=torch_device)
+    difficulty_attribution(classifier, image, "conv5_3", confidence_score, "second_order", location_batch)  # warm-up
+    ours = timed(lambda: difficulty_attribution(classifier, image, "conv5_3", confidence_score, "second_order",
+                                                location_batch), torch_device)
+    with scoped_eval(classifier), torch.enable_grad(), captured_output(classifier.layer("conv5_3")) as outputs:
+        start = time.perf_counter()
+        score = confidence_score(classifier(image.requires_grad_(True))).sum()
+        activation = single_output(outputs, "conv5_3")
+        (grad,) = torch.autograd.grad(score, activation, create_graph=True)
+        shared = time.perf_counter() - start
+        channels, height, width = activation.shape[1:]
+        flat = grad.flatten()
+        picks = torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(seed))[:entries].tolist()
+
+        def per_entry() -> None:
+            for index in picks:
+                torch.autograd.grad(flat[index], activation, retain_graph=True)
+
+        per_entry_seconds = timed(per_entry, torch_device) / entries
+    total_entries = channels * height * width
+    return {"size": size, "layer": layer, "grid": [int(height), int(width)], "channels": int(channels),
+            "device": device, "threads": torch.get_num_threads(), "location_batch": location_batch,
+            "ours_seconds_per_image": ours, "original_entries_timed": entries,
+            "original_seconds_per_entry": per_entry_seconds, "original_entries_per_image": int(total_entries),
+            "original_seconds_per_image_extrapolated": shared + per_entry_seconds * total_entries,
+            "speedup": (shared + per_entry_seconds * total_entries) / ours}

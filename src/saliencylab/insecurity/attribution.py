@@ -1,7 +1,7 @@
 """Difficulty scores and the attributions of deliberative explanations (Wang & Vasconcelos, NeurIPS 2019, §3-4).
 
 A difficulty score s(x) is a scalar per image: the classifier's confidence score 1 − max p, its entropy, or a
-hardness predictor's output. Attributions are read at one named layer A (N,K,h,w) of the network computing the
+hardness predictor's output. Attributions are read at one named layer A (N,C,h,w) of the network computing the
 score (the classifier for confidence and entropy, the hardness predictor for its own score):
 
 - class attribution a_c = Σ_k A_k · ∂logit_c/∂A_k (negatives set to 1e-7), for each of the top-5 classes;
@@ -34,7 +34,7 @@ NEGATIVE_CLASS_EVIDENCE = 1e-7
 TOP_CLASSES = 5
 
 Score = Callable[[Tensor], Tensor]
-"""A network's output (N,D) -> one difficulty score per image (N,)."""
+"""A network's output (N,D) -> one score per image (N,) (or K per image, (N,K), for class scores)."""
 
 
 def confidence_score(logits: Tensor) -> Tensor:
@@ -81,28 +81,32 @@ def class_attributions(classifier: Classifier, images: Tensor, classes: Tensor, 
 
     ``integrated``: Σ_k (A(x) − A(x'))_k · ḡ_c,k with ḡ averaged over the 51 integrated-gradients points.
     """
-    maps = []
-    for slot in range(classes.shape[1]):
-        def logit(outputs: Tensor, slot: int = slot) -> Tensor:
-            return outputs.gather(1, classes[:, slot:slot + 1]).squeeze(1)
-        activation, grad = (integrated_layer_gradients if integrated else layer_gradients)(
-            classifier, images, layer, logit)
-        maps.append((activation * grad).sum(1))
-    maps = torch.stack(maps, 1)
+    def logits(outputs: Tensor) -> Tensor:
+        return outputs.gather(1, classes)
+
+    activation, grads = (integrated_layer_gradients if integrated else layer_gradients)(
+        classifier, images, layer, logits)
+    maps = (activation.unsqueeze(1) * grads).sum(2)
     return maps.masked_fill(maps < 0, NEGATIVE_CLASS_EVIDENCE)
 
 
 def layer_gradients(network: Classifier, images: Tensor, layer: str, score: Score) -> tuple[Tensor, Tensor]:
-    """Activation grid A (N,K,h,w) of ``layer`` and ∂score/∂A (N,K,h,w)."""
+    """Activation grid A (N,C,h,w) of ``layer`` and ∂score/∂A: (N,C,h,w) for a score (N,), (N,K,C,h,w) for
+    scores (N,K) (one backward per column, one forward)."""
     with _layer_graph(network, layer, images) as (outputs, activation, layout):
-        (grad,) = torch.autograd.grad(score(outputs).sum(), activation)
-    return layout.to_grid(activation.detach()), layout.to_grid(grad)
+        values = score(outputs)
+        columns = values.unsqueeze(1) if values.dim() == 1 else values
+        grads = torch.stack([layout.to_grid(torch.autograd.grad(columns[:, k].sum(), activation,
+                                                                retain_graph=k + 1 < columns.shape[1])[0])
+                             for k in range(columns.shape[1])], 1)
+    return layout.to_grid(activation.detach()), grads if values.dim() == 2 else grads[:, 0]
 
 
 def integrated_layer_gradients(network: Classifier, images: Tensor, layer: str, score: Score,
                                points: int = IG_POINTS) -> tuple[Tensor, Tensor]:
-    """(A(x) − A(x'), ḡ), both (N,K,h,w): x' the black image, ḡ = ∂score/∂A averaged over the ``points``
-    images x' + i/(points−1)·(x − x'), one batch of N per point (so ``score`` sees the rows of ``images``)."""
+    """(A(x) − A(x') (N,C,h,w), ḡ shaped as in :func:`layer_gradients`): x' the black image, ḡ = ∂score/∂A
+    averaged over the ``points`` images x' + i/(points−1)·(x − x'), one batch of N per point (so ``score`` sees
+    the rows of ``images``)."""
     steps = [layer_gradients(network, alpha * images, layer, score) for alpha in torch.linspace(0, 1, points).tolist()]
     return steps[-1][0] - steps[0][0], torch.stack([grad for _, grad in steps]).mean(0)
 
