@@ -12,6 +12,7 @@ from saliencylab.insecurity.attribution import (class_attributions, confidence_s
                                                 entropy_score, explain_insecurities, hardness_logit,
                                                 hardness_probability)
 from saliencylab.insecurity.evaluate import (hardest, object_curve, object_iou, part_curve, part_precision_recall,
+                                             at_keypoints,
                                              precision_at_recall)
 from saliencylab.data.cub import CUB_PART_GROUPS
 from saliencylab.insecurity.ground_truth import (common_objects, common_parts, endres_schindelin,
@@ -101,6 +102,29 @@ def test_difficulty_gradient_integrated_and_second_order_by_hand():
     # linear in A: along the path A(α) = αA, ds/dA = 2α(v·A)v; the mean over α = i/50 is (v·A)v
     integrated = difficulty_attribution(network, images, "features", score, "integrated_gradients")
     torch.testing.assert_close(integrated, (a * (va.unsqueeze(1) * v).clamp_min(0)).sum(1).clamp_min(0))
+
+
+def test_second_order_needs_the_sigmoid_above_a_piecewise_linear_head():
+    torch.manual_seed(4)
+    model = nn.Sequential()
+    model.features = nn.Sequential(nn.Conv2d(3, 4, 1, stride=2), nn.ReLU())
+    model.head = nn.Sequential(nn.Flatten(), nn.Linear(16, 6), nn.ReLU(), nn.Linear(6, 1))
+    network, images = _classifier(model), torch.rand(2, 3, 4, 4)
+    gradient = difficulty_attribution(network, images, "features", hardness_logit, "gradient")
+    second = difficulty_attribution(network, images, "features", hardness_logit, "second_order")
+    torch.testing.assert_close(second, gradient)  # the logit is piecewise linear in A: zero Hessian
+    # s = σ(z): H_hw = σ''(z) ∇z_hw ∇z_hwᵀ, so 2ndG adds ½|σ''(z)| (∇z_hw · A_hw)²
+    with torch.no_grad():
+        activation = model.features(images)
+    a = activation.clone().requires_grad_(True)
+    z = model.head(a)[:, 0]
+    (dz,) = torch.autograd.grad(z.sum(), a)
+    sigma = z.detach().sigmoid()
+    curvature = (sigma * (1 - sigma) * (1 - 2 * sigma)).view(-1, 1, 1)
+    first = (activation * ((sigma * (1 - sigma)).view(-1, 1, 1, 1) * dz).clamp_min(0)).sum(1)
+    expected = first + 0.5 * (curvature * (dz * activation).sum(1) ** 2).abs()
+    torch.testing.assert_close(difficulty_attribution(network, images, "features", hardness_probability,
+                                                      "second_order"), expected)
 
 
 def test_integrated_class_maps_of_a_linear_head_equal_the_gradient_maps():
@@ -230,11 +254,13 @@ def test_part_precision_recall_by_hand():
     keypoints = torch.tensor([[0.0, 0.0], [1.2, 0.9], [4.0, 4.0], [0.6, 1.4], [3.0, 0.0]])
     visible = torch.tensor([True, True, True, False, True])
     common = torch.tensor([True, False, True, True, False])
-    precision, recall = part_precision_recall(region, keypoints, visible, common)
+    inside = at_keypoints(region, keypoints)
+    assert inside.tolist() == [True, True, False, True, False]  # (1.2, 0.9) rounds to (1, 1)
+    precision, recall = part_precision_recall(inside, visible, common)
     assert (precision, recall) == (0.5, 0.5)  # R holds parts 0 and 1 (3 is hidden); common visible: 0 and 2
-    precision, recall = part_precision_recall(~region & False, keypoints, visible, common)
+    precision, recall = part_precision_recall(torch.zeros(5, dtype=torch.bool), visible, common)
     assert math.isnan(precision) and recall == 0.0
-    assert math.isnan(part_precision_recall(region, keypoints, visible, torch.tensor([0, 0, 0, 1, 0]).bool())[1])
+    assert math.isnan(part_precision_recall(inside, visible, torch.tensor([0, 0, 0, 1, 0]).bool())[1])
 
 
 def test_object_iou_by_hand():

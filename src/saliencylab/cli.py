@@ -948,8 +948,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="000: replace a paper setting (e.g. rise:num_masks=1000); recorded as a deviation")
     reproduce.add_argument("--masker-epochs", type=int, default=20, help="001: epochs of each masker (default 20, "
                            "the synthetic presets')")
-    reproduce.add_argument("--hardness-epochs", type=int, default=10,
-                           help="003: epochs of the joint classifier + hardness predictor training (default 10)")
+    reproduce.add_argument("--hardness-epochs", type=int, default=4,
+                           help="003: epochs of the joint classifier + hardness predictor training (default 4)")
     reproduce.add_argument("--hard-images", type=int, default=100,
                            help="003: the K hardest test images explained per row (default 100, the paper's)")
     reproduce.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saliencylab.insecurity.maps import top_fraction
+from saliencylab.insecurity.maps import fraction_thresholds
 
 PART_FRACTIONS = tuple(round(0.01 * i, 2) for i in range(1, 100))
 """ρ of the CUB precision-recall curves."""
@@ -34,18 +34,23 @@ Insecurities = dict[tuple[int, int], Tensor]
 """One image's insecurity maps: (slot a, slot b) of its top-K classes -> (H,W)."""
 
 
-def part_precision_recall(region: Tensor, keypoints: Tensor, visible: Tensor, common: Tensor) -> tuple[float, float]:
-    """(precision, recall) of a region (H,W) bool for keypoints (P,2) (x, y pixels), ``visible`` (P,) bool and the
-    ``common`` (P,) bool parts; recall NaN without a visible common keypoint, precision NaN when R holds none."""
-    height, width = region.shape
-    x = keypoints[:, 0].round().long().clamp(0, width - 1)
-    y = keypoints[:, 1].round().long().clamp(0, height - 1)
-    inside = region[y, x] & visible
+def part_precision_recall(inside: Tensor, visible: Tensor, common: Tensor) -> tuple[float, float]:
+    """(precision, recall) of a region given which keypoints it holds, ``inside`` (P,) bool, their ``visible``
+    (P,) and ``common`` (P,) flags; recall NaN without a visible common keypoint, precision NaN when the region
+    holds no visible keypoint."""
+    inside = inside & visible
     wanted = visible & common
     hits = float((inside & wanted).sum())
     recall = hits / float(wanted.sum()) if wanted.any() else math.nan
     precision = hits / float(inside.sum()) if inside.any() else math.nan
     return precision, recall
+
+
+def at_keypoints(values: Tensor, keypoints: Tensor) -> Tensor:
+    """(P,): ``values`` (H,W) (a map, or a region) at each keypoint (P,2) (x, y pixels, rounded, clamped)."""
+    height, width = values.shape
+    return values[keypoints[:, 1].round().long().clamp(0, height - 1),
+                  keypoints[:, 0].round().long().clamp(0, width - 1)]
 
 
 def object_iou(region: Tensor, objects: Tensor, common: Sequence[int]) -> float:
@@ -70,21 +75,22 @@ def part_curve(insecurities: Sequence[Insecurities], classes: Sequence[Tensor], 
     Per image i: ``insecurities[i]`` (slot pair -> map), ``classes[i]`` (K,) the class id of each slot,
     ``keypoints[i]`` (P,2), ``visible[i]`` (P,); ``common`` (C,C,P) bool from :func:`..ground_truth.common_parts`.
     Insecurities with no visible common keypoint are left out; images with none left give NaN and are skipped.
+    Each region is the top-ρ cut of :func:`..maps.top_fraction`, read at the keypoints only.
     """
-    precision, recall = [], []
-    for fraction in fractions:
-        image_precision, image_recall = [], []
-        for maps, slots, points, seen in zip(insecurities, classes, keypoints, visible):
-            scores = []
-            for (a, b), insecurity in maps.items():
-                shared = torch.from_numpy(common[int(slots[a]), int(slots[b])])
-                if (shared & seen).any():
-                    scores.append(part_precision_recall(top_fraction(insecurity, fraction), points, seen, shared))
-            image_precision.append(_mean([p for p, _ in scores]))
-            image_recall.append(_mean([r for _, r in scores]))
-        precision.append(_mean(image_precision))
-        recall.append(_mean(image_recall))
-    return {"fractions": list(fractions), "precision": precision, "recall": recall}
+    per_image = []  # per image: (fractions, insecurities) precision and recall
+    for maps, slots, points, seen in zip(insecurities, classes, keypoints, visible):
+        scores = []
+        for (a, b), insecurity in maps.items():
+            shared = torch.from_numpy(common[int(slots[a]), int(slots[b])])
+            if not (shared & seen).any():
+                continue
+            inside = at_keypoints(insecurity, points)[None, :] > fraction_thresholds(insecurity, fractions)[:, None]
+            scores.append([part_precision_recall(row, seen, shared) for row in inside])
+        per_image.append([(_mean([s[f][0] for s in scores]), _mean([s[f][1] for s in scores]))
+                          for f in range(len(fractions))])
+    return {"fractions": list(fractions),
+            "precision": [_mean([image[f][0] for image in per_image]) for f in range(len(fractions))],
+            "recall": [_mean([image[f][1] for image in per_image]) for f in range(len(fractions))]}
 
 
 def precision_at_recall(curve: dict[str, list[float]], recalls: Sequence[float] = RECALL_GRID) -> list[float]:
@@ -101,18 +107,17 @@ def object_curve(insecurities: Sequence[Insecurities], classes: Sequence[Tensor]
                  common: np.ndarray, fractions: Sequence[float] = OBJECT_FRACTIONS) -> dict[str, list[float]]:
     """The ADE20K IoU per ρ of ``fractions``, averaged over insecurities then images; ``objects[i]`` (H,W) object
     ids (0 unlabelled, 1..O); ``common`` (C,C,O) bool from :func:`..ground_truth.common_objects` (axis o = id o+1)."""
-    iou = []
-    for fraction in fractions:
-        per_image = []
-        for maps, slots, labelled in zip(insecurities, classes, objects):
-            scores = []
-            for (a, b), insecurity in maps.items():
-                ids = (np.flatnonzero(common[int(slots[a]), int(slots[b])]) + 1).tolist()
-                if ids:
-                    scores.append(object_iou(top_fraction(insecurity, fraction), labelled, ids))
-            per_image.append(_mean(scores))
-        iou.append(_mean(per_image))
-    return {"fractions": list(fractions), "iou": iou}
+    per_image = []
+    for maps, slots, labelled in zip(insecurities, classes, objects):
+        scores = []
+        for (a, b), insecurity in maps.items():
+            ids = (np.flatnonzero(common[int(slots[a]), int(slots[b])]) + 1).tolist()
+            if ids:
+                scores.append([object_iou(insecurity > t, labelled, ids)
+                               for t in fraction_thresholds(insecurity, fractions)])
+        per_image.append([_mean([s[f] for s in scores]) for f in range(len(fractions))])
+    return {"fractions": list(fractions), "iou": [_mean([image[f] for image in per_image])
+                                                  for f in range(len(fractions))]}
 
 
 def hardest(scores: Tensor, count: int) -> Tensor:

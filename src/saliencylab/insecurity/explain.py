@@ -27,10 +27,12 @@ SCORES = ("confidence", "entropy", "hardness")
 
 
 def difficulty_source(score: str, classifier: Classifier, predictor: Classifier | None = None,
-                      presigmoid: bool = True) -> tuple[Classifier, Score]:
+                      presigmoid: bool = False) -> tuple[Classifier, Score]:
     """(the network computing ``score``, the function of its output): the classifier for ``confidence`` and
-    ``entropy``, the wrapped hardness ``predictor`` for ``hardness`` (its pre-sigmoid output, as the review-time
-    scripts, or with ``presigmoid=False`` its sigmoid, as the official ones)."""
+    ``entropy``, the wrapped hardness ``predictor`` for ``hardness``: its sigmoid output, as the official scripts
+    (the 2ndG ones among them), or with ``presigmoid`` its logit, as the review-time scripts. Above a ReLU layer
+    the predictor's logit is piecewise linear in the activation, so its Hessian is 0 and 2ndG equals the
+    gradient map; the sigmoid's curvature is what 2ndG adds."""
     if score not in SCORES:
         raise ValueError(f"difficulty score must be one of {SCORES}, got {score!r}")
     if score == "hardness":

@@ -11,6 +11,8 @@ its top-ρ pixels (:func:`top_fraction`). Class indices here are *slots* of the 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -64,15 +66,19 @@ def insecurities(class_maps: Tensor, difficulty: Tensor, size: tuple[int, int]) 
     return dict(zip(pairs, upsample(maps, size)))
 
 
+def fraction_thresholds(insecurity: Tensor, fractions: Sequence[float]) -> Tensor:
+    """(F,): the cut of :func:`top_fraction` for each of ``fractions``, from one sort of the map."""
+    if not all(0 < f < 1 for f in fractions):
+        raise ValueError(f"kept fractions must be in (0,1), got {list(fractions)}")
+    values = insecurity.flatten().sort().values
+    counts = torch.tensor([max(1, int(f * values.numel())) for f in fractions])
+    return values[values.numel() - counts]
+
+
 def top_fraction(insecurity: Tensor, fraction: float) -> Tensor:
     """(H,W) bool: the top-ρ segmentation of an ``insecurity`` map (H,W), ρ = ``fraction`` in (0,1).
 
     As the original: the pixels strictly above the value at sorted position −⌊ρ·H·W⌋, so ⌊ρ·H·W⌋ − 1 pixels when
     the values are distinct, fewer when they tie at the cut (an all-zero map keeps none).
     """
-    if not 0 < fraction < 1:
-        raise ValueError(f"the kept fraction must be in (0,1), got {fraction}")
-    values = insecurity.flatten()
-    count = max(1, int(fraction * values.numel()))
-    threshold = values.sort().values[-count]
-    return insecurity > threshold
+    return insecurity > fraction_thresholds(insecurity, [fraction])[0]
