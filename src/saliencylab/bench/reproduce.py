@@ -251,8 +251,10 @@ def _prepare_models_003(folder: Path, datamodule: SaliencyDataModule, class_name
     if description.is_file() and json.loads(description.read_text()).get("reproduce") == stamp:
         print(f"  reusing {folder} (pass --fresh to retrain)")
         return load_hardness(folder / "hardness")
-    fit_classifier(datamodule, folder / "classifier", num_classes=len(class_names), class_names=list(class_names),
-                   max_epochs=epochs, width=8, lr=3e-3, seed=seed, progress=progress)
+    pretrained = folder / "classifier" / "classifier.json"
+    if not (pretrained.is_file() and json.loads(pretrained.read_text()).get("data") == stamp):
+        fit_classifier(datamodule, folder / "classifier", num_classes=len(class_names), class_names=list(class_names),
+                       max_epochs=epochs, width=8, lr=3e-3, seed=seed, progress=progress, data=stamp)
     fitted = fit_hardness(datamodule, folder / "hardness", classifier_dir=folder / "classifier",
                           max_epochs=hardness_epochs, seed=seed, press=press, hardness_lr=HARDNESS_LR_003,
                           progress=progress)
@@ -382,6 +384,8 @@ def reproduce_003(out_dir: Path, *, config: SyntheticConfig, device: torch.devic
         figures.append(_curve_figure(kind, curves, out_dir / f"curves_{kind}.png"))
         details[kind] = {"root": str(root), "test_accuracy": accuracy, "curves": curves,
                          "common_pairs": int(common.any(-1).sum())}
+        report.write_json({"claims": claims_003(summary), "summary": summary, "details": details},
+                          out_dir / "partial.json")  # what is finished, for a look before the end
     return {"claims": claims_003(summary), "summary": summary, "details": details, "figures": figures,
             "settings": {"data": asdict(data), "seeds": list(seeds), "images": images, "epochs": epochs,
                          "hardness_epochs": hardness_epochs, "layer": DELIBERATIVE_LAYER, "press": PRESS_003,
