@@ -7,8 +7,8 @@ import torch
 from saliencylab.data.ade20k import ADE20KDataset, write_ade20k
 from saliencylab.data.cub import CUB_PARTS, CUBDataset, map_keypoints, write_cub
 from saliencylab.data.formats import load_dataset
-from saliencylab.data.synthetic_ambiguity import (AmbiguityConfig, bird_attributes, bird_looks, shared_bird_parts,
-                                                  shared_scene_objects, write_synthetic_birds,
+from saliencylab.data.synthetic_ambiguity import (SCENE_OBJECTS, SHAPES, AmbiguityConfig, bird_attributes, bird_looks,
+                                                  shared_bird_parts, shared_scene_objects, write_synthetic_birds,
                                                   write_synthetic_scenes)
 from saliencylab.insecurity.ground_truth import common_objects, common_parts, object_fractions
 
@@ -70,7 +70,8 @@ def test_ade20k_fixture_loads_back_exactly(tmp_path):
     test = ADE20KDataset(tmp_path, "test", image_size=16, resize=16)
     assert test.class_names == ("beach", "kitchen") and test.ids == ["ADE_val_00000001"]  # zoo: not in training
     assert int(test[0].labels.argmax()) == 0 and test.object_names == ("wall", "floor", "tree")
-    assert torch.equal(test.objects(0), objects[2]) and test.objects_present(0) == set(objects[2].unique().tolist()) - {0}
+    assert torch.equal(test.objects(0), objects[2])
+    assert test.objects_present(0) == set(objects[2].unique().tolist()) - {0}
     lines = (tmp_path / "objectInfo150.txt").read_text().splitlines()
     assert lines[0] == "Idx\tRatio\tTrain\tVal\tName" and lines[3].endswith("\ttree")
     upsampled = ADE20KDataset(tmp_path, "test", image_size=32, resize=32).objects(0)
@@ -100,10 +101,7 @@ def test_synthetic_scenes_recover_their_shared_objects(tmp_path):
     present = [d.objects_present(i) for d in everything for i in range(len(d))]
     labels = [d.labels[d.ids[i]] for d in everything for i in range(len(d))]
     fractions = object_fractions(present, labels, len(train.class_names), 150)
-    # class order is by name; map the construction's scene order onto it
-    names = ["scene_" + "_".join(n for n in name.split("_")[1:]) for name in train.class_names]
-    assert names == list(train.class_names)
-    from saliencylab.data.synthetic_ambiguity import SCENE_OBJECTS, SHAPES
+    # classes are sorted by name; map the construction's scene order onto them
     order = [train.class_names.index("scene_" + "_".join(SHAPES[o] for o in objs)) for objs in SCENE_OBJECTS]
     truth = np.zeros_like(shared_scene_objects())
     truth[np.ix_(order, order)] = shared_scene_objects()

@@ -343,7 +343,8 @@ def reproduce_003(out_dir: Path, *, config: SyntheticConfig, device: torch.devic
         root = (write_synthetic_birds if kind == "birds" else write_synthetic_scenes)(
             out_dir / "data" / kind, data, progress=progress)
         load = CUBDataset if kind == "birds" else ADE20KDataset
-        train, val, test = (InMemory(load(root, split, image_size=data.image_size)) for split in ("train", "val", "test"))
+        train, val, test = (InMemory(load(root, split, image_size=data.image_size))
+                            for split in ("train", "val", "test"))
         annotated = load(root, "test", image_size=data.image_size)
         common = (_birds_common if kind == "birds" else _scenes_common)(root, annotated)
         datamodule = SaliencyDataModule(train, val, test, batch_size=batch_size)
@@ -469,7 +470,8 @@ def html_page(results: dict) -> str:
                        for name, bench in results["bench"].items())
     for kind, rows in results.get("summary", {}).items():
         cells = "".join(f"<tr><td>{html.escape(row)}</td><td>{v['mean']:.3f} ± {v['std']:.3f}</td>"
-                        f"<td>{html.escape(', '.join(f'{x:.3f}' for x in v['runs']))}</td></tr>" for row, v in rows.items())
+                        f"<td>{html.escape(', '.join(f'{x:.3f}' for x in v['runs']))}</td></tr>"
+                        for row, v in rows.items())
         sections += (f"<h2>{html.escape(kind)}</h2><table><tr><th>score + attribution</th><th>mean ± std</th>"
                      f"<th>runs</th></tr>{cells}</table>")
     sections += "".join(f'<p><img src="{html.escape(name)}" alt="{html.escape(name)}"></p>'

@@ -145,6 +145,7 @@ def write_ade20k(root: str | Path, images: list[Tensor], objects: list[Tensor], 
     (root / "sceneCategories.txt").write_text("".join(f"{line}\n" for line in lines))
     ratio = pixels / max(pixels.sum(), 1)
     info = ["Idx\tRatio\tTrain\tVal\tName"] + [
-        f"{i}\t{ratio[i]:.4f}\t{int(counts[0, i])}\t{int(counts[1, i])}\t{name}" for i, name in enumerate(object_names, 1)]
+        f"{i}\t{ratio[i]:.4f}\t{int(counts[0, i])}\t{int(counts[1, i])}\t{name}"
+        for i, name in enumerate(object_names, 1)]
     (root / "objectInfo150.txt").write_text("".join(f"{line}\n" for line in info))
     return root

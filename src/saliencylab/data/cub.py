@@ -166,7 +166,8 @@ def write_cub(root: str | Path, images: list[Tensor], labels: list[int], keypoin
         lines["image_class_labels.txt"].append(f"{number} {label + 1}")
         lines["train_test_split.txt"].append(f"{number} {int(train)}")
         for part, ((x, y), flag) in enumerate(zip(points.tolist(), seen.tolist()), 1):
-            lines["parts/part_locs.txt"].append(f"{number} {part} {x:.2f} {y:.2f} 1" if flag else f"{number} {part} 0 0 0")
+            location = f"{x:.2f} {y:.2f} 1" if flag else "0 0 0"
+            lines["parts/part_locs.txt"].append(f"{number} {part} {location}")
     lines["classes.txt"] = [f"{c + 1} {folder}" for c, folder in enumerate(folders)]
     lines["parts/parts.txt"] = [f"{p + 1} {name}" for p, name in enumerate(CUB_PARTS)]
     for name, rows in lines.items():
