@@ -2,7 +2,8 @@
 the real CUB-200-2011 and ADE20K layouts so the reproduction runs the real loaders.
 
 - **Birds** (CUB layout): a body ellipse carrying six parts at fixed places (back, beak, belly, crown, left wing,
-  tail), each part a shape of its own with one of three looks (texture and hue); a class is one look per part.
+  tail), each part a shape of its own with one of three looks (a texture: solid, stripes or checker, in a bright
+  colour of random hue, so colour says nothing); a class is one look per part.
   Two classes share a part when they give it the same look, and the attribute table encodes exactly that (each
   part's CUB attribute groups put 100 % on the look's column), so the Endres-Schindelin rule recovers the shared
   parts. Each part is hidden (not drawn, written invisible) with probability ``hide``, which makes images whose
@@ -33,7 +34,8 @@ BIRD_PARTS = {"back": (0.0, -0.17), "beak": (-0.36, -0.16), "belly": (-0.04, 0.1
 """The drawn parts and their offsets from the body centre (fractions of the image side)."""
 LOOKS = 3
 LOOK_TEXTURES = ("solid", "hstripes", "checker")
-LOOK_HUES = (0.0, 0.33, 0.62)
+COLOUR_SEEDS = (0.0, 0.33, 0.62)
+"""Per look, the base of the seed of its colour generator (jittered per part, so the hue comes out random)."""
 SCENE_OBJECTS = ((0, 1), (0, 2), (1, 3), (2, 3), (4, 5), (0, 4), (1, 5), (3, 5))
 """Scene class -> its two objects (indices of the shapes; object id = index + 1)."""
 STRAY_OBJECT = 0.15
@@ -87,11 +89,12 @@ def shared_bird_parts(looks: np.ndarray) -> np.ndarray:
 
 
 def _paint(image: np.ndarray, mask: np.ndarray, top: int, left: int, look: int, rng: np.random.Generator) -> None:
-    """Paint ``mask`` at (top, left) with the texture and hue of ``look`` (clipped to the image)."""
+    """Paint ``mask`` at (top, left) with the texture of ``look`` in a bright colour of random hue (clipped to the
+    image)."""
     side = mask.shape[0]
     pattern = _texture(LOOK_TEXTURES[look], side, period=max(4, side // 3) // 2 * 2, phase=int(rng.integers(4)))
-    hue = (LOOK_HUES[look] + rng.uniform(-0.04, 0.04)) % 1.0
-    color = _color(np.random.default_rng([int(hue * 1e6)]), (0.8, 0.8), (0.95, 0.95))
+    seed = int((COLOUR_SEEDS[look] + rng.uniform(-0.04, 0.04)) % 1.0 * 1e6)
+    color = _color(np.random.default_rng([seed]), (0.8, 0.8), (0.95, 0.95))
     patch = pattern[..., None] * color + (1 - pattern[..., None]) * color * 0.3
     n = image.shape[0]
     ys, xs = np.nonzero(mask)
