@@ -935,7 +935,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.set_defaults(run=_bench_merge)
 
     reproduce = commands.add_parser("reproduce", help="train what a paper trains on the synthetic data, score it at "
-                                    "the paper's settings, check the paper's claims (000 NN-Explainer, 001 masking)")
+                                    "the paper's settings, check the paper's claims (000 NN-Explainer, 001 masking, "
+                                    "003 deliberative explanations)")
     reproduce.add_argument("paper", choices=["000", "001", "003"],
                            help="000: NN-Explainer; 001: masking-based saliency; 003: deliberative explanations")
     reproduce.add_argument("--out", help="output folder (default runs/reproduce/PAPER)")
