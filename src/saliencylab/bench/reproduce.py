@@ -329,17 +329,18 @@ def claims_003(summary: dict[str, dict[str, dict[str, float]]]) -> list[dict]:
 
 def reproduce_003(out_dir: Path, *, config: SyntheticConfig, device: torch.device, epochs: int = 15,
                   hardness_epochs: int = 4, images: int = 100, seeds: Sequence[int] = (0, 1, 2),
-                  data: AmbiguityConfig = DELIBERATIVE_DATA, batch_size: int = 32, progress: bool = True) -> dict:
+                  data: AmbiguityConfig = DELIBERATIVE_DATA, sets: Sequence[str] = ("birds", "scenes"),
+                  batch_size: int = 32, progress: bool = True) -> dict:
     """Deliberative explanations on the synthetic birds (CUB layout) and scenes (ADE20K layout), ``data``
     (``config``, the VOC set's, is not used). Per set and seed of ``seeds``: pretrain a small CNN (width 8, at most
     ``epochs``), train it jointly with its hardness predictor (``hardness_epochs``), then for every difficulty
     score × attribution of ROWS_003 explain the ``images`` hardest test images by that score at layer
     ``features`` and score the insecurities against the shared parts/objects (SUBSET_ROWS_003: the hardness
-    rows on the IG_IMAGES hardest). Values are mean ± std over the seeds."""
+    rows on the IG_IMAGES hardest). Values are mean ± std over the seeds. ``sets``: which of the two to run."""
     summary: dict[str, dict[str, dict[str, float]]] = {}
     details: dict[str, dict] = {}
     figures = []
-    for kind in ("birds", "scenes"):
+    for kind in sets:
         root = (write_synthetic_birds if kind == "birds" else write_synthetic_scenes)(
             out_dir / "data" / kind, data, progress=progress)
         load = CUBDataset if kind == "birds" else ADE20KDataset
