@@ -380,14 +380,14 @@ def reproduce_003(out_dir: Path, *, config: SyntheticConfig, device: torch.devic
                 curves[row].append(evaluate(records))
                 if score == "hardness" and attribution != "integrated_gradients":
                     curves[f"{row}@{IG_IMAGES}"].append(evaluate(records[:IG_IMAGES]))
-        summary[kind] = {row: {"mean": float(np.nanmean(values)), "std": float(np.nanstd(values)),
-                               "runs": values}
-                         for row in curves for values in [[_row_value(kind, c) for c in curves[row]]]}
+            summary[kind] = {row: {"mean": float(np.nanmean(values)), "std": float(np.nanstd(values)),
+                                   "runs": values}
+                             for row in curves for values in [[_row_value(kind, c) for c in curves[row]]]}
+            report.write_json({"claims": claims_003(summary), "summary": summary, "test_accuracy": accuracy},
+                              out_dir / "partial.json")  # the seeds finished so far, for a look before the end
         figures.append(_curve_figure(kind, curves, out_dir / f"curves_{kind}.png"))
         details[kind] = {"root": str(root), "test_accuracy": accuracy, "curves": curves,
                          "common_pairs": int(common.any(-1).sum())}
-        report.write_json({"claims": claims_003(summary), "summary": summary, "details": details},
-                          out_dir / "partial.json")  # what is finished, for a look before the end
     return {"claims": claims_003(summary), "summary": summary, "details": details, "figures": figures,
             "settings": {"data": asdict(data), "seeds": list(seeds), "images": images, "epochs": epochs,
                          "hardness_epochs": hardness_epochs, "layer": DELIBERATIVE_LAYER, "press": PRESS_003,
