@@ -123,7 +123,7 @@ def test_reproduce_end_to_end_writes_claims_and_report(tmp_path, paper):
 
 def test_cli_lists_reproduce_and_rejects_000_options_for_001(capsys):
     assert "reproduce" in build_parser().format_help()
-    assert set(PAPERS) == {"000", "001", "002", "004"}
+    assert set(PAPERS) == {"000", "001", "002", "003", "004"}
     assert main(["reproduce", "001", "--set", "rise:num_masks=10", "--out", "unused"]) == 2
     assert "paper 000 only" in capsys.readouterr().err
 

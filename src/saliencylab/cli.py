@@ -98,6 +98,25 @@ def _peers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _second_order_speed(args: argparse.Namespace) -> int:
+    import json
+
+    from saliencylab.bench.speed import second_order_speed
+
+    result = second_order_speed(args.size, entries=args.entries, location_batch=args.location_batch,
+                                device=args.device)
+    print(f"2ndG, VGG16-BN {result['size']} px, {result['layer']} ({result['grid'][0]}x{result['grid'][1]}x"
+          f"{result['channels']}), {result['device']} with {result['threads']} threads:\n"
+          f"  per-location Hessian-vector products: {result['ours_seconds_per_image']:.2f} s per image\n"
+          f"  one double-backward per Hessian entry (the original): {result['original_seconds_per_entry'] * 1e3:.1f} ms"
+          f" per entry x {result['original_entries_per_image']} entries = "
+          f"{result['original_seconds_per_image_extrapolated'] / 3600:.2f} h per image (extrapolated from "
+          f"{result['original_entries_timed']} entries); {result['speedup']:.0f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
 def _setting(text: str) -> tuple[str, object]:
     """``key=value`` with the value read as YAML (numbers, lists, booleans); for --set."""
     import yaml
@@ -598,6 +617,54 @@ def _bench_merge(args: argparse.Namespace) -> int:
 
 CONSISTENT_IMAGE_SIZE = 64
 """Image side of reproduction 002 (the consistent presets' ``synthetic`` data)."""
+def _train_hardness(args: argparse.Namespace) -> int:
+    from saliencylab.data.formats import load_dataset
+    from saliencylab.data.module import SaliencyDataModule
+    from saliencylab.training.hardness import fit_hardness
+
+    _quiet_lightning()
+    classifier, description = _load_classifier(args)
+    size = _classifier_size(args, description)
+    train, val = (load_dataset(args.data, class_names=classifier.class_names, image_size=size,
+                               options={**dict(args.data_set), "split": split}) for split in ("train", "val"))
+    datamodule = SaliencyDataModule(train, val, batch_size=args.batch_size, num_workers=args.workers)
+    fitted = fit_hardness(datamodule, args.out, classifier_dir=_classifier_dir(args, classifier, description),
+                          max_epochs=args.epochs, seed=args.seed, progress=not args.no_progress,
+                          accelerator=args.device, resume=_resume(args), scale=_scale(args), **dict(args.set))
+    if not _rank_zero():
+        return 0
+    print(f"best validation rejection AUC {fitted['best_val_rejection_auc']:.2f} (of 98); wrote "
+          f"{Path(args.out) / 'hardness.json'}, hardness.safetensors and the fine-tuned classifier/")
+    return 0
+
+
+def _insecurity(args: argparse.Namespace) -> int:
+    import torch
+
+    from saliencylab.data.formats import load_dataset
+    from saliencylab.insecurity.explain import explain_hardest, write_insecurities
+    from saliencylab.models.load import load_trained_classifier
+    from saliencylab.training.hardness import load_hardness
+
+    if args.hardness is None and args.score == "hardness":
+        raise ValueError("--score hardness needs --hardness DIR (a train-hardness folder) instead of --classifier")
+    if args.hardness is not None:
+        classifier, predictor = load_hardness(args.hardness)
+        _, description = load_trained_classifier(Path(args.hardness) / "classifier")
+    else:
+        (classifier, description), predictor = load_trained_classifier(args.classifier), None
+    dataset = load_dataset(args.data, class_names=classifier.class_names,
+                           image_size=_classifier_size(args, description), options=dict(args.data_set))
+    device = torch.device(args.device)
+    records = explain_hardest(classifier.to(device), dataset, score=args.score, attribution=args.attribution,
+                              layer=args.layer, count=args.images, batch_size=args.batch_size,
+                              predictor=None if predictor is None else predictor.to(device), device=device,
+                              progress=not args.no_progress)
+    out = write_insecurities(records, dataset, args.out, list(classifier.class_names), fraction=args.fraction,
+                             figures=args.figures)
+    print(f"wrote {len(records)} images' insecurities to {out / 'maps'}, overlays to {out / 'figures'} and "
+          f"{out / 'manifest.json'}")
+    return 0
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -621,6 +688,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         raise ValueError("--set and --explainer-epochs apply to paper 000 only, --images to 000 and 004")
     if args.paper == "001":
         options["masker_epochs"] = args.masker_epochs
+    if args.paper == "003":
+        options.update(hardness_epochs=args.hardness_epochs, images=args.hard_images, seeds=args.seeds)
     size = args.image_size or (CONSISTENT_IMAGE_SIZE if args.paper == "002" else 96)
     config = SyntheticConfig(image_size=size, train=args.train, val=args.val, test=args.test, seed=args.seed)
     out = args.out or str(Path("runs") / "reproduce" / args.paper)
@@ -967,6 +1036,55 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scale_options(masker)
     masker.set_defaults(run=_train_masker)
 
+    hardness = commands.add_parser("train-hardness", help="train a classifier jointly with its hardness predictor "
+                                   "(deliberative explanations, paper 003)")
+    _add_classifier_options(hardness)
+    hardness.add_argument("--data", required=True, metavar="FORMAT:PATH",
+                          help="a dataset with train and val splits, e.g. cub:CUB_200_2011 or ade20k:ADEChallengeData2016")
+    hardness.add_argument("--data-set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                          help="a dataset option other than split, e.g. seed=1 (repeatable)")
+    hardness.add_argument("--out", required=True, metavar="DIR",
+                          help="output folder: hardness.json, hardness.safetensors, classifier/ (fine-tuned), checkpoints/")
+    hardness.add_argument("--epochs", type=int, default=60, metavar="N", help="epochs (default 60, the paper's)")
+    hardness.add_argument("--batch-size", type=int, default=128, metavar="B", help="default 128, the paper's")
+    hardness.add_argument("--image-size", type=int, metavar="S", help="crop side (default: the classifier's size)")
+    hardness.add_argument("--workers", type=int, default=0, metavar="N", help="data loader workers (default 0)")
+    hardness.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    hardness.add_argument("--device", default="auto", help="Lightning accelerator: auto (default), cpu, gpu")
+    hardness.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                          help="a HardnessModule hyper-parameter, e.g. --set press=10 (ADE20K) or --set hardness_lr=1e-4")
+    hardness.add_argument("--no-progress", action="store_true")
+    _add_resume_option(hardness)
+    _add_scale_options(hardness)
+    hardness.set_defaults(run=_train_hardness)
+
+    insecurity = commands.add_parser("insecurity", help="insecurity maps of a dataset's hardest images: which class "
+                                     "pairs the classifier hesitates between and where (paper 003)")
+    source = insecurity.add_mutually_exclusive_group(required=True)
+    source.add_argument("--classifier", metavar="DIR", help="a classifier folder (scores confidence and entropy)")
+    source.add_argument("--hardness", metavar="DIR",
+                        help="a train-hardness folder: its fine-tuned classifier and hardness predictor (every score)")
+    insecurity.add_argument("--data", required=True, metavar="FORMAT:PATH", help="e.g. cub:CUB_200_2011")
+    insecurity.add_argument("--data-set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                            help="a dataset option, e.g. split=test (repeatable)")
+    insecurity.add_argument("--score", default="hardness", choices=["confidence", "entropy", "hardness"],
+                            help="difficulty score (default hardness; needs --hardness)")
+    insecurity.add_argument("--layer", default="auto", metavar="NAME",
+                            help="the layer attributions are read at (default: the classifier's first named layer)")
+    insecurity.add_argument("--attribution", default="second_order",
+                            choices=["gradient", "integrated_gradients", "second_order"],
+                            help="difficulty attribution (default second_order, 2ndG)")
+    insecurity.add_argument("--images", type=int, default=100, metavar="K", help="the K hardest images (default 100)")
+    insecurity.add_argument("--out", required=True, metavar="DIR", help="maps/*.npz, figures/*.png, manifest.json")
+    insecurity.add_argument("--fraction", type=float, default=0.1, metavar="RHO",
+                            help="top fraction outlined in the figures (default 0.1)")
+    insecurity.add_argument("--figures", type=int, default=20, metavar="N", help="images with a figure (default 20)")
+    insecurity.add_argument("--image-size", type=int, metavar="S", help="crop side (default: the classifier's size)")
+    insecurity.add_argument("--batch-size", type=int, default=16, metavar="B")
+    insecurity.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
+    insecurity.add_argument("--no-progress", action="store_true")
+    insecurity.set_defaults(run=_insecurity)
+
     sanity = commands.add_parser("sanity", help="model- and data-randomisation sanity checks of a method (paper 001)")
     sanity.add_argument("method", metavar="METHOD", help="a registered method (see: saliencylab methods)")
     _add_classifier_options(sanity)
@@ -1028,6 +1146,14 @@ def build_parser() -> argparse.ArgumentParser:
     peers.add_argument("--json", help="also write the rows to this JSON file")
     peers.add_argument("--no-progress", action="store_true")
     peers.set_defaults(run=_peers)
+    second = bench.add_parser("second-order", help="seconds per image of 2ndG (paper 003) on VGG16-BN conv5_3 beside "
+                              "the original's one double-backward per Hessian entry (extrapolated from a few)")
+    second.add_argument("--size", type=int, default=224, help="image side (default 224: a 14x14x512 conv5_3)")
+    second.add_argument("--entries", type=int, default=20, help="Hessian entries timed the original's way (default 20)")
+    second.add_argument("--location-batch", type=int, default=64, help="Hessian-vector products at once (default 64)")
+    second.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    second.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
+    second.set_defaults(run=_second_order_speed)
 
     wsol = bench.add_parser("wsol", help="WSOL table (LE, OM, F1, SM, ...; PxAP) of methods and baselines (paper 001)")
     wsol.add_argument("methods", nargs="+", metavar="METHOD",
@@ -1114,10 +1240,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     reproduce = commands.add_parser("reproduce", help="train what a paper trains on the synthetic data, score it at "
                                     "the paper's settings, check the paper's claims (000 NN-Explainer, 001 masking, "
-                                    "002 consistent interpretations, 004 in-model explainer)")
-    reproduce.add_argument("paper", choices=["000", "001", "002", "004"],
+                                    "002 consistent interpretations, 003 deliberative explanations, 004 in-model "
+                                    "explainer)")
+    reproduce.add_argument("paper", choices=["000", "001", "002", "003", "004"],
                            help="000: NN-Explainer; 001: masking-based saliency; 002: consistent interpretations "
-                                "(at 64 px unless --image-size); 004: in-model explainer-classifier")
+                                "(at 64 px unless --image-size); 003: deliberative explanations; 004: in-model "
+                                "explainer-classifier")
     reproduce.add_argument("--out", help="output folder (default runs/reproduce/PAPER)")
     reproduce.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")
     reproduce.add_argument("--epochs", type=int, help="most classifier epochs (default 15, early stopping ends sooner; "
@@ -1135,6 +1263,12 @@ def build_parser() -> argparse.ArgumentParser:
                            help="000: replace a paper setting (e.g. rise:num_masks=1000); recorded as a deviation")
     reproduce.add_argument("--masker-epochs", type=int, default=20, help="001: epochs of each masker (default 20, "
                            "the synthetic presets')")
+    reproduce.add_argument("--hardness-epochs", type=int, default=4,
+                           help="003: epochs of the joint classifier + hardness predictor training (default 4)")
+    reproduce.add_argument("--hard-images", type=int, default=100,
+                           help="003: the K hardest test images explained per row (default 100, the paper's)")
+    reproduce.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                           help="003: training seeds; values are mean ± std over them (default 0 1 2)")
     _add_data_options(reproduce)
     reproduce.set_defaults(run=_reproduce, image_size=None)
 

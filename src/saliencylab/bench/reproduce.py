@@ -14,6 +14,8 @@ Each reproduction writes ``out_dir/results.json`` (``claims``, the engine result
   AAAI 2021): baseline, GC, GMP, GMP+GC on single- and multi-label synthetic data.
 - ``004``: the in-model explainer-classifier (Rio-Torto et al., "Understanding the decisions of CNNs: an in-model
   approach", Pattern Recognition Letters 2020).
+- ``003``: deliberative explanations (Wang & Vasconcelos, "Deliberative Explanations: visualizing network
+  insecurities", NeurIPS 2019), on synthetic CUB- and ADE20K-format sets with known shared parts and objects.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -37,17 +40,26 @@ from saliencylab.bench.demo import pick_device, prepare_classifier, prepare_data
 from saliencylab.bench.masking import (data_randomization, masker_methods, prepare_maskers, prepare_single_label,
                                        wsol_data_config)
 from saliencylab.bench.run import Row, html_tables, run_benchmark, weights_stamp
+from saliencylab.data.ade20k import ADE20KDataset
+from saliencylab.data.cub import CUBDataset
 from saliencylab.data.imagenet import ImageNetDataset
 from saliencylab.data.inmodel import InModelDataset
 from saliencylab.data.module import InMemory, SaliencyDataModule
 from saliencylab.data.polygons import CLASS_NAMES as POLYGON_CLASSES
 from saliencylab.data.polygons import PolygonConfig, write_polygons
 from saliencylab.data.synthetic import SyntheticConfig
+from saliencylab.data.synthetic_ambiguity import AmbiguityConfig, write_synthetic_birds, write_synthetic_scenes
 from saliencylab.data.transforms import RandomHorizontalFlip
 from saliencylab.files import write_atomic
+from saliencylab.insecurity.attribution import ATTRIBUTIONS
+from saliencylab.insecurity.evaluate import OBJECT_FRACTIONS, RECALL_GRID, object_curve, part_curve, precision_at_recall
+from saliencylab.insecurity.explain import SCORES, explain_hardest
+from saliencylab.insecurity.ground_truth import common_objects, common_parts, object_fractions
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.load import load_trained_classifier
+from saliencylab.training.classifier import fit_classifier
 from saliencylab.training.consistency import fit_consistent
+from saliencylab.training.hardness import fit_hardness, load_hardness
 from saliencylab.training.inmodel import fit_inmodel
 from saliencylab.types import collate
 
@@ -465,6 +477,192 @@ def reproduce_004(out_dir: Path, *, config: SyntheticConfig, device: torch.devic
             "bench": bench}
 
 
+# ---------------------------------------------------------------- paper 003: deliberative explanations
+
+DELIBERATIVE_DATA = AmbiguityConfig(image_size=48, train=500, test=200, classes=10, hide=0.3, seed=0)
+"""The synthetic bird (CUB layout) and scene (ADE20K layout) sets of reproduction 003."""
+DELIBERATIVE_LAYER = "features"
+PRESS_003 = {"birds": 5.0, "scenes": 10.0}
+"""``press`` of the original's CUB-VGG and ADE-VGG scripts."""
+HARDNESS_LR_003 = 1e-3
+"""Deviation: the original's predictor lr 1e-5 fine-tunes for ~2500 steps from an ImageNet VGG; here the head
+starts from scratch and gets ~300 steps, where 1e-5 would leave it at its random start. Fixed before any run."""
+ROWS_003 = tuple(f"{score}+{attribution}" for score in SCORES for attribution in ("gradient", "second_order"))
+"""Scores × attributions explained on the K hardest images by each score."""
+IG_IMAGES = 50
+"""Integrated gradients (51 points, 5 class maps + the difficulty map: ~350 passes per image) runs on the 50
+hardest of the hardness predictor's K; its row is compared with the other hardness rows on those same 50."""
+SUBSET_ROWS_003 = tuple(f"hardness+{attribution}@{IG_IMAGES}" for attribution in ATTRIBUTIONS)
+
+
+def _birds_common(root: Path, test: CUBDataset) -> np.ndarray:
+    return common_parts(test.attributes())
+
+
+def _scenes_common(root: Path, test: ADE20KDataset) -> np.ndarray:
+    splits = [ADE20KDataset(root, split, image_size=test.size) for split in ("train", "val")]
+    present = [d.objects_present(i) for d in splits for i in range(len(d))]
+    labels = [d.labels[d.ids[i]] for d in splits for i in range(len(d))]
+    return common_objects(object_fractions(present, labels, test.num_classes, len(test.object_names)))
+
+
+def _prepare_models_003(folder: Path, datamodule: SaliencyDataModule, class_names: Sequence[str], stamp: dict,
+                        epochs: int, hardness_epochs: int, press: float, seed: int,
+                        progress: bool) -> tuple[Classifier, Classifier]:
+    """Pretrain the classifier (the demo's recipe), then train it jointly with its hardness predictor; reuse both
+    when ``folder`` holds a run with the same ``stamp``."""
+    description = folder / "hardness" / "hardness.json"
+    if description.is_file() and json.loads(description.read_text()).get("reproduce") == stamp:
+        print(f"  reusing {folder} (pass --fresh to retrain)")
+        return load_hardness(folder / "hardness")
+    pretrained = folder / "classifier" / "classifier.json"
+    if not (pretrained.is_file() and json.loads(pretrained.read_text()).get("data") == stamp):
+        fit_classifier(datamodule, folder / "classifier", num_classes=len(class_names), class_names=list(class_names),
+                       max_epochs=epochs, width=8, lr=3e-3, seed=seed, progress=progress, data=stamp)
+    fitted = fit_hardness(datamodule, folder / "hardness", classifier_dir=folder / "classifier",
+                          max_epochs=hardness_epochs, seed=seed, press=press, hardness_lr=HARDNESS_LR_003,
+                          progress=progress)
+    report.write_atomic(description, json.dumps({**fitted, "reproduce": stamp}, indent=2))
+    return load_hardness(folder / "hardness")
+
+
+def _row_value(kind: str, curve: dict) -> float:
+    """The compared number of one run: mean precision over the recall grid 0.10-0.44 (birds), mean IoU over
+    ρ ∈ {.1,.3,.5,.7,.9} (scenes); NaN parts of the grid (recalls not reached) are skipped."""
+    values = precision_at_recall(curve) if kind == "birds" else curve["iou"]
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def _curve_figure(kind: str, curves: dict[str, list[dict]], path: Path) -> str:
+    """PR curves (birds: precision at the recall grid, mean ± std over runs) or IoU per ρ (scenes)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.5, 4.2))
+    for row, runs in curves.items():
+        if kind == "birds":
+            x = np.array(RECALL_GRID)
+            ys = np.array([precision_at_recall(curve) for curve in runs])
+        else:
+            x = np.array(OBJECT_FRACTIONS)
+            ys = np.array([curve["iou"] for curve in runs])
+        mean, std = np.nanmean(ys, 0), np.nanstd(ys, 0)
+        style = "-" if row.endswith("second_order") else "--" if row.endswith("gradient") else ":"
+        axes.plot(x, mean, style, label=row)
+        axes.fill_between(x, mean - std, mean + std, alpha=0.12)
+    axes.set_xlabel("recall" if kind == "birds" else "ρ (kept fraction)")
+    axes.set_ylabel("precision" if kind == "birds" else "IoU with the common objects")
+    axes.set_title(f"synthetic {kind}: {'common parts' if kind == 'birds' else 'common objects'}, mean ± std")
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path.name
+
+
+def claims_003(summary: dict[str, dict[str, dict[str, float]]]) -> list[dict]:
+    """The paper's qualitative claims on each synthetic set, from the mean over runs of each row's value."""
+    claims = []
+    for kind, rows in summary.items():
+        metric = ("precision at recall 0.10-0.44 (common parts)" if kind == "birds"
+                  else "mean IoU over ρ .1-.9 (common objects)")
+        means = {row: values["mean"] for row, values in rows.items()}
+        for attribution in ("second_order", "gradient"):
+            claims.append(claim(
+                f"{kind}_hardness_beats_confidence_entropy_{attribution}",
+                f"Synthetic {kind}: with {attribution} attributions, the hardness predictor's insecurities match the "
+                "ground-truth ambiguities better than those of the confidence score and the entropy (the abstract: "
+                "a non self-referential difficulty score is best; the paper's figures are not in our notes).",
+                metric, True, {r: means[r] for r in (f"{s}+{attribution}" for s in SCORES)},
+                [f"hardness+{attribution}"], [f"confidence+{attribution}", f"entropy+{attribution}"]))
+        claims.append(claim(
+            f"{kind}_second_order_beats_gradient",
+            f"Synthetic {kind}: for the hardness predictor, 2ndG (gradient-Hessian) difficulty attributions match the "
+            "ground-truth ambiguities better than gradient ones (the abstract: second-order attributions are best).",
+            metric, True, {r: means[r] for r in ("hardness+second_order", "hardness+gradient")},
+            ["hardness+second_order"], ["hardness+gradient"]))
+        claims.append(claim(
+            f"{kind}_second_order_beats_integrated_gradients",
+            f"Synthetic {kind}: for the hardness predictor, 2ndG beats integrated gradients (and gradient) on the "
+            f"{IG_IMAGES} hardest images (integrated gradients' documented subset; every row on the same images).",
+            metric, True, {r: means[r] for r in SUBSET_ROWS_003}, [SUBSET_ROWS_003[2]], list(SUBSET_ROWS_003[:2])))
+    return claims
+
+
+def reproduce_003(out_dir: Path, *, config: SyntheticConfig, device: torch.device, epochs: int = 15,
+                  hardness_epochs: int = 4, images: int = 100, seeds: Sequence[int] = (0, 1, 2),
+                  data: AmbiguityConfig = DELIBERATIVE_DATA, sets: Sequence[str] = ("birds", "scenes"),
+                  batch_size: int = 32, progress: bool = True) -> dict:
+    """Deliberative explanations on the synthetic birds (CUB layout) and scenes (ADE20K layout), ``data``
+    (``config``, the VOC set's, is not used). Per set and seed of ``seeds``: pretrain a small CNN (width 8, at most
+    ``epochs``), train it jointly with its hardness predictor (``hardness_epochs``), then for every difficulty
+    score × attribution of ROWS_003 explain the ``images`` hardest test images by that score at layer
+    ``features`` and score the insecurities against the shared parts/objects (SUBSET_ROWS_003: the hardness
+    rows on the IG_IMAGES hardest). Values are mean ± std over the seeds. ``sets``: which of the two to run."""
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    details: dict[str, dict] = {}
+    figures = []
+    for kind in sets:
+        root = (write_synthetic_birds if kind == "birds" else write_synthetic_scenes)(
+            out_dir / "data" / kind, data, progress=progress)
+        load = CUBDataset if kind == "birds" else ADE20KDataset
+        train, val, test = (InMemory(load(root, split, image_size=data.image_size))
+                            for split in ("train", "val", "test"))
+        annotated = load(root, "test", image_size=data.image_size)
+        common = (_birds_common if kind == "birds" else _scenes_common)(root, annotated)
+        datamodule = SaliencyDataModule(train, val, test, batch_size=batch_size)
+        curves: dict[str, list[dict]] = {row: [] for row in (*ROWS_003, *SUBSET_ROWS_003)}
+
+        def evaluate(records: list[dict]) -> dict:
+            maps, classes = [r["insecurities"] for r in records], [r["classes"] for r in records]
+            if kind == "birds":
+                parts = [annotated.parts(r["index"]) for r in records]
+                return part_curve(maps, classes, [p for p, _ in parts], [v for _, v in parts], common)
+            return object_curve(maps, classes, [annotated.objects(r["index"]) for r in records], common)
+
+        accuracy = []
+        for seed in seeds:
+            stamp = {"kind": kind, **asdict(data), "seed": seed, "epochs": epochs, "hardness_epochs": hardness_epochs,
+                     "hardness_lr": HARDNESS_LR_003, "press": PRESS_003[kind]}
+            print(f"  {kind}, seed {seed}")
+            classifier, predictor = _prepare_models_003(out_dir / kind / f"seed{seed}", datamodule,
+                                                        annotated.class_names, stamp, epochs, hardness_epochs,
+                                                        PRESS_003[kind], seed, progress)
+            classifier, predictor = classifier.to(device), predictor.to(device)
+            batch = collate([test[i] for i in range(len(test))])
+            with torch.no_grad():
+                accuracy.append(float((classifier(batch.images.to(device)).argmax(1).cpu()
+                                       == batch.labels.argmax(1)).float().mean()))
+            for row in (*ROWS_003, SUBSET_ROWS_003[1]):
+                score, attribution = row.split("@")[0].split("+")
+                records = explain_hardest(classifier, test, score=score, attribution=attribution,
+                                          layer=DELIBERATIVE_LAYER, count=IG_IMAGES if "@" in row else images,
+                                          predictor=predictor, batch_size=batch_size, device=device,
+                                          progress=progress)
+                curves[row].append(evaluate(records))
+                if score == "hardness" and attribution != "integrated_gradients":
+                    curves[f"{row}@{IG_IMAGES}"].append(evaluate(records[:IG_IMAGES]))
+            summary[kind] = {row: {"mean": float(np.nanmean(values)), "std": float(np.nanstd(values)),
+                                   "runs": values}
+                             for row in curves for values in [[_row_value(kind, c) for c in curves[row]]]}
+            report.write_json({"claims": claims_003(summary), "summary": summary, "test_accuracy": accuracy},
+                              out_dir / "partial.json")  # the seeds finished so far, for a look before the end
+        figures.append(_curve_figure(kind, curves, out_dir / f"curves_{kind}.png"))
+        details[kind] = {"root": str(root), "test_accuracy": accuracy, "curves": curves,
+                         "common_pairs": int(common.any(-1).sum())}
+    return {"claims": claims_003(summary), "summary": summary, "details": details, "figures": figures,
+            "settings": {"data": asdict(data), "seeds": list(seeds), "images": images, "epochs": epochs,
+                         "hardness_epochs": hardness_epochs, "layer": DELIBERATIVE_LAYER, "press": PRESS_003,
+                         "hardness_lr": HARDNESS_LR_003, "ig_points": 51, "ig_images": IG_IMAGES,
+                         "hardness_score": "sigmoid output (the official scripts; its logit makes 2ndG = gradient)"},
+            "deviations": {"hardness_lr": f"{HARDNESS_LR_003} instead of 1e-5 (see HARDNESS_LR_003)",
+                           "classifier_pretraining": "BCE on one-hot labels (the demo's recipe) instead of CE; the "
+                                                     "joint stage uses the paper's hardness-weighted CE"},
+            "bench": {}}
+
+
 # ---------------------------------------------------------------- entry point, report
 
 PAPERS: dict[str, tuple[str, Callable[..., dict]]] = {
@@ -472,12 +670,14 @@ PAPERS: dict[str, tuple[str, Callable[..., dict]]] = {
     "001": ("Phang et al., Investigating and Simplifying Masking-based Saliency Methods for Model Interpretability",
             reproduce_001),
     "002": ("Pillai & Pirsiavash, Explainable Models with Consistent Interpretations, AAAI 2021", reproduce_002),
+    "003": ("Wang & Vasconcelos, Deliberative Explanations: visualizing network insecurities, NeurIPS 2019",
+            reproduce_003),
     "004": ("Rio-Torto et al., Understanding the decisions of CNNs: an in-model approach, Pattern Recognition "
             "Letters 2020", reproduce_004),
 }
 """Paper id -> (title, reproduction function(out_dir, *, config, device, progress, ...) -> results)."""
 TRAINED_FOLDERS = ("data", "classifier", "explainer", "masking", "bench", "bench_val", "bench_pxap", "consistent",
-                   *VARIANTS_004, *(f"bench_{variant}" for variant in VARIANTS_004))
+                   "birds", "scenes", *VARIANTS_004, *(f"bench_{variant}" for variant in VARIANTS_004))
 
 
 def reproduce(paper: str, out_dir: str | Path | None = None, *, fresh: bool = False, device: str = "auto",
@@ -548,6 +748,14 @@ def html_page(results: dict) -> str:
                        for name, table in results.get("tables", {}).items())
     sections += "".join(f"<h2>Engine: {html.escape(name)}</h2>{html_tables(bench)}"
                         for name, bench in results["bench"].items())
+    for kind, rows in results.get("summary", {}).items():
+        cells = "".join(f"<tr><td>{html.escape(row)}</td><td>{v['mean']:.3f} ± {v['std']:.3f}</td>"
+                        f"<td>{html.escape(', '.join(f'{x:.3f}' for x in v['runs']))}</td></tr>"
+                        for row, v in rows.items())
+        sections += (f"<h2>{html.escape(kind)}</h2><table><tr><th>score + attribution</th><th>mean ± std</th>"
+                     f"<th>runs</th></tr>{cells}</table>")
+    sections += "".join(f'<p><img src="{html.escape(name)}" alt="{html.escape(name)}"></p>'
+                        for name in results.get("figures", []))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>saliencylab reproduce {results['paper']}</title>
 <style>{report.STYLE}</style></head><body><h1>Reproduction {results['paper']}: {html.escape(results['title'])}</h1>
 <p>Synthetic data, {results['elapsed_seconds']:.0f} s on {html.escape(results['device'])}; every ✓/✗ is computed from

@@ -20,11 +20,14 @@ from functools import partial
 
 import torch
 from torch import Tensor
+from torchvision.models import vgg16_bn
 
 from saliencylab import methods
+from saliencylab.insecurity.attribution import confidence_score, difficulty_attribution
 from saliencylab.methods.base import scoped_eval
+from saliencylab.methods.cam import single_output
 from saliencylab.metrics import faithfulness
-from saliencylab.models.classifier import Classifier
+from saliencylab.models.classifier import Classifier, captured_output
 from saliencylab.models.explainer import build_explainer
 from saliencylab.models.inmodel import InModelNet
 from saliencylab.models.masker import Masker, layer_channels
@@ -276,6 +279,8 @@ def training_step_cost(model: str = "small_cnn", size: int = 64, batch: int = 8,
 
 
 STEP_HEADER = f"{'step':12s} {'ms/step':>12s} {'peak MiB':>10s} {'ratio':>7s} spread"
+
+
 def aopc_loop(score_fn: Callable[[Tensor], Tensor], images: Tensor, maps: Tensor, classes: Tensor, *, patch: int,
               steps: int, perturbation: str, seed: int = 0) -> Tensor:
     """(N,L+1) MoRF curves the step-by-step way: one image and one classifier pass per step, each step
@@ -329,3 +334,46 @@ def run_aopc_speed(model: str = "resnet18", size: int = 224, images: int = 4, st
              f"{torch_device}: batched {batched / images:.2f} s/image (max_batch {max_batch}), step-by-step loop "
              f"{loop / images:.2f} s/image ({loop / batched:.2f}x)")
     return result
+
+
+def second_order_speed(size: int = 224, layer: str = "features.42", entries: int = 20, location_batch: int = 64,
+                       device: str = "cpu", seed: int = 0) -> dict[str, float]:
+    """Seconds per image of the 2ndG difficulty attribution (deliberative explanations, paper 003) on a VGG16-BN
+    with random weights (torchvision, built offline) at ``size`` px, layer ``features.42`` (the ReLU after
+    conv5_3: 14×14×512 at 224 px), difficulty = the confidence score 1 − max p.
+
+    ``ours``: :func:`saliencylab.insecurity.attribution.difficulty_attribution` (one Hessian-vector product per
+    location, ``location_batch`` at a time) on one image, timed once after a warm-up. ``original``: the
+    original's way, one double-backward per Hessian entry (h·w·C of them, each a backward of ∂s/∂A_k,hw through
+    the network above the layer); ``entries`` of them are timed and the total extrapolated as
+    (seconds per entry) × h·w·C (plus the one forward and first backward, which both share).
+    """
+    torch.manual_seed(seed)
+    torch_device = torch.device(device)
+    classifier = Classifier(vgg16_bn(weights=None), layers={"conv5_3": layer}).to(torch_device).eval()
+    image = torch.rand(1, 3, size, size, device=torch_device)
+    difficulty_attribution(classifier, image, "conv5_3", confidence_score, "second_order", location_batch)  # warm-up
+    ours = timed(lambda: difficulty_attribution(classifier, image, "conv5_3", confidence_score, "second_order",
+                                                location_batch), torch_device)
+    with scoped_eval(classifier), torch.enable_grad(), captured_output(classifier.layer("conv5_3")) as outputs:
+        start = time.perf_counter()
+        score = confidence_score(classifier(image.requires_grad_(True))).sum()
+        activation = single_output(outputs, "conv5_3")
+        (grad,) = torch.autograd.grad(score, activation, create_graph=True)
+        shared = time.perf_counter() - start
+        channels, height, width = activation.shape[1:]
+        flat = grad.flatten()
+        picks = torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(seed))[:entries].tolist()
+
+        def per_entry() -> None:
+            for index in picks:
+                torch.autograd.grad(flat[index], activation, retain_graph=True)
+
+        per_entry_seconds = timed(per_entry, torch_device) / entries
+    total_entries = channels * height * width
+    return {"size": size, "layer": layer, "grid": [int(height), int(width)], "channels": int(channels),
+            "device": device, "threads": torch.get_num_threads(), "location_batch": location_batch,
+            "ours_seconds_per_image": ours, "original_entries_timed": entries,
+            "original_seconds_per_entry": per_entry_seconds, "original_entries_per_image": int(total_entries),
+            "original_seconds_per_image_extrapolated": shared + per_entry_seconds * total_entries,
+            "speedup": (shared + per_entry_seconds * total_entries) / ours}

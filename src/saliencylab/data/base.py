@@ -95,8 +95,19 @@ def build_sample(image: Tensor, boxes: list[list[float]], box_labels: list[int],
     )
 
 
-def load_resized_image(path: Path, size: int, break_ratio: bool = False, listed_in: Path | None = None) -> Tensor:
-    """(3,size,size) float in [0,1]: PIL RGB, then Resize(size) + CenterCrop(size) (PIL bilinear).
+def resized_crop_geometry(width: int, height: int, resize: int, size: int) -> tuple[int, int, int, int]:
+    """(resized width, resized height, crop left, crop top) of torchvision's Resize(resize) (shorter side to
+    ``resize``, the longer to ⌊resize·long/short⌋) followed by CenterCrop(size) (offsets rounded)."""
+    if width <= height:
+        new_width, new_height = resize, int(resize * height / width)
+    else:
+        new_width, new_height = int(resize * width / height), resize
+    return new_width, new_height, int(round((new_width - size) / 2)), int(round((new_height - size) / 2))
+
+
+def load_resized_image(path: Path, size: int, break_ratio: bool = False, listed_in: Path | None = None,
+                       resize: int | None = None) -> Tensor:
+    """(3,size,size) float in [0,1]: PIL RGB, then Resize(resize, default ``size``) + CenterCrop(size) (PIL bilinear).
 
     With ``break_ratio``: Resize([size, size]), aspect ratio not kept.
     """
@@ -104,5 +115,5 @@ def load_resized_image(path: Path, size: int, break_ratio: bool = False, listed_
     if break_ratio:
         image = F.resize(image, [size, size])
     else:
-        image = F.center_crop(F.resize(image, [size]), [size, size])
+        image = F.center_crop(F.resize(image, [resize or size]), [size, size])
     return pil_to_tensor(image).float() / 255

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from saliencylab.data.ade20k import ADE20KDataset
 from saliencylab.data.coco import COCODataset
+from saliencylab.data.cub import CUBDataset
 from saliencylab.data.folder import ImageFolder
 from saliencylab.data.imagenet import ImageNetDataset
 from saliencylab.data.inmodel import InModelDataset
@@ -133,3 +135,22 @@ def _folder(path: str, *, class_names: tuple[str, ...], image_size: int, masks: 
                  description="the in-model explainer's layout (Rio-Torto et al. 2020): synthetic polygons, ImagenetHVZ")
 def _inmodel(path: str, *, class_names: tuple[str, ...], image_size: int, split: str = "test") -> Dataset:
     return InModelDataset(path, split, class_names, transform=Resize(image_size))
+@register_format("cub", path="the CUB_200_2011 folder",
+                 description="CUB-200-2011: images.txt, classes, train_test_split.txt, parts/part_locs.txt, "
+                             "attributes; Resize(resize) + CenterCrop(image_size); split train/val (90/10 of the "
+                             "official training images, shuffled with seed) or test")
+def _cub(path: str, *, class_names: tuple[str, ...], image_size: int, split: str = "test", resize: int | None = None,
+         seed: int = 0) -> Dataset:
+    dataset = CUBDataset(path, split, image_size=image_size, resize=resize, seed=seed)
+    _check_classes(dataset.class_names, class_names, path)
+    return dataset
+
+
+@register_format("ade20k", path="the ADEChallengeData2016 folder",
+                 description="ADE20K scene parsing: scenes from sceneCategories.txt, object maps of annotations/; "
+                             "Resize(resize) + CenterCrop(image_size); split train/val (90/10 of training) or test")
+def _ade20k(path: str, *, class_names: tuple[str, ...], image_size: int, split: str = "test",
+            resize: int | None = None, seed: int = 0) -> Dataset:
+    dataset = ADE20KDataset(path, split, image_size=image_size, resize=resize, seed=seed)
+    _check_classes(dataset.class_names, class_names, path)
+    return dataset
