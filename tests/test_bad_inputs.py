@@ -373,7 +373,7 @@ def test_bench_merge_of_a_folder_without_a_run(tmp_path, capsys):
 
 def test_reproduce_bad_options(tmp_path, capsys):
     fails(capsys, ["reproduce", "001", "--set", "rise:num_masks=5", "--out", str(tmp_path / "r")],
-          "--set, --images and --explainer-epochs apply to paper 000 only")
+          "--set and --explainer-epochs apply to paper 000 only, --images to 000 and 004")
     fails(capsys, ["reproduce", "000", "--images", "0", "--out", str(tmp_path / "r")], "--images must be at least 1")
     assert not (tmp_path / "r").exists()
 
