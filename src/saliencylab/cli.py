@@ -775,6 +775,19 @@ def _resume(args: argparse.Namespace) -> bool:
     return args.resume
 
 
+def _add_training_options(parser: argparse.ArgumentParser, set_example: str) -> None:
+    """The options every preset-driven training command shares: size, batch, device, --set, progress, --resume
+    and the scale options."""
+    parser.add_argument("--image-size", type=int, metavar="S", help="resize side (default: the preset's)")
+    parser.add_argument("--batch-size", type=int, metavar="B", help="default: the preset's")
+    parser.add_argument("--device", default="auto", help="Lightning accelerator: auto (default), cpu, gpu")
+    parser.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a preset setting, e.g. {set_example} (repeatable)")
+    parser.add_argument("--no-progress", action="store_true")
+    _add_resume_option(parser)
+    _add_scale_options(parser)
+
+
 def _add_resume_option(parser: argparse.ArgumentParser) -> None:
     """--resume of the training commands (every fit goes through training.fit.fit_module)."""
     parser.add_argument("--resume", action="store_true",
@@ -926,14 +939,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--variant", choices=["explainer", "rt_saliency", "fcnn"], help="override the preset's variant")
     _add_training_data_options(train)
     train.add_argument("--epochs", type=int, help="most epochs (default: the preset's; early stopping ends sooner)")
-    train.add_argument("--image-size", type=int, help="resize side (default: the preset's)")
-    train.add_argument("--batch-size", type=int, help="default: the preset's")
-    train.add_argument("--device", default="auto", help="Lightning accelerator: auto (default), cpu, gpu")
-    train.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
-                       help="override a preset setting, e.g. --set lr=1e-4 (repeatable)")
-    train.add_argument("--no-progress", action="store_true")
-    _add_resume_option(train)
-    _add_scale_options(train)
+    _add_training_options(train, "--set lr=1e-4")
     train.set_defaults(run=_train_explainer)
 
     fit = commands.add_parser("train-classifier", help="train a zoo classifier (small_cnn, vgg16, resnet18, resnet50, "
@@ -949,15 +955,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="torchvision ImageNet state dict of the backbone (vgg16, resnet18/50, alexnet)")
     fit.add_argument("--epochs", type=int, metavar="N", help="most epochs (default: the preset's; early stopping "
                                                               "ends sooner)")
-    fit.add_argument("--image-size", type=int, metavar="S", help="resize side (default: the preset's)")
-    fit.add_argument("--batch-size", type=int, metavar="B", help="default: the preset's")
-    fit.add_argument("--device", default="auto", help="Lightning accelerator: auto (default), cpu, gpu")
-    fit.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
-                     help="override a preset classifier setting, e.g. --set lr=1e-4 or --set arch=resnet18 "
-                          "(repeatable)")
-    fit.add_argument("--no-progress", action="store_true")
-    _add_resume_option(fit)
-    _add_scale_options(fit)
+    _add_training_options(fit, "--set lr=1e-4 or --set arch=resnet18")
     fit.set_defaults(run=_train_classifier)
 
     consistent = commands.add_parser("train-consistent", help="train a classifier whose Grad-CAM is consistent "
@@ -976,15 +974,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="consistency loss weight (default: the preset's; 0 trains the baseline)")
     consistent.add_argument("--negatives-cache", metavar="FILE", help="JSON cache of the negative lists")
     consistent.add_argument("--epochs", type=int, metavar="N", help="epochs (default: the preset's)")
-    consistent.add_argument("--image-size", type=int, metavar="S", help="resize side (default: the preset's)")
-    consistent.add_argument("--batch-size", type=int, metavar="B", help="default: the preset's")
-    consistent.add_argument("--device", default="auto", help="Lightning accelerator: auto (default), cpu, gpu")
-    consistent.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
-                            help="override a preset setting, e.g. --set lr=0.01 or --set detach_target=true (repeatable)")
-    consistent.add_argument("--no-progress", action="store_true")
-    _add_resume_option(consistent)
-    _add_scale_options(consistent)
+    _add_training_options(consistent, "--set lr=0.01 or --set detach_target=true")
     consistent.set_defaults(run=_train_consistent)
+
     inmodel = commands.add_parser("train-inmodel", help="train the in-model explainer-classifier in three phases "
                                                          "(Rio-Torto et al. 2020, paper 004)")
     inmodel.add_argument("--data", required=True, metavar="ROOT",
@@ -995,15 +987,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="polygons (default), imagenet_hvz, nih_nci, or a YAML file")
     inmodel.add_argument("--loss", choices=["unsupervised", "hybrid"], help="override the preset's loss")
     inmodel.add_argument("--phase-epochs", type=_phase_values, metavar="A,B,C", help="epochs of the three phases")
-    inmodel.add_argument("--set", action="append", default=[], type=_setting, metavar="KEY=VALUE",
-                         help="any fit_inmodel / InModelModule setting, e.g. alpha=[1.0,0.25,0.9] (repeatable)")
-    inmodel.add_argument("--image-size", type=int, metavar="S", help="resize side (default: the preset's)")
-    inmodel.add_argument("--batch-size", type=int, metavar="B", help="default: the preset's")
     inmodel.add_argument("--workers", type=int, metavar="N", default=0, help="data loader worker processes (default 0)")
-    inmodel.add_argument("--device", default="auto", help="Lightning accelerator: auto (default), cpu, gpu")
-    inmodel.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_resume_option(inmodel)
-    _add_scale_options(inmodel)
+    _add_training_options(inmodel, "--set alpha=[1.0,0.25,0.9] (any fit_inmodel / InModelModule setting)")
     inmodel.set_defaults(run=_train_inmodel, epochs=None)
 
     masker = commands.add_parser("train-masker", help="train a CASME masker (FIX or CA) on ImageNet-format data "
@@ -1025,15 +1010,8 @@ def build_parser() -> argparse.ArgumentParser:
     masker.add_argument("--examples-per-class", type=int, metavar="K",
                         help="train on K images per class drawn with the preset's seed (written to "
                              "OUT/train_K_per_class.json; default: every image)")
-    masker.add_argument("--image-size", type=int, metavar="S", help="resize side (default: the preset's)")
-    masker.add_argument("--batch-size", type=int, metavar="B", help="default: the preset's")
     masker.add_argument("--workers", type=int, metavar="N", default=0, help="data loader worker processes (default 0)")
-    masker.add_argument("--device", default="auto", help="Lightning accelerator: auto (default), cpu, gpu")
-    masker.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
-                        help="override a preset masker setting, e.g. --set lambda_out=15 (repeatable)")
-    masker.add_argument("--no-progress", action="store_true")
-    _add_resume_option(masker)
-    _add_scale_options(masker)
+    _add_training_options(masker, "--set lambda_out=15")
     masker.set_defaults(run=_train_masker)
 
     hardness = commands.add_parser("train-hardness", help="train a classifier jointly with its hardness predictor "
