@@ -615,8 +615,9 @@ def _bench_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-CONSISTENT_IMAGE_SIZE = 64
-"""Image side of reproduction 002 (the consistent presets' ``synthetic`` data)."""
+REPRODUCE_IMAGE_SIZES = {"000": 64, "002": 64}
+"""Image side of a reproduction's synthetic data without ``--image-size`` (else the demo's 96): 000 at 64 px, where
+RISE and EP at the paper's settings fit 20 minutes on 2 CPU cores; 002, the consistent presets' ``synthetic`` data."""
 def _train_hardness(args: argparse.Namespace) -> int:
     from saliencylab.data.formats import load_dataset
     from saliencylab.data.module import SaliencyDataModule
@@ -690,7 +691,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         options["masker_epochs"] = args.masker_epochs
     if args.paper == "003":
         options.update(hardness_epochs=args.hardness_epochs, images=args.hard_images, seeds=args.seeds)
-    size = args.image_size or (CONSISTENT_IMAGE_SIZE if args.paper == "002" else 96)
+    size = args.image_size or REPRODUCE_IMAGE_SIZES.get(args.paper, 96)
     config = SyntheticConfig(image_size=size, train=args.train, val=args.val, test=args.test, seed=args.seed)
     out = args.out or str(Path("runs") / "reproduce" / args.paper)
     reproduce(args.paper, out, fresh=args.fresh, device=args.device, config=config, progress=not args.no_progress,
@@ -1221,8 +1222,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "002 consistent interpretations, 003 deliberative explanations, 004 in-model "
                                     "explainer)")
     reproduce.add_argument("paper", choices=["000", "001", "002", "003", "004"],
-                           help="000: NN-Explainer; 001: masking-based saliency; 002: consistent interpretations "
-                                "(at 64 px unless --image-size); 003: deliberative explanations; 004: in-model "
+                           help="000: NN-Explainer (at 64 px unless --image-size); 001: masking-based saliency; 002: "
+                                "consistent interpretations (at 64 px unless --image-size); 003: deliberative explanations; 004: in-model "
                                 "explainer-classifier")
     reproduce.add_argument("--out", help="output folder (default runs/reproduce/PAPER)")
     reproduce.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")

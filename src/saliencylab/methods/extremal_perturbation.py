@@ -57,6 +57,11 @@ class SmoothMaxMask:
     ``step``; bumps are combined by a smooth max (softmax pooling, coldness 20) and clamped to [0,1].
     ``generate`` returns the mask cropped to H×W and the full mask with its margin of σ px (the
     area constraint is taken on the full one, as TorchRay).
+
+    Every output pixel pools ``taps``² = (2⌈σ/step⌉+3)² bumps. TorchRay materialises all of them at
+    once, (R, taps², H+2σ, W+2σ), about ten times over forward and backward; :class:`_SmoothMax` walks
+    one column of taps at a time and recomputes them in the backward pass: the same values to float
+    round-off, 4× faster on CPU at EP's sizes (``bench speed``), and taps× less memory.
     """
 
     coldness = 20.0
@@ -64,30 +69,79 @@ class SmoothMaxMask:
     def __init__(self, shape: tuple[int, int], step: int, sigma: float, device: torch.device) -> None:
         self.shape, self.step, self.margin = shape, step, round(sigma)
         self.padding = 1 + math.ceil(2 * sigma / step)
-        self.radius = 1 + math.ceil(sigma / step)
+        radius = 1 + math.ceil(sigma / step)
+        self.taps = 2 * radius + 1
         self.shape_in = [math.ceil(z / step) for z in shape]
-        self.shape_mid = [z + 2 * self.padding - 2 * self.radius for z in self.shape_in]
-        self.shape_up = [step * z for z in self.shape_mid]
-        self.shape_out = [z - step + 1 for z in self.shape_up]
-        taps = 2 * self.radius + 1
-        axes = []
-        for mid, up, out in zip(self.shape_mid, self.shape_up, self.shape_out):
+        shape_mid = [z + 2 * self.padding - 2 * radius for z in self.shape_in]
+        shape_up = [step * z for z in shape_mid]
+        self.shape_out = [z - step + 1 for z in shape_up]
+        offsets, cells = [], []
+        for mid, up, out in zip(shape_mid, shape_up, self.shape_out):
             u = torch.arange(out, dtype=torch.float32)
+            # the parameter cell of pixel u, as the nearest upsampling (mid -> up) TorchRay applies computes it
             cell = torch.floor(torch.tensor(mid, dtype=torch.float32) / torch.tensor(up, dtype=torch.float32) * u)
-            centre = sigma + step * (cell[None, :] + torch.arange(taps, dtype=torch.float32)[:, None] - self.padding)
-            axes.append(u[None, :] - centre)  # (taps, out): offset of pixel u from the bump centre of tap k
-        dy, dx = axes
-        distance = (dy[:, None, :, None] ** 2 + dx[None, :, None, :] ** 2).sqrt() / sigma  # (taps,taps,Ho,Wo)
-        self.weight = (-2 * (distance - 0.5).clamp(min=0) ** 2).exp().view(1, taps * taps, *self.shape_out).to(device)
+            tap = torch.arange(self.taps)[:, None]
+            cells.append((cell.long()[None, :] + tap).to(device))  # (taps, out): padded parameter index of tap k
+            offsets.append(u[None, :] - (sigma + step * (cell[None, :] + tap - self.padding)))  # from the bump centre
+        self.rows, self.columns = cells
+        dy, dx = offsets
+        distance = (dy[None, :, None, :] ** 2 + dx[:, None, :, None] ** 2).sqrt() / sigma  # (kx, ky, Wo, Ho)
+        self.weight = (-2 * (distance - 0.5).clamp(min=0) ** 2).exp().transpose(1, 2).contiguous().to(device)
+        """Bump profiles, (kx, Wo, ky, Ho): column-major so that one column of taps is a contiguous block."""
 
     def generate(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        taps = 2 * self.radius + 1
-        mask = F.unfold(params, (taps, taps), padding=self.padding).view(len(params), -1, *self.shape_mid)
-        mask = F.interpolate(mask, size=self.shape_up, mode="nearest")[..., :self.shape_out[0], :self.shape_out[1]]
-        mask = self.weight * mask
-        mask = (mask * (self.coldness * mask).softmax(dim=1)).sum(dim=1, keepdim=True).clamp(0, 1)
+        mask = _SmoothMax.apply(params, self)
         m = self.margin
         return mask[:, :, m:m + self.shape[0], m:m + self.shape[1]], mask
+
+    def bumps(self, rows: Tensor, kx: int) -> Tensor:
+        """The bump values (R, Wo, ky, Ho) of tap column ``kx``, from the row-gathered parameters (R, Wp, ky, Ho)."""
+        return rows.index_select(1, self.columns[kx]).mul_(self.weight[kx])
+
+
+class _SmoothMax(torch.autograd.Function):
+    """y = Σ_k m_k·softmax(c·m)_k over the taps k, clamped to [0,1]; ∂y/∂m_k = softmax_k·(1 + c·(m_k − y)).
+
+    The softmax is exp(c·m_k − c·b) / Σ exp(c·m_j − c·b) with b the row's largest parameter (m ≤ b as the
+    profiles are ≤ 1), so nothing overflows; parameters in [0,1] (EP clamps them) keep every term ≥ e^−20.
+    """
+
+    @staticmethod
+    def forward(ctx, params: Tensor, generator: SmoothMaxMask) -> Tensor:
+        r, c, pad = len(params), generator.coldness, generator.padding
+        padded = F.pad(params[:, 0], (pad, pad, pad, pad))  # (R,Hp,Wp), zero padding as TorchRay's unfold
+        rows = padded.index_select(1, generator.rows.flatten()).view(r, generator.taps, generator.shape_out[0], -1)
+        rows = rows.permute(0, 3, 1, 2).contiguous()  # (R,Wp,ky,Ho)
+        bound = c * params.flatten(1).amax(1).clamp(min=0).view(r, 1, 1, 1)
+        total = params.new_zeros(r, generator.shape_out[1], generator.shape_out[0])  # (R,Wo,Ho)
+        weighted = torch.zeros_like(total)
+        for kx in range(generator.taps):
+            m = generator.bumps(rows, kx)
+            e = m.mul(c).sub_(bound).exp_()
+            total += e.sum(2)
+            weighted += m.mul_(e).sum(2)
+        mask = weighted / total
+        ctx.save_for_backward(params, rows, bound, total, mask)
+        ctx.generator = generator
+        return mask.clamp(0, 1).transpose(1, 2).contiguous().unsqueeze(1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        params, rows, bound, total, mask = ctx.saved_tensors
+        generator, c, pad = ctx.generator, ctx.generator.coldness, ctx.generator.padding
+        scale = (grad[:, 0].transpose(1, 2) * ((mask >= 0) & (mask <= 1)) / total).unsqueeze(2)  # clamp's gradient
+        mask = mask.unsqueeze(2)
+        grad_rows = torch.zeros_like(rows)
+        for kx in range(generator.taps):
+            m = generator.bumps(rows, kx)
+            e = m.mul(c).sub_(bound).exp_()
+            grad_m = m.sub_(mask).mul_(c).add_(1).mul_(e).mul_(scale)
+            grad_rows.index_add_(1, generator.columns[kx], grad_m.mul_(generator.weight[kx]))
+        r, (height, width) = len(params), params.shape[2:]
+        grad_rows = grad_rows.permute(0, 2, 3, 1).reshape(r, -1, width + 2 * pad)
+        grad_padded = params.new_zeros(r, height + 2 * pad, width + 2 * pad).index_add_(
+            1, generator.rows.flatten(), grad_rows)
+        return grad_padded[:, pad:pad + height, pad:pad + width].unsqueeze(1), None
 
 
 def reward(logits: Tensor, classes: Tensor, contrastive: bool) -> Tensor:
