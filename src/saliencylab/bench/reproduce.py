@@ -480,14 +480,18 @@ def reproduce_004(out_dir: Path, *, config: SyntheticConfig, device: torch.devic
 
 # ---------------------------------------------------------------- paper 003: deliberative explanations
 
-DELIBERATIVE_DATA = AmbiguityConfig(image_size=48, train=500, test=200, classes=10, hide=0.3, seed=0)
-"""The synthetic bird (CUB layout) and scene (ADE20K layout) sets of reproduction 003."""
+DELIBERATIVE_DATA = AmbiguityConfig(image_size=48, train=1000, test=200, classes=10, hide=0.3, seed=0)
+"""The synthetic bird (CUB layout) and scene (ADE20K layout) sets of reproduction 003. 1000 training images, so the
+validation tenth that picks the predictor's epoch (accuracy after rejection) holds ~10 errors, not ~5 (with 500,
+the picked epoch's validation AUC and the test AUC disagreed: 95.3 vs 90.4)."""
 DELIBERATIVE_LAYER = "features"
 PRESS_003 = {"birds": 5.0, "scenes": 10.0}
 """``press`` of the original's CUB-VGG and ADE-VGG scripts."""
 HARDNESS_LR_003 = 1e-3
 """Deviation: the original's predictor lr 1e-5 fine-tunes for ~2500 steps from an ImageNet VGG; here the head
-starts from scratch and gets ~300 steps, where 1e-5 would leave it at its random start. Fixed before any run."""
+starts from scratch and gets ~300 steps, where 1e-5 would leave it at its random start. Fixed before any run; a
+later sweep on the validation rejection AUC (birds, seed 0, 10 epochs) agreed: 1e-5 93.4 (output std 0.06),
+1e-4 94.1, 1e-3 95.3, 1e-2 90.7 (a constant output)."""
 ROWS_003 = tuple(f"{score}+{attribution}" for score in SCORES for attribution in ("gradient", "second_order"))
 """Scores × attributions explained on the K hardest images by each score."""
 IG_IMAGES = 50
