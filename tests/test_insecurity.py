@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from saliencylab import Classifier
-from saliencylab.insecurity.attribution import (class_attributions, confidence_score, difficulty_attribution,
-                                                entropy_score, explain_insecurities, hardness_logit,
-                                                hardness_probability)
+from saliencylab.insecurity.attribution import (ATTRIBUTIONS, class_attributions, confidence_score,
+                                                difficulty_attribution, entropy_score, explain_insecurities,
+                                                hardness_logit, hardness_probability, integrated_layer_gradients,
+                                                layer_gradients)
 from saliencylab.insecurity.evaluate import (hardest, object_curve, object_iou, part_curve, part_precision_recall,
                                              at_keypoints,
                                              precision_at_recall)
@@ -197,11 +198,38 @@ def test_explain_insecurities_on_a_tiny_model():
     model.pool = nn.Sequential(nn.Flatten(), nn.Linear(4 * 4 * 4, 6))
     classifier = _classifier(model)
     images = torch.rand(2, 3, 16, 16)
-    classes, maps = explain_insecurities(classifier, images, "features", classifier, confidence_score)
-    assert classes.shape == (2, 5) and len(maps) == 2
-    for per_image in maps:
-        for (a, b), insecurity in per_image.items():
-            assert 0 <= a < b < 5 and insecurity.shape == (16, 16) and bool((insecurity >= 0).all())
+    classes, maps = explain_insecurities(classifier, images, "features", classifier, confidence_score, ATTRIBUTIONS)
+    assert classes.shape == (2, 5) and list(maps) == list(ATTRIBUTIONS)
+    for attribution, per_attribution in maps.items():
+        assert len(per_attribution) == 2
+        # one pass for all attributions gives what each gives alone (shared class maps and gradient)
+        _, alone = explain_insecurities(classifier, images, "features", classifier, confidence_score, [attribution])
+        for per_image, expected in zip(per_attribution, alone[attribution]):
+            assert list(per_image) == list(expected)
+            for (a, b), insecurity in per_image.items():
+                assert 0 <= a < b < 5 and insecurity.shape == (16, 16) and bool((insecurity >= 0).all())
+                torch.testing.assert_close(insecurity, expected[(a, b)])
+
+
+def test_integrated_gradients_batched_over_points_equal_one_point_at_a_time():
+    torch.manual_seed(5)
+    model = nn.Sequential()
+    model.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4))
+    model.pool = nn.Sequential(nn.Flatten(), nn.Linear(4 * 4 * 4, 6))
+    classifier, images = _classifier(model), torch.rand(3, 3, 16, 16)
+    classes = torch.tensor([[0, 1, 2], [5, 4, 3], [1, 3, 5]])
+
+    def scores(outputs):
+        return outputs.softmax(1).gather(1, classes)
+
+    one_by_one = integrated_layer_gradients(classifier, images, "features", scores, points=7, max_rows=3)
+    batched = integrated_layer_gradients(classifier, images, "features", scores, points=7, max_rows=15)  # 5, then 2
+    for got, expected in zip(batched, one_by_one):
+        torch.testing.assert_close(got, expected)
+    # and each point's gradient is the plain per-point gradient (the definition, point by point)
+    steps = [layer_gradients(classifier, alpha * images, "features", scores) for alpha in torch.linspace(0, 1, 7)]
+    torch.testing.assert_close(batched[1], torch.stack([g for _, g in steps]).mean(0))
+    torch.testing.assert_close(batched[0], steps[-1][0] - steps[0][0])
 
 
 # ---------------------------------------------------------------- ground truth

@@ -21,3 +21,24 @@ def test_claims_003_from_hand_built_means():
     assert not claims["scenes_second_order_beats_gradient"]["holds"]  # a tie is no win
     assert claims["scenes_second_order_beats_gradient"]["ours"] == {"hardness+second_order": 0.3,
                                                                     "hardness+gradient": 0.3}
+
+
+def test_reproduce_003_end_to_end_on_a_tiny_set(tmp_path):
+    import torch
+
+    from saliencylab.bench.reproduce import ROWS_003, SUBSET_ROWS_003, reproduce_003
+    from saliencylab.data.synthetic_ambiguity import AmbiguityConfig
+
+    threads = torch.get_num_threads()
+    results = reproduce_003(tmp_path, config=None, device=torch.device("cpu"), epochs=1, hardness_epochs=1, images=12,
+                            seeds=(0,), data=AmbiguityConfig(image_size=32, train=60, test=20, classes=6),
+                            sets=("birds",), batch_size=16, progress=False)
+    assert torch.get_num_threads() == threads  # the reproduction's one thread is given back
+    rows = results["summary"]["birds"]
+    assert set(rows) == {*ROWS_003, *SUBSET_ROWS_003}
+    # 12 hardest images explained: their first 50 are all 12, so the subset rows equal the full ones
+    for attribution in ("gradient", "second_order"):
+        assert rows[f"hardness+{attribution}@50"]["runs"] == rows[f"hardness+{attribution}"]["runs"]
+    rejection = results["details"]["birds"]["test_rejection_auc"]
+    assert set(rejection) == {"confidence", "entropy", "hardness"}
+    assert all(len(v) == 1 and 0 <= v[0] <= 98 for v in rejection.values())

@@ -657,10 +657,10 @@ def _insecurity(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data, class_names=classifier.class_names,
                            image_size=_classifier_size(args, description), options=dict(args.data_set))
     device = torch.device(args.device)
-    records = explain_hardest(classifier.to(device), dataset, score=args.score, attribution=args.attribution,
+    records = explain_hardest(classifier.to(device), dataset, score=args.score, attributions=[args.attribution],
                               layer=args.layer, count=args.images, batch_size=args.batch_size,
                               predictor=None if predictor is None else predictor.to(device), device=device,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress)[args.attribution]
     out = write_insecurities(records, dataset, args.out, list(classifier.class_names), fraction=args.fraction,
                              figures=args.figures)
     print(f"wrote {len(records)} images' insecurities to {out / 'maps'}, overlays to {out / 'figures'} and "

@@ -13,7 +13,7 @@ score (the classifier for confidence and entropy, the hardness predictor for its
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -92,57 +92,100 @@ def class_attributions(classifier: Classifier, images: Tensor, classes: Tensor, 
 
 def layer_gradients(network: Classifier, images: Tensor, layer: str, score: Score) -> tuple[Tensor, Tensor]:
     """Activation grid A (N,C,h,w) of ``layer`` and ∂score/∂A: (N,C,h,w) for a score (N,), (N,K,C,h,w) for
-    scores (N,K) (one backward per column, one forward)."""
+    scores (N,K) (one forward, one backward batched over the K columns)."""
     with _layer_graph(network, layer, images) as (outputs, activation, layout):
         values = score(outputs)
-        columns = values.unsqueeze(1) if values.dim() == 1 else values
-        grads = torch.stack([layout.to_grid(torch.autograd.grad(columns[:, k].sum(), activation,
-                                                                retain_graph=k + 1 < columns.shape[1])[0])
-                             for k in range(columns.shape[1])], 1)
+        grads = _column_gradients(values.unsqueeze(1) if values.dim() == 1 else values, activation, layout)
     return layout.to_grid(activation.detach()), grads if values.dim() == 2 else grads[:, 0]
 
 
+def _column_gradients(columns: Tensor, activation: Tensor, layout: Layout) -> Tensor:
+    """(N,K,C,h,w): ∂columns[:, k]/∂A for each column of ``columns`` (N,K), as K vector-Jacobian products batched
+    in one backward (each row's score depends on its own row of A only)."""
+    count = columns.shape[1]
+    if count == 1:
+        grads = torch.autograd.grad(columns.sum(), activation)[0].unsqueeze(0)
+    else:
+        selectors = torch.eye(count, dtype=columns.dtype, device=columns.device)[:, None, :]
+        (grads,) = torch.autograd.grad(columns, activation, is_grads_batched=True,
+                                       grad_outputs=selectors.expand(-1, len(columns), -1).contiguous())
+    return layout.to_grid(grads.flatten(0, 1)).unflatten(0, (count, len(columns))).transpose(0, 1)
+
+
 def integrated_layer_gradients(network: Classifier, images: Tensor, layer: str, score: Score,
-                               points: int = IG_POINTS) -> tuple[Tensor, Tensor]:
+                               points: int = IG_POINTS, max_rows: int = 512) -> tuple[Tensor, Tensor]:
     """(A(x) − A(x') (N,C,h,w), ḡ shaped as in :func:`layer_gradients`): x' the black image, ḡ = ∂score/∂A
-    averaged over the ``points`` images x' + i/(points−1)·(x − x'), one batch of N per point (so ``score`` sees
-    the rows of ``images``)."""
-    steps = [layer_gradients(network, alpha * images, layer, score) for alpha in torch.linspace(0, 1, points).tolist()]
-    return steps[-1][0] - steps[0][0], torch.stack([grad for _, grad in steps]).mean(0)
+    averaged over the ``points`` images x' + i/(points−1)·(x − x'). Several points go through the network in one
+    batch of at most ``max_rows`` images (at least one point); ``score`` is applied to each point's N rows, so it
+    sees the rows of ``images``."""
+    alphas = torch.linspace(0, 1, points, device=images.device)
+    per_batch = max(1, max_rows // len(images))
+    total, baseline, activation = None, None, None
+    for chunk in alphas.split(per_batch):
+        scaled = (chunk.view(-1, 1, 1, 1, 1) * images).flatten(0, 1)  # (P·N,3,H,W), point-major
+
+        def point_scores(outputs: Tensor) -> Tensor:
+            return torch.cat([score(rows) for rows in outputs.split(len(images))])
+
+        grid, grads = layer_gradients(network, scaled, layer, point_scores)
+        grids, grads = grid.unflatten(0, (len(chunk), len(images))), grads.unflatten(0, (len(chunk), len(images)))
+        baseline = grids[0] if baseline is None else baseline
+        activation = grids[-1]
+        total = grads.sum(0) if total is None else total + grads.sum(0)
+    return activation - baseline, total / points
+
+
+def difficulty_attributions(network: Classifier, images: Tensor, layer: str, score: Score,
+                             attributions: Sequence[str] = ("second_order",),
+                             location_batch: int = 64) -> dict[str, Tensor]:
+    """attribution -> a_s (N,h,w) >= 0 of the difficulty ``score`` of ``network`` at ``layer``, for each of
+    ``attributions`` (of ATTRIBUTIONS). ``gradient`` and ``second_order`` share one forward and one gradient (the
+    gradient map is 2ndG's first term); ``second_order`` runs ``location_batch`` Hessian-vector products at a time.
+    """
+    unknown = [a for a in attributions if a not in ATTRIBUTIONS]
+    if unknown:
+        raise ValueError(f"attribution must be one of {ATTRIBUTIONS}, got {unknown[0]!r}")
+    maps = {}
+    if "integrated_gradients" in attributions:
+        delta, grad = integrated_layer_gradients(network, images, layer, score)
+        maps["integrated_gradients"] = (delta * grad.clamp_min(0)).sum(1).clamp_min(0)
+    if "second_order" in attributions:
+        with _layer_graph(network, layer, images) as (outputs, activation, layout):
+            grad, quadratic = location_quadratic_forms(score(outputs).sum(), activation, layout, location_batch)
+        first = (layout.to_grid(activation.detach()) * grad.clamp_min(0)).sum(1)
+        maps["second_order"] = first + 0.5 * quadratic.abs()
+    elif "gradient" in attributions:
+        activation, grad = layer_gradients(network, images, layer, score)
+        first = (activation * grad.clamp_min(0)).sum(1)
+    if "gradient" in attributions:
+        maps["gradient"] = first
+    return {attribution: maps[attribution] for attribution in attributions}
 
 
 def difficulty_attribution(network: Classifier, images: Tensor, layer: str, score: Score,
                            attribution: str = "second_order", location_batch: int = 64) -> Tensor:
-    """a_s (N,h,w) >= 0 of the difficulty ``score`` of ``network`` at ``layer`` by ``attribution`` (ATTRIBUTIONS).
-
-    ``second_order`` runs ``location_batch`` Hessian-vector products at a time.
-    """
-    if attribution not in ATTRIBUTIONS:
-        raise ValueError(f"attribution must be one of {ATTRIBUTIONS}, got {attribution!r}")
-    if attribution == "integrated_gradients":
-        delta, grad = integrated_layer_gradients(network, images, layer, score)
-        return (delta * grad.clamp_min(0)).sum(1).clamp_min(0)
-    if attribution == "gradient":
-        activation, grad = layer_gradients(network, images, layer, score)
-        return (activation * grad.clamp_min(0)).sum(1)
-    with _layer_graph(network, layer, images) as (outputs, activation, layout):
-        grad, quadratic = location_quadratic_forms(score(outputs).sum(), activation, layout, location_batch)
-    return (layout.to_grid(activation.detach()) * grad.clamp_min(0)).sum(1) + 0.5 * quadratic.abs()
+    """a_s (N,h,w) >= 0 of the difficulty ``score`` of ``network`` at ``layer`` by ``attribution`` (ATTRIBUTIONS);
+    see :func:`difficulty_attributions`."""
+    return difficulty_attributions(network, images, layer, score, (attribution,), location_batch)[attribution]
 
 
 def explain_insecurities(classifier: Classifier, images: Tensor, layer: str, difficulty_network: Classifier,
-                         score: Score, attribution: str = "second_order",
-                         difficulty_layer: str | None = None) -> tuple[Tensor, list[dict[tuple[int, int], Tensor]]]:
-    """The top-5 classes (N,5) of ``images`` and, per image, its insecurity maps (slot pair -> (H,W)).
+                         score: Score, attributions: Sequence[str] = ("second_order",),
+                         difficulty_layer: str | None = None
+                         ) -> tuple[Tensor, dict[str, list[dict[tuple[int, int], Tensor]]]]:
+    """The top-5 classes (N,5) of ``images`` and, per attribution of ``attributions``, per image, its insecurity
+    maps (slot pair -> (H,W)).
 
-    Class maps come from ``classifier`` at ``layer`` (integrated when ``attribution`` is integrated gradients, else
-    gradient × activation); the difficulty map from ``score`` of ``difficulty_network`` (the classifier itself for
-    the confidence score and entropy, the hardness predictor for its score) at ``difficulty_layer`` (default
-    ``layer``) by ``attribution``; see :mod:`saliencylab.insecurity.maps`.
+    Class maps come from ``classifier`` at ``layer`` (integrated for integrated gradients, else gradient ×
+    activation, computed once for gradient and 2ndG); the difficulty maps from ``score`` of
+    ``difficulty_network`` (the classifier itself for the confidence score and entropy, the hardness predictor
+    for its score) at ``difficulty_layer`` (default ``layer``); see :mod:`saliencylab.insecurity.maps`.
     """
     classes = top_classes(classifier, images)
-    class_maps = class_attributions(classifier, images, classes, layer,
-                                    integrated=attribution == "integrated_gradients")
-    difficulty = difficulty_attribution(difficulty_network, images, difficulty_layer or layer, score, attribution)
+    difficulty = difficulty_attributions(difficulty_network, images, difficulty_layer or layer, score, attributions)
+    class_maps = {integrated: class_attributions(classifier, images, classes, layer, integrated=integrated)
+                  for integrated in {attribution == "integrated_gradients" for attribution in attributions}}
     size = tuple(images.shape[-2:])
-    return classes, [insecurities(class_maps[i], difficulty[i], size) for i in range(len(images))]
+    return classes, {attribution: [insecurities(class_maps[attribution == "integrated_gradients"][i],
+                                                difficulty[attribution][i], size) for i in range(len(images))]
+                     for attribution in attributions}

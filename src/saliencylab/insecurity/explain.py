@@ -3,6 +3,7 @@ rank the images by a difficulty score, explain the ``count`` hardest, write thei
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,27 +53,30 @@ def dataset_scores(network: Classifier, score: Score, dataset: Dataset, batch_si
     return torch.cat(scores)
 
 
-def explain_hardest(classifier: Classifier, dataset: Dataset, *, score: str, attribution: str, layer: str,
+def explain_hardest(classifier: Classifier, dataset: Dataset, *, score: str, attributions: Sequence[str], layer: str,
                     count: int, predictor: Classifier | None = None, batch_size: int = 16,
-                    device: torch.device | str = "cpu", progress: bool = False) -> list[dict]:
-    """Explain the ``count`` images of ``dataset`` with the highest ``score`` (hardest first).
+                    device: torch.device | str = "cpu", progress: bool = False) -> dict[str, list[dict]]:
+    """Explain the ``count`` images of ``dataset`` with the highest ``score`` (hardest first), by each of
+    ``attributions`` (one pass for all: the class maps and the gradient are shared).
 
-    Returns one record per image: ``index`` (in ``dataset``), ``image_id``, ``difficulty``, ``classes`` (5,) the
-    top-5 class ids and ``insecurities`` (slot pair -> (H,W) map on the CPU).
+    Returns, per attribution, one record per image: ``index`` (in ``dataset``), ``image_id``, ``difficulty``,
+    ``classes`` (5,) the top-5 class ids and ``insecurities`` (slot pair -> (H,W) map on the CPU).
     """
     network, score_fn = difficulty_source(score, classifier, predictor)
     difficulty = dataset_scores(network, score_fn, dataset, device=device)
     chosen = hardest(difficulty, count).tolist()
-    records = []
-    for start in tqdm(range(0, len(chosen), batch_size), desc=f"{score} + {attribution}", disable=not progress):
+    records: dict[str, list[dict]] = {attribution: [] for attribution in attributions}
+    for start in tqdm(range(0, len(chosen), batch_size), desc=f"{score} + {', '.join(attributions)}",
+                      disable=not progress):
         indices = chosen[start:start + batch_size]
         batch = collate([dataset[i] for i in indices])
         classes, maps = explain_insecurities(classifier, batch.images.to(device), layer, network, score_fn,
-                                             attribution)
-        for row, index in enumerate(indices):
-            records.append({"index": index, "image_id": batch.image_ids[row], "difficulty": float(difficulty[index]),
-                            "classes": classes[row].cpu(),
-                            "insecurities": {pair: m.cpu() for pair, m in maps[row].items()}})
+                                             attributions)
+        for attribution, per_image in maps.items():
+            records[attribution].extend(
+                {"index": index, "image_id": batch.image_ids[row], "difficulty": float(difficulty[index]),
+                 "classes": classes[row].cpu(), "insecurities": {pair: m.cpu() for pair, m in per_image[row].items()}}
+                for row, index in enumerate(indices))
     return records
 
 
