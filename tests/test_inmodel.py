@@ -177,6 +177,8 @@ def test_three_phases_freeze_what_they_must(polygon_data, tmp_path):
     torch.testing.assert_close(methods.build("inmodel", loaded, checkpoint=str(tmp_path / "run")).attribute(images, 0),
                                maps[:, :1])
     assert maps[1, 1].isnan().all()
+    with torch.no_grad():  # the unit bench speed times: the explainer forward the maps come from
+        torch.testing.assert_close(methods.build("inmodel", loaded).passes(32, 32).network(images), net.explain(images))
     with pytest.raises(ValueError, match="needs an in-model network"):
         methods.build("inmodel", load_trained_classifier(tmp_path / "run")[0].__class__(torch.nn.Identity()))
 

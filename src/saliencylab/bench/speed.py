@@ -2,7 +2,7 @@
 
 For every method: images/s, seconds per image, peak memory, and the ratio of its time to its
 minimum pass count (``method.passes``) × the time of one classifier forward (+ backward) on the
-same batch. A ratio of 1.15 means 15 % overhead over that minimum. The methods and the unit passes
+same batch, or of one forward of the method's own network where it declares one (trained explainers). A ratio of 1.15 means 15 % overhead over that minimum. The methods and the unit passes
 run interleaved, in rounds (one unit forward, one unit forward+backward, then every method once),
 so a machine's changing load hits them alike; each round gives one ratio against that round's unit
 times, and a row reports the median ratio and the lowest and highest (the spread).
@@ -140,17 +140,19 @@ def ratio_spread(times: Sequence[float], references: Sequence[float]) -> tuple[f
     return statistics.median(ratios), ratios[0], ratios[-1]
 
 
+def no_grad_call(network: Callable[[Tensor], Tensor], images: Tensor) -> None:
+    """One forward of ``network`` without autograd: the unit of a method that runs its own network."""
+    with torch.no_grad():
+        network(images)
+
+
 def unit_passes(classifier: Classifier, images: Tensor) -> tuple[Callable[[], None], Callable[[], None]]:
     """One forward, and one forward + backward to the input, of the whole batch."""
-    def forward() -> None:
-        with torch.no_grad():
-            classifier(images)
-
     def forward_backward() -> None:
         inputs = images.clone().requires_grad_(True)
         torch.autograd.grad(classifier(inputs)[:, 0].sum(), inputs)
 
-    return forward, forward_backward
+    return partial(no_grad_call, classifier, images), forward_backward
 
 
 def run_speed(model: str = "small_cnn", size: int = 96, batch: int = 8, names: Sequence[str] | None = None,
@@ -172,11 +174,11 @@ def run_speed(model: str = "small_cnn", size: int = 96, batch: int = 8, names: S
     for name in names or methods.names():
         extra = {}
         if "explainer" in methods.hyperparameters(name):  # timing needs a network, not a trained one
-            extra["explainer"] = build_explainer("light", num_classes).to(torch_device)
+            extra["explainer"] = build_explainer("light", num_classes).to(torch_device).eval()
         if "masker" in methods.hyperparameters(name):
             extra["masker"] = Masker(["auto"], layer_channels(classifier, ["auto"])).to(torch_device)
         if "network" in methods.hyperparameters(name):  # the in-model explainer's own network (paper 004)
-            extra["network"] = InModelNet(num_classes, "vgg").to(torch_device)
+            extra["network"] = InModelNet(num_classes, "vgg").to(torch_device).eval()
         built[name] = methods.build(name, classifier, **settings_for(name, settings), **extra)
     forward, forward_backward = unit_passes(classifier, images)
     with scoped_eval(classifier):
@@ -186,6 +188,9 @@ def run_speed(model: str = "small_cnn", size: int = 96, batch: int = 8, names: S
             method.attribute(images, targets)
         peaks[name] = peak[0]
     calls = {" forward": forward, " forward_backward": forward_backward}  # not method names: those have no space
+    networks = {name: method.passes(size, size).network for name, method in built.items()}
+    calls.update({f" forward {name}": partial(no_grad_call, network, images)
+                  for name, network in networks.items() if network is not None})  # a method's own network
     calls.update({name: partial(method.attribute, images, targets) for name, method in built.items()})
     with scoped_eval(classifier):
         times = interleaved(calls, torch_device, repeats)
@@ -196,7 +201,9 @@ def run_speed(model: str = "small_cnn", size: int = 96, batch: int = 8, names: S
     rows = []
     for name, method in built.items():
         passes = method.passes(size, size)
-        minima = [passes.forward * f + passes.backward * b for f, b in units]
+        own = times.get(f" forward {name}")
+        minima = ([passes.forward * f for f in own] if own else
+                  [passes.forward * f + passes.backward * b for f, b in units])
         per_image = statistics.median(times[name]) / batch
         row = SpeedRow(name, 1 / per_image, per_image, peaks[name], statistics.median(minima) / batch,
                        *ratio_spread(times[name], minima), settings_for(name, settings))

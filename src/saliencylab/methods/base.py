@@ -110,10 +110,13 @@ def math_attention() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Passes:
-    """The least work a method needs per (image, target): classifier forward and backward passes."""
+    """The least work a method needs per (image, target): forward and backward passes of the classifier, or of
+    ``network`` for a method that runs its own network instead (a trained explainer): a function of the
+    (B,3,H,W) images in [0,1], whose one forward on the batch the speed benchmark then times as the unit."""
 
     forward: float
     backward: float
+    network: Callable[[Tensor], Tensor] | None = None
 
 
 class Method:

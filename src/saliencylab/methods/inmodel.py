@@ -54,4 +54,5 @@ class InModelMethod(Method):
 
     def passes(self, height: int, width: int) -> Passes:
         """One explainer forward per image serves every target; the classifier does not run."""
-        return Passes(forward=1, backward=0)
+        return Passes(forward=1, backward=0,
+                      network=lambda images: self._source.model.explain(self._source.normalize(images)))

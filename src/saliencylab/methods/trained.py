@@ -78,7 +78,7 @@ class TrainedExplainer(Method):
 
     def passes(self, height: int, width: int) -> Passes:
         """One explainer-network forward per image serves every target; no classifier pass, no backward."""
-        return Passes(forward=1, backward=0)
+        return Passes(forward=1, backward=0, network=lambda images: self._network(self._normalize(images)))
 
 
 @register("explainer")
