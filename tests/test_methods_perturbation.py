@@ -148,9 +148,9 @@ def test_smooth_max_mask_equals_torchray_mask_generator(shape, step, sigma):
 @pytest.mark.parametrize("variant, reward",
                          [("preserve", "contrastive"), ("delete", "simple"), ("dual", "contrastive")])
 def test_extremal_perturbation_equals_torchray(variant, reward, monkeypatch):
-    """Everything but the mask generator (compared above, values and gradients), whose round-off
-    differs: the area term sorts near-equal mask values, and a flipped order sends a step's gradient
-    to other pixels, so whole runs are compared with TorchRay's generator in place of ours."""
+    """Everything but the mask generator (compared above, values and gradients): its round-off differs
+    from TorchRay's, and the optimisation amplifies it past any tight tolerance, so whole runs are
+    compared with TorchRay's generator in place of ours."""
     from torchray.attribution import extremal_perturbation as ep
     monkeypatch.setattr("saliencylab.methods.extremal_perturbation.SmoothMaxMask",
                         lambda shape, step, sigma, device: ep.MaskGenerator(shape, step, sigma))
