@@ -10,8 +10,8 @@ from saliencylab.data.gridding import (GriddedDataset, collate_gridded, composit
                                        negative_lists)
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.zoo import build_classifier, use_global_max_pooling
-from saliencylab.training.consistency import (consistency_loss, differentiable_gradcam, gridded_target,
-                                              normalise_sum)
+from saliencylab.training.consistency import (ConsistencyModule, consistency_loss, differentiable_gradcam,
+                                              grid_weight, gridded_target, normalise_sum)
 from samples import make_sample
 
 CLASSES = ["a", "b", "c", "d"]
@@ -112,6 +112,36 @@ def test_gradients_flow_through_both_maps_and_only_the_composites_when_detached(
         assert grids.grad.abs().sum() > 0
         assert (inputs.grad is None) == detach
         assert classifier.model.features[0].weight.grad.abs().sum() > 0  # double backward reaches the weights
+
+
+def test_lambda_is_the_papers_on_its_14x14_grid_and_scaled_by_cells_elsewhere():
+    assert grid_weight(25.0, (14, 14)) == 25.0  # the ResNet presets: unchanged
+    assert grid_weight(25.0, (16, 16)) == pytest.approx(25.0 * 256 / 196)  # small_cnn, 64 px: 32.65
+    assert grid_weight(1.0, (13, 13)) == pytest.approx(169 / 196)  # AlexNet's composite grid, before upsampling
+    # the weight it keeps: λ per cell x cells, i.e. on a map's total L1, is 25/196 on every grid
+    assert grid_weight(25.0, (8, 8)) / 64 == grid_weight(25.0, (14, 14)) / 196
+
+
+def test_training_step_is_the_classification_loss_plus_the_grid_weighed_l1():
+    torch.manual_seed(3)
+    module = ConsistencyModule(num_classes=4, width=4, layer="features", consistency_weight=25.0)
+    samples = [make_sample(str(i), (32, 32), [[0, 0, 9, 9]], [i % 4], [False], None, 4) for i in range(4)]
+    batch = collate_gridded([GriddedDataset(samples, 4, multi_label=False)[i] for i in range(4)])
+    loss = module.training_step(batch, 0)  # train-mode BN: batch statistics, so recomputing gives the same maps
+    logits, image_maps = differentiable_gradcam(module.classifier, batch.batch.images, batch.targets, "features")
+    _, composite_maps = differentiable_gradcam(module.classifier, batch.composites, batch.targets, "features")
+    assert composite_maps.shape == (4, 8, 8)  # 64 px composites, stride 8: 64 cells -> λ x 64/196
+    l1 = consistency_loss(image_maps, composite_maps, batch.quadrants)
+    expected = torch.nn.functional.cross_entropy(logits, batch.batch.labels.argmax(1)) + 25.0 * 64 / 196 * l1
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+
+
+def test_gradient_norm_is_the_l2_norm_over_all_parameters():
+    module = ConsistencyModule(num_classes=2, width=4, layer="features")
+    params = [p for p in module.parameters() if p.requires_grad]
+    loss = sum((p ** 2).sum() for p in params) / 2  # gradient = the parameters
+    expected = torch.sqrt(sum((p.detach() ** 2).sum() for p in params))
+    assert float(module.gradient_norm(loss)) == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_grids_that_do_not_tile_use_the_pixel_resolution_loss():
