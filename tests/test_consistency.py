@@ -314,7 +314,8 @@ def test_tiny_fit_on_a_coco_format_fixture_with_global_max_pooling(tmp_path: Pat
     _, scores = fit_consistent(datamodule, tmp_path / "model", num_classes=4, multi_label=True, max_epochs=1,
                                drop_last=True, negatives_cache=tmp_path / "negatives.json", progress=False,
                                accelerator="cpu", arch="small_cnn", width=4, layer="features", pooling="max",
-                               consistency_weight=1.0, lr=0.01)
+                               consistency_weight=1.0, lr=0.01,
+                               grad_norm_every=1)  # the diagnostic's extra backward passes inside a real fit
     assert (tmp_path / "negatives.json").is_file()
     loaded, description = load_trained_classifier(tmp_path / "model")
     assert description["pooling"] == "max" and isinstance(loaded.model.pool, nn.AdaptiveMaxPool2d)
