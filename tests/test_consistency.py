@@ -11,7 +11,7 @@ from saliencylab.data.gridding import (GriddedDataset, collate_gridded, composit
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.zoo import build_classifier, use_global_max_pooling
 from saliencylab.training.consistency import (ConsistencyModule, consistency_loss, differentiable_gradcam,
-                                              grid_weight, gridded_target, normalise_sum)
+                                              grid_weight, gridded_target, heldout_consistency, normalise_sum)
 from samples import make_sample
 
 CLASSES = ["a", "b", "c", "d"]
@@ -95,6 +95,25 @@ def test_consistency_loss_is_zero_when_only_the_positive_cell_is_attended_with_t
     assert float(loss.detach()) == pytest.approx(0.75e-8, abs=1e-9)  # only the eps the normalisation adds to empty cells
     shuffled = consistency_loss(image_maps, composite_maps, quadrants.roll(1))
     assert float(shuffled) > 1e-3  # the wrong cells: a real loss
+
+
+def test_heldout_consistency_of_a_network_that_attends_only_to_its_class():
+    from dataclasses import replace
+    torch.manual_seed(4)
+    active = [replace(make_sample(f"a{i}", (8, 8), [[0, 0, 7, 7]], [0], [False], None, 2), image=torch.rand(3, 8, 8))
+              for i in range(4)]  # class 0: Local's feature fires (x_0 > 0.5), logit weight 2
+    black = [replace(make_sample(f"b{i}", (8, 8), [[0, 0, 7, 7]], [1], [False], None, 2), image=torch.zeros(3, 8, 8))
+             for i in range(4)]  # class 1: no activation, so its map is the uniform eps (no mass anywhere)
+    classifier = local_classifier()
+    before = torch.get_rng_state()
+    scores = heldout_consistency(classifier, active + black, 2, multi_label=True, seed=0, batch_size=3)
+    assert torch.equal(torch.get_rng_state(), before)  # the draws do not move the global RNG
+    # class-0 images among black negatives: the composite's map is the image's in its cell (mass 1, L1 only the
+    # eps of the empty cells); class-1 images: eps maps everywhere (mass 64 eps in the cell, L1 3/4 eps)
+    assert scores["consistency_l1"] == pytest.approx(0.75e-8, abs=1e-9)
+    assert scores["positive_cell_mass"] == pytest.approx(0.5, abs=1e-6)
+    whole = heldout_consistency(classifier, active + black, 2, multi_label=True, seed=0)  # one batch of 8
+    assert whole == pytest.approx(scores, rel=1e-5)  # batched == whole, same draws
 
 
 def test_gradients_flow_through_both_maps_and_only_the_composites_when_detached():

@@ -27,6 +27,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from saliencylab.data.gridding import QUADRANTS, GriddedBatch, GriddedDataset, collate_gridded
 from saliencylab.data.module import SaliencyDataModule
@@ -111,6 +112,35 @@ def grid_weight(consistency_weight: float, composite_grid: tuple[int, int]) -> f
     variant the maps are upsampled without renormalising, so the feature grid (before upsampling) counts.
     """
     return consistency_weight * composite_grid[0] * composite_grid[1] / REFERENCE_CELLS
+
+
+@torch.no_grad()
+def heldout_consistency(classifier: Classifier, dataset: Dataset, num_classes: int, *, multi_label: bool,
+                        layer: str = "auto", seed: int = 0, batch_size: int = 32) -> dict[str, float]:
+    """How consistent a trained classifier's Grad-CAM is on ``dataset`` (images it was not trained on), each image
+    gridded with negatives from ``dataset`` (:class:`~saliencylab.data.gridding.GriddedDataset`, draws seeded by
+    ``seed``, the global RNG left as it was), the classifier in its mode as given (trained classifiers load in
+    eval mode): ``consistency_l1``, the mean :func:`consistency_loss` (the training loss before λ), and
+    ``positive_cell_mass``, the mean share of the composite's map in the positive cell (1 for a perfectly
+    consistent map; NaN when the grids do not tile).
+    """
+    gridded = GriddedDataset(dataset, num_classes, multi_label=multi_label)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        items = [gridded[i] for i in range(len(gridded))]
+    l1, mass = [], []
+    for start in range(0, len(items), batch_size):
+        batch = collate_gridded(items[start:start + batch_size])
+        _, image_maps = differentiable_gradcam(classifier, batch.batch.images, batch.targets, layer, create_graph=False)
+        _, composite_maps = differentiable_gradcam(classifier, batch.composites, batch.targets, layer,
+                                                   create_graph=False)
+        size = tuple(batch.batch.images.shape[-2:])
+        l1.append(consistency_loss(image_maps, composite_maps, batch.quadrants, image_size=size) * len(batch))
+        if tuple(composite_maps.shape[-2:]) == (2 * image_maps.shape[-2], 2 * image_maps.shape[-1]):
+            mass.append((composite_maps * gridded_target(torch.ones_like(image_maps), batch.quadrants)).sum((1, 2)))
+        else:
+            mass.append(torch.full((len(batch),), float("nan")))
+    return {"consistency_l1": float(sum(l1) / len(items)), "positive_cell_mass": float(torch.cat(mass).mean())}
 
 
 class ConsistencyModule(StagedModule):
