@@ -10,8 +10,8 @@ from saliencylab.data.gridding import (GriddedDataset, collate_gridded, composit
                                        negative_lists)
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.zoo import build_classifier, use_global_max_pooling
-from saliencylab.training.consistency import (consistency_loss, differentiable_gradcam, gridded_target,
-                                              normalise_sum)
+from saliencylab.training.consistency import (ConsistencyModule, consistency_loss, differentiable_gradcam,
+                                              grid_weight, gridded_target, heldout_consistency, normalise_sum)
 from samples import make_sample
 
 CLASSES = ["a", "b", "c", "d"]
@@ -97,6 +97,25 @@ def test_consistency_loss_is_zero_when_only_the_positive_cell_is_attended_with_t
     assert float(shuffled) > 1e-3  # the wrong cells: a real loss
 
 
+def test_heldout_consistency_of_a_network_that_attends_only_to_its_class():
+    from dataclasses import replace
+    torch.manual_seed(4)
+    active = [replace(make_sample(f"a{i}", (8, 8), [[0, 0, 7, 7]], [0], [False], None, 2), image=torch.rand(3, 8, 8))
+              for i in range(4)]  # class 0: Local's feature fires (x_0 > 0.5), logit weight 2
+    black = [replace(make_sample(f"b{i}", (8, 8), [[0, 0, 7, 7]], [1], [False], None, 2), image=torch.zeros(3, 8, 8))
+             for i in range(4)]  # class 1: no activation, so its map is the uniform eps (no mass anywhere)
+    classifier = local_classifier()
+    before = torch.get_rng_state()
+    scores = heldout_consistency(classifier, active + black, 2, multi_label=True, seed=0, batch_size=3)
+    assert torch.equal(torch.get_rng_state(), before)  # the draws do not move the global RNG
+    # class-0 images among black negatives: the composite's map is the image's in its cell (mass 1, L1 only the
+    # eps of the empty cells); class-1 images: eps maps everywhere (mass 64 eps in the cell, L1 3/4 eps)
+    assert scores["consistency_l1"] == pytest.approx(0.75e-8, abs=1e-9)
+    assert scores["positive_cell_mass"] == pytest.approx(0.5, abs=1e-6)
+    whole = heldout_consistency(classifier, active + black, 2, multi_label=True, seed=0)  # one batch of 8
+    assert whole == pytest.approx(scores, rel=1e-5)  # batched == whole, same draws
+
+
 def test_gradients_flow_through_both_maps_and_only_the_composites_when_detached():
     classifier = local_classifier()
     torch.manual_seed(1)
@@ -112,6 +131,36 @@ def test_gradients_flow_through_both_maps_and_only_the_composites_when_detached(
         assert grids.grad.abs().sum() > 0
         assert (inputs.grad is None) == detach
         assert classifier.model.features[0].weight.grad.abs().sum() > 0  # double backward reaches the weights
+
+
+def test_lambda_is_the_papers_on_its_14x14_grid_and_scaled_by_cells_elsewhere():
+    assert grid_weight(25.0, (14, 14)) == 25.0  # the ResNet presets: unchanged
+    assert grid_weight(25.0, (16, 16)) == pytest.approx(25.0 * 256 / 196)  # small_cnn, 64 px: 32.65
+    assert grid_weight(1.0, (13, 13)) == pytest.approx(169 / 196)  # AlexNet's composite grid, before upsampling
+    # the weight it keeps: λ per cell x cells, i.e. on a map's total L1, is 25/196 on every grid
+    assert grid_weight(25.0, (8, 8)) / 64 == grid_weight(25.0, (14, 14)) / 196
+
+
+def test_training_step_is_the_classification_loss_plus_the_grid_weighed_l1():
+    torch.manual_seed(3)
+    module = ConsistencyModule(num_classes=4, width=4, layer="features", consistency_weight=25.0)
+    samples = [make_sample(str(i), (32, 32), [[0, 0, 9, 9]], [i % 4], [False], None, 4) for i in range(4)]
+    batch = collate_gridded([GriddedDataset(samples, 4, multi_label=False)[i] for i in range(4)])
+    loss = module.training_step(batch, 0)  # train-mode BN: batch statistics, so recomputing gives the same maps
+    logits, image_maps = differentiable_gradcam(module.classifier, batch.batch.images, batch.targets, "features")
+    _, composite_maps = differentiable_gradcam(module.classifier, batch.composites, batch.targets, "features")
+    assert composite_maps.shape == (4, 8, 8)  # 64 px composites, stride 8: 64 cells -> λ x 64/196
+    l1 = consistency_loss(image_maps, composite_maps, batch.quadrants)
+    expected = torch.nn.functional.cross_entropy(logits, batch.batch.labels.argmax(1)) + 25.0 * 64 / 196 * l1
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+
+
+def test_gradient_norm_is_the_l2_norm_over_all_parameters():
+    module = ConsistencyModule(num_classes=2, width=4, layer="features")
+    params = [p for p in module.parameters() if p.requires_grad]
+    loss = sum((p ** 2).sum() for p in params) / 2  # gradient = the parameters
+    expected = torch.sqrt(sum((p.detach() ** 2).sum() for p in params))
+    assert float(module.gradient_norm(loss)) == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_grids_that_do_not_tile_use_the_pixel_resolution_loss():
@@ -284,7 +333,8 @@ def test_tiny_fit_on_a_coco_format_fixture_with_global_max_pooling(tmp_path: Pat
     _, scores = fit_consistent(datamodule, tmp_path / "model", num_classes=4, multi_label=True, max_epochs=1,
                                drop_last=True, negatives_cache=tmp_path / "negatives.json", progress=False,
                                accelerator="cpu", arch="small_cnn", width=4, layer="features", pooling="max",
-                               consistency_weight=1.0, lr=0.01)
+                               consistency_weight=1.0, lr=0.01,
+                               grad_norm_every=1)  # the diagnostic's extra backward passes inside a real fit
     assert (tmp_path / "negatives.json").is_file()
     loaded, description = load_trained_classifier(tmp_path / "model")
     assert description["pooling"] == "max" and isinstance(loaded.model.pool, nn.AdaptiveMaxPool2d)

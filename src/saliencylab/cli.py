@@ -972,7 +972,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "ImageNet checkpoint)")
     consistent.add_argument("--pooling", choices=["avg", "max"], help="override the preset's: max = GMP")
     consistent.add_argument("--lambda", dest="consistency_weight", type=float, metavar="L",
-                            help="consistency loss weight (default: the preset's; 0 trains the baseline)")
+                            help="consistency loss weight, the paper's λ on its 14x14 grid, scaled by cells/196 on "
+                                 "other grids (default: the preset's; 0 trains the baseline)")
     consistent.add_argument("--negatives-cache", metavar="FILE", help="JSON cache of the negative lists")
     consistent.add_argument("--epochs", type=int, metavar="N", help="epochs (default: the preset's)")
     _add_training_options(consistent, "--set lr=0.01 or --set detach_target=true")

@@ -59,7 +59,7 @@ from saliencylab.insecurity.ground_truth import common_objects, common_parts, ob
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.load import load_trained_classifier
 from saliencylab.training.classifier import fit_classifier
-from saliencylab.training.consistency import fit_consistent
+from saliencylab.training.consistency import fit_consistent, heldout_consistency
 from saliencylab.training.hardness import fit_hardness, load_hardness, rejection_auc
 from saliencylab.training.inmodel import fit_inmodel
 from saliencylab.types import collate
@@ -344,7 +344,9 @@ def reproduce_002(out_dir: Path, *, config: SyntheticConfig, device: torch.devic
     """Train baseline, GC, GMP and GMP+GC (:data:`VARIANTS_002`; presets ``synthetic`` and ``synthetic_multilabel``,
     ``epochs``: None = the presets') on the single- and multi-label synthetic sets (``data_config``, default
     :func:`consistent_data_config`), score both Grad-CAM flavours on every classifier and the
-    :data:`OTHER_METHODS_002` on the baseline and GC classifiers with the engine, and check the claims.
+    :data:`OTHER_METHODS_002` on the baseline and GC classifiers with the engine, and check the claims. Beside the
+    table, each classifier's consistency on held-out composites (the model-selection split, seed 0;
+    :func:`~saliencylab.training.consistency.heldout_consistency`): what GC is trained for, whatever the maps score.
 
     Maps are computed at the training side, not at twice it as the original's 448 px maps of 224 px training
     (the engine's ``explain_short_side``): these classifiers learn one scale (no RandomResizedCrop), and at twice
@@ -358,7 +360,12 @@ def reproduce_002(out_dir: Path, *, config: SyntheticConfig, device: torch.devic
             folder = out_dir / "consistent" / f"{kind}_{variant}"
             classifier, description = prepare_consistent(folder, preset, datamodule, settings, epochs,
                                                          {"data": asdict(data_config)}, progress)
-            classifiers[f"{kind}/{variant}"] = {k: description.get(k) for k in ("scores", "epochs", "train_seconds")}
+            consistency = heldout_consistency(classifier, datamodule.val, description["num_classes"],
+                                              multi_label=kind == "multi_label", layer=description["consistency"]["layer"])
+            print(f"  {kind}_{variant}: held-out consistency L1 {consistency['consistency_l1']:.5f}, "
+                  f"positive-cell mass {100 * consistency['positive_cell_mass']:.1f} %")
+            classifiers[f"{kind}/{variant}"] = {**{k: description.get(k) for k in ("scores", "epochs", "train_seconds")},
+                                                "heldout_consistency": consistency}
             common = dict(description={"classifier": weights_stamp(folder),
                                        "dataset": f"synthetic {kind} {asdict(data_config)}"},
                           batch_size=batch_size, device=device, progress=progress, replace_stale=True)

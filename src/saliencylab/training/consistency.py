@@ -12,7 +12,10 @@ not twice the image's (AlexNet's ``features``: 6 vs 13), both maps are upsampled
 resolution first (the original's AlexNet variant; ``resolution="pixel"`` forces it).
 
 Loss: single-label CE + λ·L1 (README: λ 25 on ImageNet); multi-label w·BCE + λ·L1 with w the number of
-classes (80 on COCO) and λ 1. λ = 0 trains the baseline (no composite pass). ``pooling="max"`` is the GMP
+classes (80 on COCO) and λ 1. λ = 0 trains the baseline (no composite pass). λ is the paper's, i.e. calibrated on
+its 14x14 composite grid (ResNet ``layer4`` of 448 px): the mean L1 of maps that sum to 1 scales as 1/cells, so
+on a grid of other size λ is multiplied by cells / 196 (:func:`grid_weight`); every grid then weighs the maps'
+total L1 as the paper's λ/196 does (unchanged for the ResNet presets; x256/196 for small_cnn's 16x16). ``pooling="max"`` is the GMP
 variant. SGD with momentum, the learning rate × ``gamma`` at each milestone epoch.
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from saliencylab.data.gridding import QUADRANTS, GriddedBatch, GriddedDataset, collate_gridded
 from saliencylab.data.module import SaliencyDataModule
@@ -39,6 +43,8 @@ from saliencylab.types import Batch
 
 EPS = 1e-8
 """The original's normaliser: M / (ΣM + EPS) + EPS."""
+REFERENCE_CELLS = 14 * 14
+"""Cells of the composite's map on which the paper's λ is set (ResNet ``layer4`` of the 448 px composite)."""
 RESOLUTIONS = ("auto", "feature", "pixel")
 
 
@@ -98,6 +104,45 @@ def consistency_loss(image_maps: Tensor, composite_maps: Tensor, quadrants: Tens
     return F.l1_loss(composite_maps, target)
 
 
+def grid_weight(consistency_weight: float, composite_grid: tuple[int, int]) -> float:
+    """The paper's λ on a composite map grid (h', w') of the layer: λ · h'w' / 196.
+
+    The L1 is a mean over cells of maps summing to 1, so its size is ~1/cells: λ = 25 weighs a map's total L1
+    by 25/196 on the paper's 14x14 grid, and this keeps that weight on any grid. In the pixel-resolution
+    variant the maps are upsampled without renormalising, so the feature grid (before upsampling) counts.
+    """
+    return consistency_weight * composite_grid[0] * composite_grid[1] / REFERENCE_CELLS
+
+
+@torch.no_grad()
+def heldout_consistency(classifier: Classifier, dataset: Dataset, num_classes: int, *, multi_label: bool,
+                        layer: str = "auto", seed: int = 0, batch_size: int = 32) -> dict[str, float]:
+    """How consistent a trained classifier's Grad-CAM is on ``dataset`` (images it was not trained on), each image
+    gridded with negatives from ``dataset`` (:class:`~saliencylab.data.gridding.GriddedDataset`, draws seeded by
+    ``seed``, the global RNG left as it was), the classifier in its mode as given (trained classifiers load in
+    eval mode): ``consistency_l1``, the mean :func:`consistency_loss` (the training loss before λ), and
+    ``positive_cell_mass``, the mean share of the composite's map in the positive cell (1 for a perfectly
+    consistent map; NaN when the grids do not tile).
+    """
+    gridded = GriddedDataset(dataset, num_classes, multi_label=multi_label)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        items = [gridded[i] for i in range(len(gridded))]
+    l1, mass = [], []
+    for start in range(0, len(items), batch_size):
+        batch = collate_gridded(items[start:start + batch_size])
+        _, image_maps = differentiable_gradcam(classifier, batch.batch.images, batch.targets, layer, create_graph=False)
+        _, composite_maps = differentiable_gradcam(classifier, batch.composites, batch.targets, layer,
+                                                   create_graph=False)
+        size = tuple(batch.batch.images.shape[-2:])
+        l1.append(consistency_loss(image_maps, composite_maps, batch.quadrants, image_size=size) * len(batch))
+        if tuple(composite_maps.shape[-2:]) == (2 * image_maps.shape[-2], 2 * image_maps.shape[-1]):
+            mass.append((composite_maps * gridded_target(torch.ones_like(image_maps), batch.quadrants)).sum((1, 2)))
+        else:
+            mass.append(torch.full((len(batch),), float("nan")))
+    return {"consistency_l1": float(sum(l1) / len(items)), "positive_cell_mass": float(torch.cat(mass).mean())}
+
+
 class ConsistencyModule(StagedModule):
     """A classifier trained with the Grad-CAM consistency loss (see the module docstring).
 
@@ -105,7 +150,9 @@ class ConsistencyModule(StagedModule):
     Batches. ``consistency_weight`` λ (0: the baseline); ``bce_weight`` (multi-label; None: the number of
     classes); ``backbone_weights``: a torchvision ImageNet state dict loaded before the head is replaced
     (COCO training starts from an ImageNet checkpoint with a new head). Logged: ``train_ce``/``train_bce``,
-    ``train_consistency``; validation ``val_loss`` and ``val_top1`` (single-label) or ``val_f1_per_class`` and
+    ``train_consistency`` (the L1, before λ); with ``grad_norm_every`` = n > 0, every n-th step the gradient norms
+    of the two terms over all parameters, ``train_grad_norm_classification`` and ``train_grad_norm_consistency``
+    (of λ·L1 as weighed; two extra backward passes, a diagnostic); validation ``val_loss`` and ``val_top1`` (single-label) or ``val_f1_per_class`` and
     ``val_f1_overall`` at logit > 0 (multi-label).
     """
 
@@ -113,7 +160,8 @@ class ConsistencyModule(StagedModule):
                  width: int = 32, pooling: str = "avg", layer: str = "auto", multi_label: bool = False,
                  consistency_weight: float = 25.0, detach_target: bool = False, resolution: str = "auto",
                  bce_weight: float | None = None, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 1e-4,
-                 milestones: Sequence[int] = (30, 60), gamma: float = 0.1, backbone_weights: str | None = None) -> None:
+                 milestones: Sequence[int] = (30, 60), gamma: float = 0.1, backbone_weights: str | None = None,
+                 grad_norm_every: int = 0) -> None:
         super().__init__()
         if resolution not in RESOLUTIONS:
             raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
@@ -147,7 +195,17 @@ class ConsistencyModule(StagedModule):
                                        detach_target=self.hparams.detach_target, resolution=self.hparams.resolution,
                                        image_size=size)
         self.log_dict({name: classification, "train_consistency": consistency}, prog_bar=True, batch_size=len(batch))
-        return classification + self.hparams.consistency_weight * consistency
+        weighted = grid_weight(self.hparams.consistency_weight, tuple(composite_maps.shape[-2:])) * consistency
+        if self.hparams.grad_norm_every and batch_idx % self.hparams.grad_norm_every == 0:
+            self.log_dict({"train_grad_norm_classification": self.gradient_norm(classification),
+                           "train_grad_norm_consistency": self.gradient_norm(weighted)}, batch_size=len(batch))
+        return classification + weighted
+
+    def gradient_norm(self, loss: Tensor) -> Tensor:
+        """L2 norm of ∂loss/∂(all trainable parameters), graph kept (a diagnostic of the terms' balance)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return torch.sqrt(sum((g.detach() ** 2).sum() for g in grads if g is not None))
 
     def _step(self, batch: Batch, stage: str) -> Tensor:
         logits = self(batch.images)
