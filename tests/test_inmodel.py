@@ -14,7 +14,8 @@ from saliencylab.data.formats import load_dataset
 from saliencylab.data.inmodel import InModelDataset, stratified_split, write_split
 from saliencylab.data.module import SaliencyDataModule
 from saliencylab.data.polygons import CLASS_NAMES, PolygonConfig, polygon_lines, render, write_polygons
-from saliencylab.models.inmodel import Explainer, InModelNet, ResNetMod, VGGMod, pooled
+from saliencylab.methods.base import captured_output
+from saliencylab.models.inmodel import Explainer, InModelNet, ResNetMod, VGGMod, build_inmodel_classifier, pooled
 from saliencylab.models.load import load_trained_classifier
 from saliencylab.training.inmodel import InModelModule, fit_inmodel
 from saliencylab.training.losses import (balanced_class_weights, contiguity, explanation_loss, joint_loss,
@@ -53,6 +54,19 @@ def test_resnet_mod_multiplies_the_stem_and_every_block():
     torch.testing.assert_close(resnet(images, explanation), net.fc(x.mean((2, 3))))
     with pytest.raises(ValueError, match="depth must be one of"):
         ResNetMod(3, 101)
+
+
+@pytest.mark.parametrize("classifier, channels, side", [("vgg", 4, 8), ("resnet18", 512, 2), ("resnet50", 2048, 2)])
+def test_the_cam_layer_of_every_in_model_classifier_runs_once(classifier, channels, side):
+    """ResNetMod runs layer4's blocks one by one: a CAM must read the last block (layer4 itself never runs)."""
+    torch.manual_seed(0)
+    wrapped = build_inmodel_classifier(2, classifier, explainer_widths=(2, 2, 2), vgg_widths=(4, 4, 4, 4)).eval()
+    images = torch.rand(2, 3, 64, 64)
+    with captured_output(wrapped.layer("features")) as outputs:
+        wrapped(images)
+    assert [tuple(o.shape) for o in outputs] == [(2, channels, side, side)]
+    maps = methods.build("guided_gradcam", wrapped).attribute(images, torch.tensor([[1], [0]]))
+    assert maps.shape == (2, 1, 64, 64) and maps.isfinite().all() and maps.abs().sum() > 0
 
 
 def test_explainer_starts_near_an_all_white_map_and_keeps_the_input_size():
