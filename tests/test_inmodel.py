@@ -8,12 +8,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from saliencylab import methods
+from saliencylab import methods, presets
+from saliencylab.bench.reproduce import POLYGONS_004
 from saliencylab.data.formats import load_dataset
 from saliencylab.data.inmodel import InModelDataset, stratified_split, write_split
 from saliencylab.data.module import SaliencyDataModule
-from saliencylab.data.polygons import CLASS_NAMES, PolygonConfig, polygon_lines, write_polygons
-from saliencylab.models.inmodel import Explainer, InModelNet, ResNetMod, VGGMod, pooled
+from saliencylab.data.polygons import CLASS_NAMES, PolygonConfig, polygon_lines, render, write_polygons
+from saliencylab.methods.base import captured_output
+from saliencylab.models.inmodel import Explainer, InModelNet, ResNetMod, VGGMod, build_inmodel_classifier, pooled
 from saliencylab.models.load import load_trained_classifier
 from saliencylab.training.inmodel import InModelModule, fit_inmodel
 from saliencylab.training.losses import (balanced_class_weights, contiguity, explanation_loss, joint_loss,
@@ -52,6 +54,19 @@ def test_resnet_mod_multiplies_the_stem_and_every_block():
     torch.testing.assert_close(resnet(images, explanation), net.fc(x.mean((2, 3))))
     with pytest.raises(ValueError, match="depth must be one of"):
         ResNetMod(3, 101)
+
+
+@pytest.mark.parametrize("classifier, channels, side", [("vgg", 4, 8), ("resnet18", 512, 2), ("resnet50", 2048, 2)])
+def test_the_cam_layer_of_every_in_model_classifier_runs_once(classifier, channels, side):
+    """ResNetMod runs layer4's blocks one by one: a CAM must read the last block (layer4 itself never runs)."""
+    torch.manual_seed(0)
+    wrapped = build_inmodel_classifier(2, classifier, explainer_widths=(2, 2, 2), vgg_widths=(4, 4, 4, 4)).eval()
+    images = torch.rand(2, 3, 64, 64)
+    with captured_output(wrapped.layer("features")) as outputs:
+        wrapped(images)
+    assert [tuple(o.shape) for o in outputs] == [(2, channels, side, side)]
+    maps = methods.build("guided_gradcam", wrapped).attribute(images, torch.tensor([[1], [0]]))
+    assert maps.shape == (2, 1, 64, 64) and maps.isfinite().all() and maps.abs().sum() > 0
 
 
 def test_explainer_starts_near_an_all_white_map_and_keeps_the_input_size():
@@ -181,6 +196,26 @@ def test_three_phases_freeze_what_they_must(polygon_data, tmp_path):
         torch.testing.assert_close(methods.build("inmodel", loaded).passes(32, 32).network(images), net.explain(images))
     with pytest.raises(ValueError, match="needs an in-model network"):
         methods.build("inmodel", load_trained_classifier(tmp_path / "run")[0].__class__(torch.nn.Identity()))
+
+
+def test_the_polygons_preset_network_sees_the_image_at_initialisation():
+    """The network of reproduce 004 must start from logits that depend on the image, or SGD finds no signal. The
+    VGG-like classifier (eight unnormalised convolutions at PyTorch's default init) gives the same logits to
+    every polygon image to 1e-5 and stayed at chance; ResNet-18 (the preset's, the paper's) does not."""
+    rng = np.random.default_rng(0)
+    images = torch.stack([torch.from_numpy(render(rng, POLYGONS_004)[0]).permute(2, 0, 1).float() / 255
+                          for _ in range(8)])
+    settings = presets.load("inmodel", "polygons")["inmodel"]
+
+    def spread(**network) -> float:  # spread of the logit margin across images, relative to the logits' size
+        torch.manual_seed(0)
+        with torch.no_grad():
+            logits = InModelNet(2, init_bias=settings["init_bias"], explainer_widths=settings["explainer_widths"],
+                                **network).eval()(images)
+        return float((logits[:, 1] - logits[:, 0]).std() / logits.abs().mean())
+
+    assert spread(classifier=settings["classifier"]) > 0.05
+    assert spread(classifier="vgg", vgg_widths=(16, 32, 64, 64)) < 1e-3  # the previous preset's network
 
 
 def test_phase_two_freezes_the_classifier_but_its_batchnorm_keeps_learning_statistics():

@@ -139,17 +139,17 @@ def test_paper_004_claims_on_hand_built_numbers():
 
 @pytest.mark.slow
 def test_reproduce_004_end_to_end_on_tiny_polygons(tmp_path):
-    polygons = PolygonConfig(image_size=32, trainval=12, test=4, radius=(4, 7), shapes=2, seed=1)
+    polygons = PolygonConfig(image_size=64, trainval=12, test=4, radius=(7, 12), shapes=2, seed=1)
     results = reproduce("004", tmp_path / "004", polygons=polygons, phase_epochs=(1, 1, 1), images=2,
-                        grid=(("blur", 2),), batch_size=4, progress=False)
+                        grid=(("blur", 4),), batch_size=4, progress=False)
     on_disk = json.loads((tmp_path / "004" / "results.json").read_text())
     assert [c["id"] for c in on_disk["claims"]] == ["pompom_hybrid_below_unsupervised", "aopc_hybrid_above_post_hoc",
                                                     "aopc_unsupervised_above_post_hoc"]
     assert set(on_disk["claims"][1]["ours"]) == {"inmodel", *POST_HOC_004}
     runs = on_disk["bench"]
     assert set(runs) == {f"{v}: {k}" for v in ("hybrid", "unsupervised")
-                         for k in ("POMPOM", "AOPC blur, 2 px")}
-    assert {row["images"] for row in runs["hybrid: AOPC blur, 2 px"]["rows"].values()} == {2}
+                         for k in ("POMPOM", "AOPC blur, 4 px")}
+    assert {row["images"] for row in runs["hybrid: AOPC blur, 4 px"]["rows"].values()} == {2}
     assert runs["hybrid: POMPOM"]["rows"]["inmodel"]["images"] == 4
     assert 0 <= results["networks"]["hybrid"]["test"]["accuracy"] <= 1
     assert "<svg" in (tmp_path / "004" / "report.html").read_text()

@@ -391,23 +391,24 @@ def markdown_table(table: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines) + "\n"
 # ---------------------------------------------------------------- paper 004: in-model explainer-classifier
 
-POLYGONS_004 = PolygonConfig(image_size=32, trainval=400, test=100, radius=(3.5, 6.0), shapes=3, seed=0)
-"""The polygon data of reproduction 004: triangles among circles at 32 px (train 300, val 100, test 100)."""
+POLYGONS_004 = PolygonConfig(image_size=64, trainval=800, test=100, radius=(7.0, 12.0), shapes=3, seed=0)
+"""The polygon data of reproduction 004: triangles among circles at 64 px (train 600, val 200, test 100)."""
 POST_HOC_004 = ("deconvnet", "guided_backprop", "guided_gradcam", "input_x_gradient", "integrated_gradients",
                 "gradient")
 """The captum methods the paper compares (LRP-α1β0 aside: not in saliencylab), at captum's defaults."""
-CLAIM_GRID_004 = ("blur", 2)
-"""The claims' AOPC: Gaussian blur, 2 px patches at 32 px: a 16×16 grid, the nearest to the paper's 14×14 grid of
+CLAIM_GRID_004 = ("blur", 4)
+"""The claims' AOPC: Gaussian blur, 4 px patches at 64 px: a 16×16 grid, the nearest to the paper's 14×14 grid of
 16 px patches at 224 px."""
-FULL_GRID_004 = (CLAIM_GRID_004, ("black", 2), ("white", 2), ("gray", 2), ("uniform", 2), ("blur", 1), ("blur", 4),
-                 ("blur", 8))
-"""(perturbation, patch px) pairs of ``--aopc-grid full``: every perturbation at 2 px, every patch size (32, 16, 8
+FULL_GRID_004 = (CLAIM_GRID_004, ("black", 4), ("white", 4), ("gray", 4), ("uniform", 4), ("blur", 2), ("blur", 8),
+                 ("blur", 16))
+"""(perturbation, patch px) pairs of ``--aopc-grid full``: every perturbation at 4 px, every patch size (32, 16, 8
 and 4 cells a side; the paper's 56, 28, 14, 7) under blur. Each pair costs as much as the claims' one."""
 VARIANTS_004 = ("hybrid", "unsupervised")
 
 
 def prepare_inmodel(out_dir: Path, data: Path, datamodule: SaliencyDataModule, loss: str, device: torch.device,
-                    progress: bool, phase_epochs: Sequence[int] | None = None) -> tuple[Classifier, dict]:
+                    progress: bool, phase_epochs: Sequence[int] | None = None,
+                    image_size: int = POLYGONS_004.image_size) -> tuple[Classifier, dict]:
     """Fit the in-model network (preset ``polygons``, ``loss``) into ``out_dir/loss``, or reuse the one fitted on
     the same data with the same settings."""
     folder = out_dir / loss
@@ -421,7 +422,7 @@ def prepare_inmodel(out_dir: Path, data: Path, datamodule: SaliencyDataModule, l
         return load_trained_classifier(folder)
     fit_inmodel(datamodule, folder, num_classes=len(POLYGON_CLASSES), class_names=list(POLYGON_CLASSES),
                 progress=progress, accelerator="gpu" if device.type == "cuda" else "cpu",
-                data={"image_size": POLYGONS_004.image_size}, **settings)
+                data={"image_size": image_size}, **settings)
     description = json.loads(description_file.read_text())
     write_atomic(description_file, json.dumps({**description, "reproduce": stamp}, indent=2))
     return load_trained_classifier(folder)
@@ -438,7 +439,7 @@ def claims_004(pompom: dict[str, float], aopc: dict[str, dict[str, float]]) -> l
     for variant in VARIANTS_004:
         claims.append(claim(
             f"aopc_{variant}_above_post_hoc",
-            f"The {variant} in-model explanation has a higher AOPC ({perturbation}, {patch} px patches at 32 px ≈ "
+            f"The {variant} in-model explanation has a higher AOPC ({perturbation}, {patch} px patches at 64 px ≈ "
             f"16 px at 224, 100 MoRF steps) than every post-hoc method on the same network (README figure: the "
             "proposed variants are on top in every panel; ≈0.31-0.32 at 16 px, black perturbation, ImagenetHVZ).",
             "aopc_morf", True, aopc[variant], ["inmodel"], POST_HOC_004,
@@ -463,7 +464,8 @@ def reproduce_004(out_dir: Path, *, config: SyntheticConfig, device: torch.devic
     rows = {"inmodel": Row("inmodel"), **{name: Row(name) for name in POST_HOC_004}}
     networks, bench, pompom, aopc = {}, {}, {}, {variant: {} for variant in VARIANTS_004}
     for variant in VARIANTS_004:
-        classifier, description = prepare_inmodel(out_dir, data, datamodule, variant, device, progress, phase_epochs)
+        classifier, description = prepare_inmodel(out_dir, data, datamodule, variant, device, progress, phase_epochs,
+                                                  polygons.image_size)
         networks[variant] = {"test": description["test"], "phases": description["training"]["phases"]}
         print(f"  {variant}: test accuracy {description['test']['accuracy']:.3f}")
         common = dict(description={"classifier": weights_stamp(out_dir / variant), "dataset": str(data)},

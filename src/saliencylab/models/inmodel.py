@@ -140,14 +140,17 @@ class InModelNet(nn.Module):
         return self.logits_and_map(images)[0]
 
 
-def feature_layer(classifier: str) -> str:
-    """The module path CAM methods read: the last VGG stage, or ResNet's last super-block."""
-    return "classifier.stages.3" if classifier == "vgg" else "classifier.net.layer4"
+def feature_layer(model: InModelNet) -> str:
+    """The module path CAM methods read: the last VGG stage, or the last residual block of ResNet's last super-block
+    (:class:`ResNetMod` runs the blocks one by one, so the super-block module itself never runs)."""
+    if isinstance(model.classifier, VGGMod):
+        return f"classifier.stages.{len(model.classifier.stages) - 1}"
+    return f"classifier.net.layer4.{len(model.classifier.net.layer4) - 1}"
 
 
 def build_inmodel_classifier(num_classes: int, classifier: str = "resnet18", *,
                              class_names: Sequence[str] | None = None, **network: object) -> Classifier:
     """An :class:`InModelNet` in a Classifier wrapper with mean 0 and std 1 (the original feeds [0,1] images)."""
     model = InModelNet(num_classes, classifier, **network)
-    return Classifier(model, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), layers={"features": feature_layer(classifier)},
+    return Classifier(model, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), layers={"features": feature_layer(model)},
                       class_names=class_names)
