@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -20,29 +21,38 @@ from saliencylab.models.classifier import Classifier
 
 
 class _GuidedReLU(torch.autograd.Function):
-    """ReLU whose backward passes the gradient only where the input and the gradient are positive."""
+    """ReLU whose backward passes the gradient only where the input and the gradient are positive.
+
+    In place when the module is (``inplace``, as torchvision's ReLUs), as the module would be: its
+    output is saved, not its input (x > 0 exactly where ReLU(x) > 0), so no activation is copied.
+    """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        return x.clamp_min(0)
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, inplace: bool) -> Tensor:
+        if inplace:
+            ctx.mark_dirty(x)
+        out = x.clamp_min_(0) if inplace else x.clamp_min(0)
+        ctx.save_for_backward(out)
+        return out
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
-        (x,) = ctx.saved_tensors
-        return torch.ops.aten.threshold_backward(grad.clamp_min(0), x, 0)  # one fused kernel: g⁺·[x > 0]
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad.clamp_min(0), out, 0), None  # one fused kernel: g⁺·[x > 0]
 
 
 class _DeconvReLU(torch.autograd.Function):
-    """ReLU whose backward is ReLU(gradient), whatever the input."""
+    """ReLU whose backward is ReLU(gradient), whatever the input; in place when the module is."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
-        return x.clamp_min(0)
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, inplace: bool) -> Tensor:
+        if inplace:
+            ctx.mark_dirty(x)
+        return x.clamp_min_(0) if inplace else x.clamp_min(0)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
-        return grad.clamp_min(0)
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad.clamp_min(0), None
 
 
 RULES: dict[str, type[torch.autograd.Function]] = {"guided": _GuidedReLU, "deconvnet": _DeconvReLU}
@@ -63,14 +73,14 @@ def relu_backward_rule(model: nn.Module, rule: str) -> Iterator[None]:
     """Run every ``nn.ReLU`` of ``model`` through the backward ``rule`` (a key of RULES); always restored.
 
     Each ReLU's forward is shadowed by an instance attribute calling the rule's autograd
-    function, which never works in place, so ``inplace=True`` modules are safe; the attribute
-    is deleted afterwards (or the module's own instance ``forward`` put back), even on errors.
+    function, in place exactly when the module is; the attribute is deleted afterwards (or the
+    module's own instance ``forward`` put back), even on errors.
     """
     function = RULES[rule]
     saved = {m: m.__dict__.get("forward") for m in relu_modules(model)}
     try:
         for module in saved:
-            module.forward = function.apply
+            module.forward = partial(function.apply, inplace=module.inplace)
         yield
     finally:
         for module, own in saved.items():
