@@ -61,7 +61,8 @@ class SmoothMaxMask:
     Every output pixel pools ``taps``² = (2⌈σ/step⌉+3)² bumps. TorchRay materialises all of them at
     once, (R, taps², H+2σ, W+2σ), about ten times over forward and backward; :class:`_SmoothMax` walks
     one column of taps at a time and recomputes them in the backward pass: the same values to float
-    round-off, 4× faster on CPU at EP's sizes (``bench speed``), and taps× less memory.
+    round-off, 4.4× faster per generate + backward on CPU (64 masks at 64 px: 0.44 → 0.10 s; a whole EP
+    run 3×), and taps× less memory.
     """
 
     coldness = 20.0
