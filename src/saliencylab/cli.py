@@ -618,6 +618,8 @@ def _bench_merge(args: argparse.Namespace) -> int:
 REPRODUCE_IMAGE_SIZES = {"000": 64, "002": 64}
 """Image side of a reproduction's synthetic data without ``--image-size`` (else the demo's 96): 000 at 64 px, where
 RISE and EP at the paper's settings fit 20 minutes on 2 CPU cores; 002, the consistent presets' ``synthetic`` data."""
+
+
 def _train_hardness(args: argparse.Namespace) -> int:
     from saliencylab.data.formats import load_dataset
     from saliencylab.data.module import SaliencyDataModule
@@ -1223,9 +1225,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "002 consistent interpretations, 003 deliberative explanations, 004 in-model "
                                     "explainer)")
     reproduce.add_argument("paper", choices=["000", "001", "002", "003", "004"],
-                           help="000: NN-Explainer (at 64 px unless --image-size); 001: masking-based saliency; 002: "
-                                "consistent interpretations (at 64 px unless --image-size); 003: deliberative explanations; 004: in-model "
-                                "explainer-classifier")
+                           help="000: NN-Explainer (at 64 px unless --image-size); 001: masking-based saliency; "
+                                "002: consistent interpretations (at 64 px unless --image-size); 003: deliberative "
+                                "explanations; 004: in-model explainer-classifier")
     reproduce.add_argument("--out", help="output folder (default runs/reproduce/PAPER)")
     reproduce.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")
     reproduce.add_argument("--epochs", type=int, help="most classifier epochs (default 15, early stopping ends sooner; "

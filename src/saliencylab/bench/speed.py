@@ -2,7 +2,8 @@
 
 For every method: images/s, seconds per image, peak memory, and the ratio of its time to its
 minimum pass count (``method.passes``) × the time of one classifier forward (+ backward) on the
-same batch, or of one forward of the method's own network where it declares one (trained explainers). A ratio of 1.15 means 15 % overhead over that minimum. The methods and the unit passes
+same batch, or of one forward of the method's own network where it declares one (trained explainers).
+A ratio of 1.15 means 15 % overhead over that minimum. The methods and the unit passes
 run interleaved, in rounds (one unit forward, one unit forward+backward, then every method once),
 so a machine's changing load hits them alike; each round gives one ratio against that round's unit
 times, and a row reports the median ratio and the lowest and highest (the spread).
@@ -190,9 +191,9 @@ def run_speed(model: str = "small_cnn", size: int = 96, batch: int = 8, names: S
             method.attribute(images, targets)
         peaks[name] = peak[0]
     calls = {" forward": forward, " forward_backward": forward_backward}  # not method names: those have no space
-    networks = {name: method.passes(size, size).network for name, method in built.items()}
-    calls.update({f" forward {name}": partial(no_grad_call, network, images)
-                  for name, network in networks.items() if network is not None})  # a method's own network
+    passes = {name: method.passes(size, size) for name, method in built.items()}
+    calls.update({f" forward {name}": partial(no_grad_call, counted.network, images)
+                  for name, counted in passes.items() if counted.network is not None})  # a method's own network
     calls.update({name: partial(method.attribute, images, targets) for name, method in built.items()})
     with scoped_eval(classifier):
         times = interleaved(calls, torch_device, repeats)
@@ -201,11 +202,10 @@ def run_speed(model: str = "small_cnn", size: int = 96, batch: int = 8, names: S
     progress(f"{model} at {size} px, batch {batch} on {torch_device}: forward {forward_time / batch * 1e3:.2f} ms/image, "
              f"backward {backward_time / batch * 1e3:.2f} ms/image (medians of {repeats} interleaved rounds)")
     rows = []
-    for name, method in built.items():
-        passes = method.passes(size, size)
+    for name in built:
         own = times.get(f" forward {name}")
-        minima = ([passes.forward * f for f in own] if own else
-                  [passes.forward * f + passes.backward * b for f, b in units])
+        minima = ([passes[name].forward * f for f in own] if own else
+                  [passes[name].forward * f + passes[name].backward * b for f, b in units])
         per_image = statistics.median(times[name]) / batch
         row = SpeedRow(name, 1 / per_image, per_image, peaks[name], statistics.median(minima) / batch,
                        *ratio_spread(times[name], minima), settings_for(name, settings))

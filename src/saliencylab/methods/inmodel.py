@@ -49,10 +49,13 @@ class InModelMethod(Method):
         source = self._source.to(images.device)
         check_class_range(targets, source.model.num_classes)
         with scoped_eval(source), torch.no_grad():
-            explanation = source.model.explain(source.normalize(images)).float()
+            explanation = self.explanation(images).float()
         return explanation.expand(-1, targets.shape[1], -1, -1).clone()
 
     def passes(self, height: int, width: int) -> Passes:
         """One explainer forward per image serves every target; the classifier does not run."""
-        return Passes(forward=1, backward=0,
-                      network=lambda images: self._source.model.explain(self._source.normalize(images)))
+        return Passes(forward=1, backward=0, network=self.explanation)
+
+    def explanation(self, images: Tensor) -> Tensor:
+        """The in-model explainer's map (B,1,H,W) in [0,1] of images (B,3,H,W) in [0,1]."""
+        return self._source.model.explain(self._source.normalize(images))

@@ -69,16 +69,20 @@ class TrainedExplainer(Method):
         with scoped_eval(network), torch.no_grad():
             for start in range(0, images.shape[0], self.max_batch):
                 rows = slice(start, start + self.max_batch)
-                logits = network(self._normalize(images[rows]))
+                logits = self.network_logits(images[rows])
                 wanted = targets[rows]
                 check_class_range(wanted, logits.shape[1], "an explainer")
                 index = wanted.clamp(min=0)[..., None, None].expand(-1, -1, *logits.shape[-2:])
                 maps[rows] = logits.gather(1, index).float().sigmoid()
         return maps
 
+    def network_logits(self, images: Tensor) -> Tensor:
+        """The explainer network's per-class logits S (B,C,H,W) of images (B,3,H,W) in [0,1]."""
+        return self._network(self._normalize(images))
+
     def passes(self, height: int, width: int) -> Passes:
         """One explainer-network forward per image serves every target; no classifier pass, no backward."""
-        return Passes(forward=1, backward=0, network=lambda images: self._network(self._normalize(images)))
+        return Passes(forward=1, backward=0, network=self.network_logits)
 
 
 @register("explainer")
