@@ -183,12 +183,6 @@ def test_explain_coco_without_images_folder(root, tmp_path, capsys):
           "--coco-json needs --coco-images")
 
 
-def test_explain_hyper_parameter_of_the_wrong_type(root, tmp_path, capsys):
-    fails(capsys, explain(root, tmp_path / "out", *voc(root), "--set", "steps=ten", method="integrated_gradients"),
-          "integrated_gradients': steps must be int \\(default 50\\), got 'ten'")
-    no_maps(tmp_path / "out")
-
-
 def test_explain_unknown_hyper_parameter(root, tmp_path, capsys):
     fails(capsys, explain(root, tmp_path / "out", *voc(root), "--set", "strength=2", method="gradcam"),
           "no hyper-parameter\\(s\\) strength; it takes: layer=")
@@ -204,15 +198,17 @@ def test_explain_sizes_below_one(root, tmp_path, capsys, flag):
     assert not (tmp_path / "out").exists()
 
 
-def test_explain_images_smaller_than_the_classifier_takes(root, tmp_path, capsys):
-    fails(capsys, explain(root, tmp_path / "out", *voc(root), "--image-size", "8", method="gradcam"),
-          "images of 8x8 do not fit this classifier; expected at least 16x16 .*layer 'auto' is a single cell")
-    no_maps(tmp_path / "out")
-
-
-def test_explain_occlusion_window_larger_than_the_image(root, tmp_path, capsys):
-    fails(capsys, explain(root, tmp_path / "out", *voc(root), "--set", "window=64", method="occlusion"),
-          "occlusion window 64 px covers the whole 48x48 image .*expected window < 48")
+@pytest.mark.parametrize("method, options, expected", [
+    ("integrated_gradients", ["--set", "steps=ten"],
+     "integrated_gradients': steps must be int \\(default 50\\), got 'ten'"),  # a hyper-parameter of the wrong type
+    ("gradcam", ["--image-size", "8"],  # images smaller than the classifier takes
+     "images of 8x8 do not fit this classifier; expected at least 16x16 .*layer 'auto' is a single cell"),
+    ("occlusion", ["--set", "window=64"],  # an occlusion window larger than the image
+     "occlusion window 64 px covers the whole 48x48 image .*expected window < 48"),
+])
+def test_explain_refuses_settings_that_do_not_fit_and_writes_no_maps(root, tmp_path, capsys, method, options,
+                                                                    expected):
+    fails(capsys, explain(root, tmp_path / "out", *voc(root), *options, method=method), expected)
     no_maps(tmp_path / "out")
 
 
