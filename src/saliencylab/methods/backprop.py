@@ -38,7 +38,8 @@ class _GuidedReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
         (out,) = ctx.saved_tensors
-        return torch.ops.aten.threshold_backward(grad.clamp_min(0), out, 0), None  # one fused kernel: g⁺·[x > 0]
+        # g·[x > 0] into a new tensor, then its negatives zeroed in place: g⁺·[x > 0] with one allocation
+        return torch.ops.aten.threshold_backward(grad, out, 0).clamp_min_(0), None
 
 
 class _DeconvReLU(torch.autograd.Function):
