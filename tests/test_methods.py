@@ -242,3 +242,18 @@ def test_contract_declarations_hold(method_name):
         assert maps.min() >= 0
     if not method.per_class:
         assert torch.equal(maps, maps[:, :1].expand_as(maps))
+
+
+def test_scoped_eval_restores_mixed_modes_and_flags_even_on_errors():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    model[1].eval()  # frozen batch statistics in a training model, as when fine-tuning
+    model[3].requires_grad_(False)
+    modes = [m.training for m in model.modules()]
+    flags = [p.requires_grad for p in model.parameters()]
+    with pytest.raises(RuntimeError, match="inside"):
+        with methods.base.scoped_eval(model):
+            assert not any(m.training for m in model.modules())
+            assert not any(p.requires_grad for p in model.parameters())
+            raise RuntimeError("inside")
+    assert [m.training for m in model.modules()] == modes == [True, True, False, True, True]
+    assert [p.requires_grad for p in model.parameters()] == flags == [True, True, True, True, False, False]
