@@ -330,12 +330,16 @@ def test_tiny_fit_on_a_coco_format_fixture_with_global_max_pooling(tmp_path: Pat
     write_coco(tmp_path / "instances.json", tmp_path / "images", samples, CLASSES)
     dataset = COCODataset(tmp_path / "images", tmp_path / "instances.json", transform=Resize(32))
     datamodule = SaliencyDataModule(dataset, dataset, batch_size=4)
-    _, scores = fit_consistent(datamodule, tmp_path / "model", num_classes=4, multi_label=True, max_epochs=1,
+    _, scores = fit_consistent(datamodule, tmp_path / "model", num_classes=4, multi_label=True, max_epochs=2,
                                drop_last=True, negatives_cache=tmp_path / "negatives.json", progress=False,
                                accelerator="cpu", arch="small_cnn", width=4, layer="features", pooling="max",
                                consistency_weight=1.0, lr=0.01,
                                grad_norm_every=1)  # the diagnostic's extra backward passes inside a real fit
     assert (tmp_path / "negatives.json").is_file()
+    # multi-label keeps the last epoch, as the original's COCO script (12 images, batch 4: 3 steps an epoch)
+    (kept,) = (tmp_path / "model" / "checkpoints").glob("epoch=*")
+    state = torch.load(kept, map_location="cpu", weights_only=True)["callbacks"]
+    assert kept.name == "epoch=1-step=6.ckpt" and [s["monitor"] for k, s in state.items() if "ModelCheckpoint" in k] == [None]
     loaded, description = load_trained_classifier(tmp_path / "model")
     assert description["pooling"] == "max" and isinstance(loaded.model.pool, nn.AdaptiveMaxPool2d)
     batch = collate([dataset[i] for i in range(len(dataset))])

@@ -691,6 +691,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         raise ValueError("--set and --explainer-epochs apply to paper 000 only, --images to 000 and 004")
     if args.paper == "001":
         options["masker_epochs"] = args.masker_epochs
+    if args.paper == "002":
+        options["seeds"] = args.seeds
     if args.paper == "003":
         options.update(hardness_epochs=args.hardness_epochs, images=args.hard_images, seeds=args.seeds)
     size = args.image_size or REPRODUCE_IMAGE_SIZES.get(args.paper, 96)
@@ -1250,7 +1252,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--hard-images", type=int, default=100,
                            help="003: the K hardest test images explained per row (default 100, the paper's)")
     reproduce.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                           help="003: training seeds; values are mean ± std over them (default 0 1 2)")
+                           help="002, 003: training seeds; values are mean ± std over them (default 0 1 2)")
     _add_data_options(reproduce)
     reproduce.set_defaults(run=_reproduce, image_size=None)
 

@@ -248,6 +248,14 @@ the library defaults (the paper's tables of these are not in our notes). RISE is
 minutes per classifier on 2 cores."""
 LOCALISATION_002 = ("pointing_game", "stochastic_pointing_game", "energy")
 QUALITY_002 = {"single_label": ("classifier_top1",), "multi_label": ("classifier_f1_per_class", "classifier_f1_overall")}
+SEEDS_002 = (0, 1, 2)
+"""Training seeds of reproduction 002; the claims are checked on the means over them. One seed's SPG / content
+heatmap gain of GC moves by ±1 point from seed to seed (and with the thread count: another float summation order
+is another training trajectory), as large as the gains themselves (README)."""
+THREADS_002 = 1
+"""Intra-op threads of reproduction 002 on the CPU: fixed, so its numbers do not depend on the machine's or
+OMP_NUM_THREADS's thread count (each count sums in another order: other trajectories from the same seeds), and
+one thread is the faster on these small convolutions under load."""
 README_RESNET18 = {"top1": {"baseline": 69.43, "gc": 67.74, "gmp": 69.08, "gmp_gc": 69.02},
                    "pointing_game": {"baseline": 79.80, "gc": 80.00, "gmp": 79.30, "gmp_gc": 79.60},
                    "stochastic_pointing_game": {"baseline": 60.50, "gc": 65.85, "gmp": 66.66, "gmp_gc": 68.74},
@@ -297,15 +305,31 @@ def consistent_data_002(out_dir: Path, config: SyntheticConfig, batch_size: int,
                                                            multi.test)}
 
 
-def table_002(bench: dict, kind: str) -> dict[str, dict[str, float]]:
-    """variant -> metric -> value (percent) of the element-wise Grad-CAM rows: the README table's shape."""
+def table_002(bench: dict, kind: str, seed: int) -> dict[str, dict[str, float]]:
+    """variant -> metric -> value (percent) of the element-wise Grad-CAM rows of one seed: the README table's shape."""
     columns = (*QUALITY_002[kind], *LOCALISATION_002)
-    return {variant: {m: 100 * _values(bench[f"{kind}/{variant}"], m, ["gradcam_elementwise"])["gradcam_elementwise"]
-                      for m in columns} for variant in VARIANTS_002}
+    return {variant: {m: 100 * _values(bench[f"{kind}/{variant}/seed{seed}"], m, ["gradcam_elementwise"])
+                      ["gradcam_elementwise"] for m in columns} for variant in VARIANTS_002}
 
 
-def claims_002(bench: dict, tables: dict) -> list[dict]:
-    """The issue's claims on each kind of data, computed from the numbers (percent)."""
+def other_energies_002(bench: dict, kind: str, seed: int) -> dict[str, float]:
+    """"method variant" -> energy (percent) of :data:`OTHER_METHODS_002` on the baseline and GC classifiers of one seed."""
+    return {f"{method} {variant}": 100 * _values(bench[f"{kind}/{variant}/seed{seed}/other"], "energy", [method])[method]
+            for method in OTHER_METHODS_002 for variant in ("baseline", "gc")}
+
+
+def mean_over_seeds(values: Sequence[dict]) -> tuple[dict, dict]:
+    """Per-seed nested dicts of numbers (all of one shape) -> (mean, population std) of each leaf, same shape."""
+    first = values[0]
+    if isinstance(first, dict):
+        pairs = {key: mean_over_seeds([v[key] for v in values]) for key in first}
+        return {k: m for k, (m, _) in pairs.items()}, {k: s for k, (_, s) in pairs.items()}
+    return float(np.mean(values)), float(np.std(values))
+
+
+def claims_002(tables: dict, energies: dict) -> list[dict]:
+    """The issue's claims on each kind of data, computed from the numbers (percent; in the reproduction the means
+    over its seeds): ``tables`` kind -> :func:`table_002`, ``energies`` kind -> :func:`other_energies_002`."""
     claims = []
     for kind, table in tables.items():
         def column(metric: str) -> dict[str, float]:
@@ -327,67 +351,83 @@ def claims_002(bench: dict, tables: dict) -> list[dict]:
                   column("stochastic_pointing_game"), ["gmp_gc"], ["baseline", "gc", "gmp"],
                   README_RESNET18["stochastic_pointing_game"]),
         ]
-        energies = {f"{method} {variant}": 100 * _values(bench[f"{kind}/{variant}/other"], "energy", [method])[method]
-                    for method in OTHER_METHODS_002 for variant in ("baseline", "gc")}
-        improved = [m for m in OTHER_METHODS_002 if energies[f"{m} gc"] > energies[f"{m} baseline"]]
+        energy = energies[kind]
+        improved = [m for m in OTHER_METHODS_002 if energy[f"{m} gc"] > energy[f"{m} baseline"]]
         claims.append({"id": f"{kind}_other_methods_energy", "statement": f"{kind}: the gain carries over to other "
                        "explanation methods: at least two of gradient, input × gradient, integrated gradients and occlusion put more "
                        f"energy inside the ground truth on the GC classifier than on the baseline (improved: "
                        f"{', '.join(improved) or 'none'}; qualitative, the paper's tables are not in our notes).",
-                       "metric": "energy", "higher_is_better": True, "ours": energies, "reference": None,
+                       "metric": "energy", "higher_is_better": True, "ours": dict(energy), "reference": None,
                        "holds": len(improved) >= 2})
     return claims
 
 
 def reproduce_002(out_dir: Path, *, config: SyntheticConfig, device: torch.device, epochs: int | None = None,
-                  batch_size: int = 32, data_config: SyntheticConfig | None = None, progress: bool = True) -> dict:
+                  seeds: Sequence[int] = SEEDS_002, batch_size: int = 32, data_config: SyntheticConfig | None = None,
+                  threads: int | None = THREADS_002, progress: bool = True) -> dict:
     """Train baseline, GC, GMP and GMP+GC (:data:`VARIANTS_002`; presets ``synthetic`` and ``synthetic_multilabel``,
-    ``epochs``: None = the presets') on the single- and multi-label synthetic sets (``data_config``, default
-    :func:`consistent_data_config`), score both Grad-CAM flavours on every classifier and the
-    :data:`OTHER_METHODS_002` on the baseline and GC classifiers with the engine, and check the claims. Beside the
-    table, each classifier's consistency on held-out composites (the model-selection split, seed 0;
+    ``epochs``: None = the presets') with each training seed of ``seeds`` on the single- and multi-label synthetic
+    sets (``data_config``, default :func:`consistent_data_config`), score both Grad-CAM flavours on every classifier
+    and the :data:`OTHER_METHODS_002` on the baseline and GC classifiers with the engine, and check the claims on
+    the means over the seeds (``tables``; ``spread``: their standard deviations; ``seed_tables``: each seed's).
+    Beside the tables, each classifier's consistency on held-out composites (the model-selection split, seed 0;
     :func:`~saliencylab.training.consistency.heldout_consistency`): what GC is trained for, whatever the maps score.
+    ``threads``: torch's intra-op threads on the CPU meanwhile (None: leave them).
 
     Maps are computed at the training side, not at twice it as the original's 448 px maps of 224 px training
     (the engine's ``explain_short_side``): these classifiers learn one scale (no RandomResizedCrop), and at twice
     the side their top-1 falls to chance (17-21 % on 6 classes), so the maps would explain misread images. The
     pointing tolerance is the engine's default 4 % of the side (the original's 15 px of ~375 px images)."""
     data_config = data_config or consistent_data_config(config)
-    bench, classifiers = {}, {}
-    for kind, (datamodule, scored) in consistent_data_002(out_dir, data_config, batch_size, progress).items():
-        preset = "synthetic" if kind == "single_label" else "synthetic_multilabel"
-        for variant, settings in VARIANTS_002.items():
-            folder = out_dir / "consistent" / f"{kind}_{variant}"
-            classifier, description = prepare_consistent(folder, preset, datamodule, settings, epochs,
-                                                         {"data": asdict(data_config)}, progress)
-            consistency = heldout_consistency(classifier, datamodule.val, description["num_classes"],
-                                              multi_label=kind == "multi_label", layer=description["consistency"]["layer"])
-            print(f"  {kind}_{variant}: held-out consistency L1 {consistency['consistency_l1']:.5f}, "
-                  f"positive-cell mass {100 * consistency['positive_cell_mass']:.1f} %")
-            classifiers[f"{kind}/{variant}"] = {**{k: description.get(k) for k in ("scores", "epochs", "train_seconds")},
-                                                "heldout_consistency": consistency}
-            common = dict(description={"classifier": weights_stamp(folder),
-                                       "dataset": f"synthetic {kind} {asdict(data_config)}"},
-                          batch_size=batch_size, device=device, progress=progress, replace_stale=True)
-            bench[f"{kind}/{variant}"] = run_benchmark(
-                classifier, scored, GRADCAM_ROWS_002, out_dir / "bench" / f"{kind}_{variant}",
-                metric_names=(*LOCALISATION_002, *QUALITY_002[kind]), **common)
-            if variant in ("baseline", "gc"):
-                bench[f"{kind}/{variant}/other"] = run_benchmark(
-                    classifier, scored, OTHER_METHODS_002, out_dir / "bench" / f"{kind}_{variant}_other",
-                    metric_names=LOCALISATION_002, **common)
-    tables = {kind: table_002(bench, kind) for kind in QUALITY_002}
-    for kind, table in tables.items():
-        print(f"  {kind} (element-wise Grad-CAM, percent)\n" + markdown_table(table))
-    return {"claims": claims_002(bench, tables), "tables": tables, "classifiers": classifiers,
-            "dataset": asdict(data_config), "bench": bench}
+    bench, classifiers, seed_tables, seed_energies = {}, {}, {}, {}
+    with intra_op_threads(threads if device.type == "cpu" else None):
+        for kind, (datamodule, scored) in consistent_data_002(out_dir, data_config, batch_size, progress).items():
+            preset = "synthetic" if kind == "single_label" else "synthetic_multilabel"
+            for seed in seeds:
+                for variant, settings in VARIANTS_002.items():
+                    name = f"{kind}/{variant}/seed{seed}"
+                    folder = out_dir / "consistent" / f"{kind}_{variant}_seed{seed}"
+                    classifier, description = prepare_consistent(folder, preset, datamodule, {**settings, "seed": seed},
+                                                                 epochs, {"data": asdict(data_config)}, progress)
+                    consistency = heldout_consistency(classifier, datamodule.val, description["num_classes"],
+                                                      multi_label=kind == "multi_label",
+                                                      layer=description["consistency"]["layer"])
+                    print(f"  {kind}_{variant}_seed{seed}: held-out consistency L1 {consistency['consistency_l1']:.5f}, "
+                          f"positive-cell mass {100 * consistency['positive_cell_mass']:.1f} %")
+                    classifiers[name] = {**{k: description.get(k) for k in ("scores", "epochs", "train_seconds")},
+                                         "heldout_consistency": consistency}
+                    common = dict(description={"classifier": weights_stamp(folder),
+                                               "dataset": f"synthetic {kind} {asdict(data_config)}"},
+                                  batch_size=batch_size, device=device, progress=progress, replace_stale=True)
+                    bench[name] = run_benchmark(
+                        classifier, scored, GRADCAM_ROWS_002, out_dir / "bench" / f"{kind}_{variant}_seed{seed}",
+                        metric_names=(*LOCALISATION_002, *QUALITY_002[kind]), **common)
+                    if variant in ("baseline", "gc"):
+                        bench[f"{name}/other"] = run_benchmark(
+                            classifier, scored, OTHER_METHODS_002, out_dir / "bench" / f"{kind}_{variant}_seed{seed}_other",
+                            metric_names=LOCALISATION_002, **common)
+                seed_tables[f"{kind} seed {seed}"] = table_002(bench, kind, seed)
+                seed_energies[f"{kind} seed {seed}"] = other_energies_002(bench, kind, seed)
+    tables, spread, energies = {}, {}, {}
+    for kind in QUALITY_002:
+        tables[kind], spread[kind] = mean_over_seeds([seed_tables[f"{kind} seed {s}"] for s in seeds])
+        energies[kind], _ = mean_over_seeds([seed_energies[f"{kind} seed {s}"] for s in seeds])
+        print(f"  {kind} (element-wise Grad-CAM, percent, mean ± std over seeds {list(seeds)})\n"
+              + markdown_table(tables[kind], spread[kind]))
+    consistency = {f"{kind}/{variant}": mean_over_seeds([classifiers[f"{kind}/{variant}/seed{s}"]["heldout_consistency"]
+                                                          for s in seeds])[0]
+                   for kind in QUALITY_002 for variant in VARIANTS_002}
+    return {"claims": claims_002(tables, energies), "seeds": list(seeds), "tables": tables, "spread": spread,
+            "seed_tables": seed_tables, "other_energies": energies, "heldout_consistency": consistency,
+            "classifiers": classifiers, "dataset": asdict(data_config), "bench": bench}
 
 
-def markdown_table(table: dict[str, dict[str, float]]) -> str:
-    """variant -> column -> value as a Markdown table (2 decimals)."""
+def markdown_table(table: dict[str, dict[str, float]], spread: dict[str, dict[str, float]] | None = None) -> str:
+    """variant -> column -> value as a Markdown table (2 decimals); with ``spread`` (same shape) "value ± spread"."""
     columns = list(next(iter(table.values())))
     lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
-    lines += [f"| {variant} | " + " | ".join(f"{row[c]:.2f}" for c in columns) + " |" for variant, row in table.items()]
+    lines += [f"| {variant} | " + " | ".join(f"{row[c]:.2f}" + (f" ± {spread[variant][c]:.2f}" if spread else "")
+                                             for c in columns) + " |" for variant, row in table.items()]
     return "\n".join(lines) + "\n"
 # ---------------------------------------------------------------- paper 004: in-model explainer-classifier
 
@@ -788,8 +828,10 @@ def html_page(results: dict) -> str:
         for c in results["claims"])
     deviations = results.get("deviations")
     warning = (f"<p><strong>Not the paper's settings:</strong> {html.escape(str(deviations))}</p>" if deviations else "")
-    sections = "".join(f"<h2>{html.escape(name)} (percent)</h2>{html_table(table)}"
-                       for name, table in results.get("tables", {}).items())
+    tables = {**results.get("tables", {}), **{f"{kind}: std over seeds {results['seeds']}": table
+                                               for kind, table in results.get("spread", {}).items()},
+              **results.get("seed_tables", {})}
+    sections = "".join(f"<h2>{html.escape(name)} (percent)</h2>{html_table(table)}" for name, table in tables.items())
     sections += "".join(f"<h2>Engine: {html.escape(name)}</h2>{html_tables(bench)}"
                         for name, bench in results["bench"].items())
     for kind, rows in results.get("summary", {}).items():

@@ -246,7 +246,8 @@ def fit_consistent(datamodule: SaliencyDataModule, out_dir: str | Path, *, num_c
                    scale: Scale = Scale(), **module_kwargs: object) -> tuple[Classifier, dict[str, float]]:
     """Train a :class:`ConsistencyModule` on ``datamodule`` (its train set is gridded here with
     :class:`~saliencylab.data.gridding.GriddedDataset`; a validation set is needed) for ``max_epochs`` epochs;
-    keep the best epoch: lowest validation top-1 error (single-label, as the original) or loss (multi-label).
+    keep the best epoch by validation top-1 (single-label, as the original's ImageNet script) or the last epoch
+    (multi-label, as the original's COCO script, which saves every epoch and marks none best).
 
     ``drop_last``: leave out the last partial training batch (the original COCO loader); ``negatives_cache``:
     JSON file of the instance lists; ``resume``: continue from ``out_dir``'s last checkpoint (:func:`fit_module`);
@@ -264,7 +265,7 @@ def fit_consistent(datamodule: SaliencyDataModule, out_dir: str | Path, *, num_c
                                  train_collate=collate_gridded, drop_last=drop_last)
     module = ConsistencyModule(num_classes=num_classes, class_names=class_names, multi_label=multi_label,
                                **module_kwargs)
-    monitor = "val_loss" if multi_label else "val_top1_error"
+    monitor = None if multi_label else "val_top1_error"
     trainer, checkpoint = fit_module(module, gridded, out_dir, max_epochs=max_epochs, monitor=monitor, resume=resume,
                                      progress=progress, accelerator=accelerator, scale=scale,
                                      deterministic="warn")  # max pooling and upsampling lack deterministic CUDA backwards
