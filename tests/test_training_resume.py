@@ -5,13 +5,14 @@ import subprocess
 import sys
 import time
 
+import lightning as L
 import torch
 
 from saliencylab.cli import main
 from saliencylab.data.synthetic import SyntheticConfig, write_synthetic
 from saliencylab.models.load import load_trained_classifier
 from saliencylab.training.classifier import ClassifierModule
-from saliencylab.training.fit import last_checkpoint
+from saliencylab.training.fit import fit_module, last_checkpoint
 
 EPOCHS = 3
 
@@ -48,3 +49,31 @@ def test_train_classifier_killed_mid_epoch_resumes_from_the_last_saved_epoch(tmp
     other = [*command[:command.index("width=4")], "width=8", *command[command.index("width=4") + 1:]]
     assert main([*other, "--resume"]) == 2  # a checkpoint of other settings is not continued
     assert "last.ckpt was saved with other settings (width: 4 then, 8 now)" in capsys.readouterr().err
+
+
+class WorseningFit(L.LightningModule):
+    """A one-weight model whose logged validation loss is the epoch number: the best epoch is the first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_index):
+        return (self.weight - batch[0]).square().mean()
+
+    def validation_step(self, batch, batch_index):
+        self.log("val_loss", float(self.current_epoch))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_last_checkpoint_is_the_last_epoch_when_the_best_is_an_earlier_one(tmp_path):
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 1)), batch_size=2)
+    datamodule = L.LightningDataModule.from_datasets(train_dataset=loader.dataset, val_dataset=loader.dataset,
+                                                     batch_size=2)
+    _, checkpoint = fit_module(WorseningFit(), datamodule, tmp_path, max_epochs=EPOCHS, progress=False,
+                               accelerator="cpu")
+    assert torch.load(checkpoint.best_model_path, weights_only=False)["epoch"] == 0
+    assert saved_epoch(tmp_path) == EPOCHS - 1  # Lightning's own save_last would leave epoch 0 here
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch=0-step=2.ckpt", "last.ckpt"]
