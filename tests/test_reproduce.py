@@ -4,11 +4,13 @@ import json
 import math
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
-from saliencylab.bench.reproduce import (OTHER_METHODS_002, PAPERS, POST_HOC_004, claim, claims_000, claims_001,
-                                        claims_002, claims_004, claims_table, html_table, markdown_table,
+from saliencylab.bench.reproduce import (OTHER_METHODS_002, PAPERS, POST_HOC_004, THREADS_002, claim, claims_000,
+                                        claims_001, claims_002, claims_004, claims_table, html_table, markdown_table,
                                         mean_over_seeds, other_energies_002, paper_settings_000, reproduce,
-                                        table_002)
+                                        table_002, train_consistent_002)
 from saliencylab.cli import build_parser, main
 from saliencylab.data.polygons import PolygonConfig
 from saliencylab.data.synthetic import SyntheticConfig
@@ -188,3 +190,9 @@ def test_reproduce_002_trains_each_seed_and_checks_the_claims_on_their_mean(tmp_
     seeds = {json.loads((tmp_path / "consistent" / f"multi_label_gc_seed{s}" / "classifier.json").read_text())["seed"]
              for s in (0, 1)}
     assert seeds == {0, 1} and "std over seeds [0, 1]" in (tmp_path / "report.html").read_text()
+    # the classifiers came from WORKERS_002 processes; one trained in this process is the same, to the bit
+    assert train_consistent_002(tmp_path / "here", data, 8, "multi_label", "gc", 1, 1, THREADS_002).startswith(
+        "multi_label_gc_seed1: 1 epochs in")
+    there, here = (load_file(folder / "consistent" / "multi_label_gc_seed1" / "classifier.safetensors")
+                   for folder in (tmp_path, tmp_path / "here"))
+    assert here.keys() == there.keys() and all(torch.equal(here[k], there[k]) for k in here)

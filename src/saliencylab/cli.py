@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import logging
 import sys
 import warnings
 from collections.abc import Sequence
@@ -19,11 +18,10 @@ if TYPE_CHECKING:
 
 
 def _quiet_lightning() -> None:
-    """Keep the terminal for our own progress: Lightning's info lines and a library deprecation notice go."""
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # frozen classifiers, on purpose
-    warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")  # no validation set
+    """Keep the terminal for our own progress (imported here: only the commands that train load Lightning)."""
+    from saliencylab.training.fit import quiet_lightning
+
+    quiet_lightning()
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -19,13 +19,17 @@ Each reproduction writes ``out_dir/results.json`` (``claims``, the engine result
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import html
+import io
 import json
 import math
+import multiprocessing
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -33,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 import saliencylab
 from saliencylab import presets
@@ -60,6 +65,7 @@ from saliencylab.models.classifier import Classifier
 from saliencylab.models.load import load_trained_classifier
 from saliencylab.training.classifier import fit_classifier
 from saliencylab.training.consistency import fit_consistent, heldout_consistency
+from saliencylab.training.fit import quiet_lightning
 from saliencylab.training.hardness import fit_hardness, load_hardness, rejection_auc
 from saliencylab.training.inmodel import fit_inmodel
 from saliencylab.types import collate
@@ -234,6 +240,8 @@ def reproduce_001(out_dir: Path, *, config: SyntheticConfig, device: torch.devic
 
 # ---------------------------------------------------------------- paper 002: consistent interpretations
 
+PRESETS_002 = {"single_label": "synthetic", "multi_label": "synthetic_multilabel"}
+"""The ``consistent`` preset of each kind of data."""
 VARIANTS_002 = {"baseline": {"pooling": "avg", "consistency_weight": 0.0}, "gc": {"pooling": "avg"},
                 "gmp": {"pooling": "max", "consistency_weight": 0.0}, "gmp_gc": {"pooling": "max"}}
 """The four classifiers of the README's table: GAP or GMP, trained without (λ = 0) or with the consistency loss
@@ -256,6 +264,9 @@ THREADS_002 = 1
 """Intra-op threads of reproduction 002 on the CPU: fixed, so its numbers do not depend on the machine's or
 OMP_NUM_THREADS's thread count (each count sums in another order: other trajectories from the same seeds), and
 one thread is the faster on these small convolutions under load."""
+WORKERS_002 = 2
+"""Classifiers of reproduction 002 trained at once on the CPU, each in its own process with THREADS_002 threads
+(2 cores: two one-thread trainings instead of one); each trains exactly as it would in this process."""
 README_RESNET18 = {"top1": {"baseline": 69.43, "gc": 67.74, "gmp": 69.08, "gmp_gc": 69.02},
                    "pointing_game": {"baseline": 79.80, "gc": 80.00, "gmp": 79.30, "gmp_gc": 79.60},
                    "stochastic_pointing_game": {"baseline": 60.50, "gc": 65.85, "gmp": 66.66, "gmp_gc": 68.74},
@@ -290,6 +301,20 @@ def prepare_consistent(folder: Path, preset_name: str, datamodule: SaliencyDataM
     print(f"  {folder.name}: {description['epochs']} epochs in {description['train_seconds']:.0f} s, "
           + "  ".join(f"{k} {v:.3f}" for k, v in description["scores"].items() if not k.endswith("loss")))
     return load_trained_classifier(folder)
+
+
+def train_consistent_002(out_dir: Path, data_config: SyntheticConfig, batch_size: int, kind: str, variant: str,
+                         seed: int, epochs: int | None, threads: int | None) -> str:
+    """Train (or find already trained) the ``kind`` classifier ``variant`` of seed ``seed`` of reproduction 002 into its
+    folder, with ``threads`` intra-op threads; one line saying so. A worker process's task: the data must exist."""
+    quiet_lightning()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        datamodule, _ = consistent_data_002(out_dir, data_config, batch_size, progress=False)[kind]
+        prepare_consistent(out_dir / "consistent" / f"{kind}_{variant}_seed{seed}", PRESETS_002[kind], datamodule,
+                           {**VARIANTS_002[variant], "seed": seed}, epochs, {"data": asdict(data_config)}, progress=False)
+    return printed.getvalue().strip().splitlines()[-1]
 
 
 def consistent_data_002(out_dir: Path, config: SyntheticConfig, batch_size: int,
@@ -364,7 +389,7 @@ def claims_002(tables: dict, energies: dict) -> list[dict]:
 
 def reproduce_002(out_dir: Path, *, config: SyntheticConfig, device: torch.device, epochs: int | None = None,
                   seeds: Sequence[int] = SEEDS_002, batch_size: int = 32, data_config: SyntheticConfig | None = None,
-                  threads: int | None = THREADS_002, progress: bool = True) -> dict:
+                  threads: int | None = THREADS_002, workers: int = WORKERS_002, progress: bool = True) -> dict:
     """Train baseline, GC, GMP and GMP+GC (:data:`VARIANTS_002`; presets ``synthetic`` and ``synthetic_multilabel``,
     ``epochs``: None = the presets') with each training seed of ``seeds`` on the single- and multi-label synthetic
     sets (``data_config``, default :func:`consistent_data_config`), score both Grad-CAM flavours on every classifier
@@ -372,7 +397,9 @@ def reproduce_002(out_dir: Path, *, config: SyntheticConfig, device: torch.devic
     the means over the seeds (``tables``; ``spread``: their standard deviations; ``seed_tables``: each seed's).
     Beside the tables, each classifier's consistency on held-out composites (the model-selection split, seed 0;
     :func:`~saliencylab.training.consistency.heldout_consistency`): what GC is trained for, whatever the maps score.
-    ``threads``: torch's intra-op threads on the CPU meanwhile (None: leave them).
+    ``threads``: torch's intra-op threads on the CPU meanwhile (None: leave them); ``workers``: classifiers trained
+    at once on the CPU, in that many spawned processes (:data:`WORKERS_002`; a script calling this needs the
+    ``if __name__ == "__main__":`` guard that multiprocessing asks for), before the scoring reuses them.
 
     Maps are computed at the training side, not at twice it as the original's 448 px maps of 224 px training
     (the engine's ``explain_short_side``): these classifiers learn one scale (no RandomResizedCrop), and at twice
@@ -380,15 +407,24 @@ def reproduce_002(out_dir: Path, *, config: SyntheticConfig, device: torch.devic
     pointing tolerance is the engine's default 4 % of the side (the original's 15 px of ~375 px images)."""
     data_config = data_config or consistent_data_config(config)
     bench, classifiers, seed_tables, seed_energies = {}, {}, {}, {}
+    data = consistent_data_002(out_dir, data_config, batch_size, progress)
+    if device.type == "cpu" and workers > 1:
+        jobs = [(kind, variant, seed) for kind in data for seed in seeds for variant in VARIANTS_002]
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(train_consistent_002, out_dir, data_config, batch_size, *job, epochs, threads)
+                       for job in jobs]
+            for future in tqdm(as_completed(futures), total=len(jobs), desc=f"training ({workers} processes)",
+                               disable=not progress):
+                tqdm.write(f"  {future.result()}")
     with intra_op_threads(threads if device.type == "cpu" else None):
-        for kind, (datamodule, scored) in consistent_data_002(out_dir, data_config, batch_size, progress).items():
-            preset = "synthetic" if kind == "single_label" else "synthetic_multilabel"
+        for kind, (datamodule, scored) in data.items():
             for seed in seeds:
                 for variant, settings in VARIANTS_002.items():
                     name = f"{kind}/{variant}/seed{seed}"
                     folder = out_dir / "consistent" / f"{kind}_{variant}_seed{seed}"
-                    classifier, description = prepare_consistent(folder, preset, datamodule, {**settings, "seed": seed},
-                                                                 epochs, {"data": asdict(data_config)}, progress)
+                    classifier, description = prepare_consistent(folder, PRESETS_002[kind], datamodule,
+                                                                 {**settings, "seed": seed}, epochs,
+                                                                 {"data": asdict(data_config)}, progress)
                     consistency = heldout_consistency(classifier, datamodule.val, description["num_classes"],
                                                       multi_label=kind == "multi_label",
                                                       layer=description["consistency"]["layer"])

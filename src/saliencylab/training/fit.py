@@ -8,7 +8,9 @@ devices, nodes, strategy, precision). After the fit, a ``fit_*`` writes its weig
 """
 from __future__ import annotations
 
+import logging
 import pickle
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -21,6 +23,14 @@ from saliencylab.scale import Scale
 
 LAST_CHECKPOINT = "last.ckpt"
 T = TypeVar("T")
+
+
+def quiet_lightning() -> None:
+    """Keep the terminal for our own progress: Lightning's info lines and a library deprecation notice go."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # frozen classifiers, on purpose
+    warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")  # no validation set
 
 
 def last_checkpoint(out_dir: str | Path) -> Path | None:
