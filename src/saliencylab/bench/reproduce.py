@@ -25,11 +25,9 @@ import html
 import io
 import json
 import math
-import multiprocessing
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -37,7 +35,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 import saliencylab
 from saliencylab import presets
@@ -63,6 +60,7 @@ from saliencylab.insecurity.explain import SCORES, dataset_scores, difficulty_so
 from saliencylab.insecurity.ground_truth import common_objects, common_parts, object_fractions
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.load import load_trained_classifier
+from saliencylab.scale import in_processes
 from saliencylab.training.classifier import fit_classifier
 from saliencylab.training.consistency import fit_consistent, heldout_consistency
 from saliencylab.training.fit import quiet_lightning
@@ -398,8 +396,8 @@ def reproduce_002(out_dir: Path, *, config: SyntheticConfig, device: torch.devic
     Beside the tables, each classifier's consistency on held-out composites (the model-selection split, seed 0;
     :func:`~saliencylab.training.consistency.heldout_consistency`): what GC is trained for, whatever the maps score.
     ``threads``: torch's intra-op threads on the CPU meanwhile (None: leave them); ``workers``: classifiers trained
-    at once on the CPU, in that many spawned processes (:data:`WORKERS_002`; a script calling this needs the
-    ``if __name__ == "__main__":`` guard that multiprocessing asks for), before the scoring reuses them.
+    at once on the CPU, in that many processes (:data:`WORKERS_002`, :func:`~saliencylab.scale.in_processes`),
+    before the scoring reuses them.
 
     Maps are computed at the training side, not at twice it as the original's 448 px maps of 224 px training
     (the engine's ``explain_short_side``): these classifiers learn one scale (no RandomResizedCrop), and at twice
@@ -409,13 +407,9 @@ def reproduce_002(out_dir: Path, *, config: SyntheticConfig, device: torch.devic
     bench, classifiers, seed_tables, seed_energies = {}, {}, {}, {}
     data = consistent_data_002(out_dir, data_config, batch_size, progress)
     if device.type == "cpu" and workers > 1:
-        jobs = [(kind, variant, seed) for kind in data for seed in seeds for variant in VARIANTS_002]
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(train_consistent_002, out_dir, data_config, batch_size, *job, epochs, threads)
-                       for job in jobs]
-            for future in tqdm(as_completed(futures), total=len(jobs), desc=f"training ({workers} processes)",
-                               disable=not progress):
-                tqdm.write(f"  {future.result()}")
+        in_processes(train_consistent_002, [(out_dir, data_config, batch_size, kind, variant, seed, epochs, threads)
+                                            for kind in data for seed in seeds for variant in VARIANTS_002],
+                     workers, "training", progress)
     with intra_op_threads(threads if device.type == "cpu" else None):
         for kind, (datamodule, scored) in data.items():
             for seed in seeds:
