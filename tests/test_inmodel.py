@@ -233,6 +233,33 @@ def test_phase_two_freezes_the_classifier_but_its_batchnorm_keeps_learning_stati
                                                vgg_widths=(2, 2, 2, 2)).configure_optimizers()
 
 
+def test_phase_two_with_frozen_classifier_batchnorm_keeps_phase_one_statistics():
+    """phase2_classifier_bn="frozen": a phase-2 step leaves the classifier exactly as it was (weights, BatchNorm
+    statistics, so the same logits for the same map) while the explainer and its own BatchNorm move."""
+    torch.manual_seed(0)
+    module = InModelModule(2, "resnet18", phase=2, explainer_widths=(2, 2, 2), phase2_classifier_bn="frozen")
+    module.train()  # what Lightning does each epoch, then the hook
+    module.on_train_epoch_start()
+    assert not module.net.classifier.training and module.net.explainer.training
+    classifier_before = {k: v.clone() for k, v in module.net.classifier.state_dict().items()}
+    explainer_before = {k: v.clone() for k, v in module.net.explainer.state_dict().items()}
+    images, probe = torch.rand(4, 3, 32, 32), torch.rand(4, 1, 32, 32)
+    with torch.no_grad():
+        logits_before = module.net.classifier(images, probe)
+    optimizer = module.configure_optimizers()["optimizer"]
+    logits, explanation = module.net.logits_and_map(images)
+    (F.cross_entropy(logits, torch.tensor([0, 1, 0, 1])) + explanation.mean()).backward()
+    optimizer.step()
+    for key, value in module.net.classifier.state_dict().items():
+        assert torch.equal(value, classifier_before[key]), key
+    with torch.no_grad():
+        torch.testing.assert_close(module.net.classifier(images, probe), logits_before, rtol=0, atol=0)
+    for key in ("norm.running_mean", "norm.running_var", "head.weight", "norm.bias"):
+        assert not torch.equal(module.net.explainer.state_dict()[key], explainer_before[key]), key
+    with pytest.raises(ValueError, match="phase2_classifier_bn must be one of"):
+        InModelModule(2, "resnet18", phase=2, explainer_widths=(2, 2, 2), phase2_classifier_bn="eval")
+
+
 def test_imagenet_hvz_from_an_imagenet_tree(tmp_path):
     from saliencylab.data.imagenet_hvz import CLASS_NAMES as HVZ, SYNSETS, build_imagenet_hvz
     from saliencylab.data.imagenet_metadata import write_box_xml

@@ -6,8 +6,9 @@ Loss: α·CE + (1−α)·L_expl, with L_expl the unsupervised β·sparsity + (1�
 
 - phase 1: the classifier trains; the explainer is frozen **and in eval mode** (its BatchNorm uses the initial
   running statistics, so its map stays ≈ tanh(init_bias) ≈ 1 everywhere);
-- phase 2: the explainer trains; the classifier is frozen but stays in train mode (BatchNorm statistics and
-  dropout still run, as in the original);
+- phase 2: the explainer trains; the classifier is frozen. ``phase2_classifier_bn="train"`` keeps it in train mode
+  as the original does (its BatchNorm running statistics keep moving with the new maps, dropout runs);
+  ``"frozen"`` puts it in eval mode (BatchNorm uses and keeps its phase-1 statistics, no dropout);
 - phase 3: both train.
 
 Each phase builds a new optimiser (SGD with momentum 0.9 and weight decay 1e-4, or Adadelta) with one
@@ -36,6 +37,7 @@ from saliencylab.types import Batch
 
 LOSSES = ("unsupervised", "hybrid")
 OPTIMIZERS = ("sgd", "adadelta")
+CLASSIFIER_BN = ("train", "frozen")
 
 
 class InModelModule(StagedModule):
@@ -44,6 +46,8 @@ class InModelModule(StagedModule):
     ``classifier``: "vgg" or "resnet18/34/50"; ``class_weights``: CE weights (C,) or None; ``plateau``:
     ReduceLROnPlateau on val_loss (None: for ResNet classifiers only, as the original). Network sizes:
     ``init_bias``, ``explainer_widths``, ``vgg_widths`` (see :class:`~saliencylab.models.inmodel.InModelNet`).
+    ``phase2_classifier_bn``: "train" (the original: the frozen classifier stays in train mode in phase 2, so its
+    BatchNorm running statistics follow the changing maps) or "frozen" (eval mode: they stay those of phase 1).
     """
 
     def __init__(self, num_classes: int = 2, classifier: str = "resnet18", class_names: Sequence[str] | None = None,
@@ -51,7 +55,7 @@ class InModelModule(StagedModule):
                  lr_clf: float = 0.01, lr_expl: float = 0.01, optimizer: str = "sgd",
                  class_weights: Sequence[float] | None = None, plateau: bool | None = None, init_bias: float = 3.0,
                  explainer_widths: Sequence[int] = (32, 64, 128),
-                 vgg_widths: Sequence[int] = (32, 64, 128, 256)) -> None:
+                 vgg_widths: Sequence[int] = (32, 64, 128, 256), phase2_classifier_bn: str = "train") -> None:
         super().__init__()
         if phase not in (1, 2, 3):
             raise ValueError(f"phase must be 1, 2 or 3, got {phase}")
@@ -59,6 +63,8 @@ class InModelModule(StagedModule):
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if phase2_classifier_bn not in CLASSIFIER_BN:
+            raise ValueError(f"phase2_classifier_bn must be one of {CLASSIFIER_BN}, got {phase2_classifier_bn!r}")
         self.save_hyperparameters()
         self.classifier = build_inmodel_classifier(num_classes, classifier, class_names=class_names,
                                                    init_bias=init_bias, explainer_widths=tuple(explainer_widths),
@@ -70,9 +76,12 @@ class InModelModule(StagedModule):
         self._correct: dict[str, list[int]] = {}
 
     def on_train_epoch_start(self) -> None:
-        """Phase 1 keeps the frozen explainer in eval mode (Lightning put the whole module in train mode)."""
+        """Phase 1 keeps the frozen explainer in eval mode, phase 2 the frozen classifier when
+        ``phase2_classifier_bn`` is "frozen" (Lightning put the whole module in train mode)."""
         if self.hparams.phase == 1:
             self.net.explainer.eval()
+        if self.hparams.phase == 2 and self.hparams.phase2_classifier_bn == "frozen":
+            self.net.classifier.eval()
 
     def _step(self, batch: Batch, stage: str) -> Tensor:
         hp = self.hparams
