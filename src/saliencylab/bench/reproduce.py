@@ -61,7 +61,7 @@ from saliencylab.models.load import load_trained_classifier
 from saliencylab.training.classifier import fit_classifier
 from saliencylab.training.consistency import fit_consistent, heldout_consistency
 from saliencylab.training.hardness import fit_hardness, load_hardness, rejection_auc
-from saliencylab.training.inmodel import fit_inmodel
+from saliencylab.training.inmodel import InModelModule, fit_inmodel
 from saliencylab.types import collate
 
 
@@ -408,21 +408,28 @@ VARIANTS_004 = ("hybrid", "unsupervised")
 
 def prepare_inmodel(out_dir: Path, data: Path, datamodule: SaliencyDataModule, loss: str, device: torch.device,
                     progress: bool, phase_epochs: Sequence[int] | None = None,
-                    image_size: int = POLYGONS_004.image_size) -> tuple[Classifier, dict]:
+                    image_size: int = POLYGONS_004.image_size, phase1_from: str | None = None) -> tuple[Classifier, dict]:
     """Fit the in-model network (preset ``polygons``, ``loss``) into ``out_dir/loss``, or reuse the one fitted on
-    the same data with the same settings."""
+    the same data with the same settings. ``phase1_from``: the loss of a network fitted before whose best phase 1
+    this one starts from (phase 1, α = 1, does not depend on the loss: the same weights, half the phase-1 time)."""
     folder = out_dir / loss
     settings = {**presets.load("inmodel", "polygons")["inmodel"], "loss": loss}
     if phase_epochs is not None:
         settings["epochs"] = list(phase_epochs)
-    stamp = {"data": str(data), "settings": settings}
+    stamp = {"data": str(data), "settings": settings, "phase1_from": phase1_from}
     description_file = folder / "classifier.json"
     if description_file.is_file() and json.loads(description_file.read_text()).get("reproduce") == stamp:
         print(f"  reusing the {loss} in-model network (pass --fresh to retrain)")
         return load_trained_classifier(folder)
+    initial_state, epochs = None, settings["epochs"]
+    if phase1_from is not None and epochs[0] > 0:
+        best = next((out_dir / phase1_from / "phase1" / "checkpoints").glob("epoch*.ckpt"))
+        initial_state = InModelModule.load_from_checkpoint(best, map_location="cpu", weights_only=True).net.state_dict()
+        epochs = [0, *epochs[1:]]
+        print(f"  {loss}: phase 1 = the {phase1_from} network's ({best.name})")
     fit_inmodel(datamodule, folder, num_classes=len(POLYGON_CLASSES), class_names=list(POLYGON_CLASSES),
                 progress=progress, accelerator="gpu" if device.type == "cuda" else "cpu",
-                data={"image_size": image_size}, **settings)
+                data={"image_size": image_size}, initial_state=initial_state, **{**settings, "epochs": epochs})
     description = json.loads(description_file.read_text())
     write_atomic(description_file, json.dumps({**description, "reproduce": stamp}, indent=2))
     return load_trained_classifier(folder)
@@ -465,7 +472,7 @@ def reproduce_004(out_dir: Path, *, config: SyntheticConfig, device: torch.devic
     networks, bench, pompom, aopc = {}, {}, {}, {variant: {} for variant in VARIANTS_004}
     for variant in VARIANTS_004:
         classifier, description = prepare_inmodel(out_dir, data, datamodule, variant, device, progress, phase_epochs,
-                                                  polygons.image_size)
+                                                  polygons.image_size, None if variant == VARIANTS_004[0] else VARIANTS_004[0])
         networks[variant] = {"test": description["test"], "phases": description["training"]["phases"]}
         print(f"  {variant}: test accuracy {description['test']['accuracy']:.3f}")
         common = dict(description={"classifier": weights_stamp(out_dir / variant), "dataset": str(data)},
