@@ -260,6 +260,36 @@ def test_phase_two_with_frozen_classifier_batchnorm_keeps_phase_one_statistics()
         InModelModule(2, "resnet18", phase=2, explainer_widths=(2, 2, 2), phase2_classifier_bn="eval")
 
 
+@pytest.mark.slow
+def test_precise_bn_gives_the_training_set_statistics_and_phase_two_moves_the_map(polygon_data, tmp_path):
+    """A phase 2 alone (initial_state, epochs 0/1/0) with the classifier frozen in eval mode and precise BatchNorm:
+    the classifier comes out exactly as it went in (weights and statistics); the explainer's head statistics are
+    those of its output over the training set with the final weights (one batch of all 12 training images, so the
+    batch statistics are unique); the validation map is no longer the uniform tanh(init_bias) of the start."""
+    data = SaliencyDataModule(polygon_data.train, polygon_data.val, batch_size=12)
+    network = {"classifier": "resnet18", "explainer_widths": (4, 4, 4), "init_bias": 2.0}
+    start = InModelModule(2, phase=1, class_names=CLASS_NAMES, **network).net.state_dict()
+    start["classifier.net.fc.bias"] += 1.0  # not what fit_inmodel's own seeded initialisation gives
+    start["classifier.net.bn1.running_mean"] += 0.5
+    classifier, _ = fit_inmodel(data, tmp_path / "run", num_classes=2, class_names=CLASS_NAMES, loss="hybrid",
+                                epochs=(0, 1, 0), progress=False, accelerator="cpu", initial_state=start,
+                                phase2_classifier_bn="frozen", precise_bn=True, **network)
+    net = classifier.model.eval()
+    for key, value in net.classifier.state_dict().items():
+        assert torch.equal(value, start[f"classifier.{key}"]), key
+    head = []
+    hook = net.explainer.head.register_forward_hook(lambda module, inputs, output: head.append(output))
+    with torch.no_grad():
+        (batch,) = data.train_dataloader()
+        net.explainer(batch.images)
+    hook.remove()
+    torch.testing.assert_close(net.explainer.norm.running_mean, head[0].mean().reshape(1))
+    torch.testing.assert_close(net.explainer.norm.running_var, head[0].var().reshape(1))
+    with torch.no_grad():
+        maps = net.explain(next(iter(data.val_dataloader())).images)
+    assert float(maps.std()) > 0.05 and float((maps - math.tanh(2.0)).abs().max()) > 0.3
+
+
 def test_imagenet_hvz_from_an_imagenet_tree(tmp_path):
     from saliencylab.data.imagenet_hvz import CLASS_NAMES as HVZ, SYNSETS, build_imagenet_hvz
     from saliencylab.data.imagenet_metadata import write_box_xml
