@@ -460,9 +460,9 @@ def reproduce_004(out_dir: Path, *, config: SyntheticConfig, device: torch.devic
                   progress: bool = True) -> dict:
     """Write the polygons, fit the hybrid and the unsupervised in-model networks (preset ``polygons``), then for
     each network score its own map (method ``inmodel``) and the post-hoc methods of :data:`POST_HOC_004` with the
-    engine: POMPOM on every test image, AOPC (MoRF, 100 steps) for each (perturbation, patch) of ``grid`` on the
-    first ``images`` test images (default: the claims' pair only; :data:`FULL_GRID_004` for every perturbation and
-    patch size). ``config`` (the VOC scenes of papers 000/001) is not used."""
+    engine on the first ``images`` test images (the same for every row; a subset for time): POMPOM, and AOPC
+    (MoRF, 100 steps) for each (perturbation, patch) of ``grid`` (default: the claims' pair only;
+    :data:`FULL_GRID_004` for every perturbation and patch size). ``config`` (the VOC scenes of papers 000/001) is not used."""
     data = write_polygons(out_dir / "data", polygons, progress=progress) if not (out_dir / "data" / "test").is_dir() \
         else out_dir / "data"
     splits = [InMemory(InModelDataset(data, split, POLYGON_CLASSES)) for split in ("train", "val", "test")]
@@ -477,11 +477,11 @@ def reproduce_004(out_dir: Path, *, config: SyntheticConfig, device: torch.devic
         print(f"  {variant}: test accuracy {description['test']['accuracy']:.3f}")
         common = dict(description={"classifier": weights_stamp(out_dir / variant), "dataset": str(data)},
                       batch_size=batch_size, device=device, progress=progress, replace_stale=True)
-        results = run_benchmark(classifier, test, rows, out_dir / f"bench_{variant}" / "pompom",
+        subset = {name: Row(row.method, row.settings, images) for name, row in rows.items()}
+        results = run_benchmark(classifier, test, subset, out_dir / f"bench_{variant}" / "pompom",
                                 metric_names=["pompom"], **common)
         bench[f"{variant}: POMPOM"] = results
         pompom[variant] = _values(results, "pompom", ["inmodel"])["inmodel"]
-        subset = {name: Row(row.method, row.settings, images) for name, row in rows.items()}
         for perturbation, patch in grid:
             results = run_benchmark(classifier, test, subset, out_dir / f"bench_{variant}" / f"aopc_{perturbation}_{patch}",
                                     metric_names=["aopc_morf"], options={"perturbation": perturbation, "patch": patch,
