@@ -413,7 +413,8 @@ curves do not depend on it (tests/test_faithfulness.py)."""
 
 def prepare_inmodel(out_dir: Path, data: Path, datamodule: SaliencyDataModule, loss: str, device: torch.device,
                     progress: bool, phase_epochs: Sequence[int] | None = None,
-                    image_size: int = POLYGONS_004.image_size, phase1_from: str | None = None) -> tuple[Classifier, dict]:
+                    image_size: int = POLYGONS_004.image_size,
+                    phase1_from: str | None = None) -> tuple[Classifier, dict]:
     """Fit the in-model network (preset ``polygons``, ``loss``) into ``out_dir/loss``, or reuse the one fitted on
     the same data with the same settings. ``phase1_from``: the loss of a network fitted before whose best phase 1
     this one starts from (phase 1, α = 1, does not depend on the loss: the same weights, half the phase-1 time)."""
@@ -467,7 +468,8 @@ def reproduce_004(out_dir: Path, *, config: SyntheticConfig, device: torch.devic
     each network score its own map (method ``inmodel``) and the post-hoc methods of :data:`POST_HOC_004` with the
     engine on the first ``images`` test images (the same for every row; a subset for time): POMPOM, and AOPC
     (MoRF, 100 steps) for each (perturbation, patch) of ``grid`` (default: the claims' pair only;
-    :data:`FULL_GRID_004` for every perturbation and patch size). ``config`` (the VOC scenes of papers 000/001) is not used."""
+    :data:`FULL_GRID_004` for every perturbation and patch size). ``config`` (the VOC scenes of papers 000/001) is
+    not used."""
     data = write_polygons(out_dir / "data", polygons, progress=progress) if not (out_dir / "data" / "test").is_dir() \
         else out_dir / "data"
     splits = [InMemory(InModelDataset(data, split, POLYGON_CLASSES)) for split in ("train", "val", "test")]
@@ -476,8 +478,9 @@ def reproduce_004(out_dir: Path, *, config: SyntheticConfig, device: torch.devic
     rows = {"inmodel": Row("inmodel"), **{name: Row(name) for name in POST_HOC_004}}
     networks, bench, pompom, aopc = {}, {}, {}, {variant: {} for variant in VARIANTS_004}
     for variant in VARIANTS_004:
+        shared = None if variant == VARIANTS_004[0] else VARIANTS_004[0]  # phase 1 is trained once
         classifier, description = prepare_inmodel(out_dir, data, datamodule, variant, device, progress, phase_epochs,
-                                                  polygons.image_size, None if variant == VARIANTS_004[0] else VARIANTS_004[0])
+                                                  polygons.image_size, shared)
         networks[variant] = {"test": description["test"], "phases": description["training"]["phases"]}
         print(f"  {variant}: test accuracy {description['test']['accuracy']:.3f}")
         common = dict(description={"classifier": weights_stamp(out_dir / variant), "dataset": str(data)},

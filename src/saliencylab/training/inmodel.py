@@ -96,7 +96,8 @@ class InModelModule(StagedModule):
         hp = self.hparams
         modules = ([self.net.explainer] if hp.phase != 1 else []) + \
             ([self.net.classifier] if hp.phase != 2 or hp.phase2_classifier_bn == "train" else [])
-        return [layer for module in modules for layer in module.modules() if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
+        return [layer for module in modules for layer in module.modules()
+                if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
 
     def on_validation_epoch_start(self) -> None:
         """``precise_bn``: the trained BatchNorm layers' statistics recomputed over the training set (not for the
@@ -175,7 +176,8 @@ def fit_inmodel(datamodule: L.LightningDataModule, out_dir: str | Path, *, num_c
     Per-phase lists: ``epochs``, ``alpha``, ``lr_clf``, ``lr_expl``, ``patience`` (the README's ImagenetHVZ run
     by default). ``balanced_weights``: CE weighted by scikit-learn's "balanced" class weights of the training
     labels. ``initial_state``: the network's weights before the first phase that trains (e.g. the best phase 1 of a
-    run that differs only in the loss, with ``epochs`` (0, e2, e3): with α = 1, phase 1 does not depend on the explanation loss).
+    run that differs only in the loss, with ``epochs`` (0, e2, e3): with α = 1, phase 1 does not depend on the
+    explanation loss).
     ``module_kwargs``: the other :class:`InModelModule` hyper-parameters (beta, gamma, optimizer,
     init_bias, widths). ``resume``: each phase continues from its last checkpoint; ``scale``: devices, nodes,
     strategy, precision (:class:`~saliencylab.scale.Scale`; rank 0 writes the files). Writes
