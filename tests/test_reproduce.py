@@ -169,8 +169,10 @@ def test_reproduce_004_end_to_end_on_tiny_polygons(tmp_path):
     assert set(runs) == {f"{v}: {k}" for v in ("hybrid", "unsupervised")
                          for k in ("POMPOM", "AOPC blur, 4 px")}
     assert {row["images"] for row in runs["hybrid: AOPC blur, 4 px"]["rows"].values()} == {2}
-    assert runs["hybrid: POMPOM"]["rows"]["inmodel"]["images"] == 4
+    assert runs["hybrid: POMPOM"]["rows"]["inmodel"]["images"] == 2  # the AOPC images
     assert 0 <= results["networks"]["hybrid"]["test"]["accuracy"] <= 1
+    phases = {variant: [p["phase"] for p in network["phases"]] for variant, network in results["networks"].items()}
+    assert phases == {"hybrid": [1, 2, 3], "unsupervised": [2, 3]}  # phase 1 (α = 1) trained once, shared
     assert "<svg" in (tmp_path / "004" / "report.html").read_text()
 
 

@@ -6,8 +6,9 @@ Loss: α·CE + (1−α)·L_expl, with L_expl the unsupervised β·sparsity + (1�
 
 - phase 1: the classifier trains; the explainer is frozen **and in eval mode** (its BatchNorm uses the initial
   running statistics, so its map stays ≈ tanh(init_bias) ≈ 1 everywhere);
-- phase 2: the explainer trains; the classifier is frozen but stays in train mode (BatchNorm statistics and
-  dropout still run, as in the original);
+- phase 2: the explainer trains; the classifier is frozen. ``phase2_classifier_bn="train"`` keeps it in train mode
+  as the original does (its BatchNorm running statistics keep moving with the new maps, dropout runs);
+  ``"frozen"`` puts it in eval mode (BatchNorm uses and keeps its phase-1 statistics, no dropout);
 - phase 3: both train.
 
 Each phase builds a new optimiser (SGD with momentum 0.9 and weight decay 1e-4, or Adadelta) with one
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from saliencylab.metrics.ground_truth import class_masks
 from saliencylab.models.classifier import Classifier
@@ -36,6 +37,7 @@ from saliencylab.types import Batch
 
 LOSSES = ("unsupervised", "hybrid")
 OPTIMIZERS = ("sgd", "adadelta")
+CLASSIFIER_BN = ("train", "frozen")
 
 
 class InModelModule(StagedModule):
@@ -44,6 +46,15 @@ class InModelModule(StagedModule):
     ``classifier``: "vgg" or "resnet18/34/50"; ``class_weights``: CE weights (C,) or None; ``plateau``:
     ReduceLROnPlateau on val_loss (None: for ResNet classifiers only, as the original). Network sizes:
     ``init_bias``, ``explainer_widths``, ``vgg_widths`` (see :class:`~saliencylab.models.inmodel.InModelNet`).
+    ``phase2_classifier_bn``: "train" (the original: the frozen classifier stays in train mode in phase 2, so its
+    BatchNorm running statistics follow the changing maps) or "frozen" (eval mode: they stay those of phase 1).
+    ``precise_bn``: before each validation, recompute the running statistics of the BatchNorm layers this phase
+    trains in train mode over the whole training set with the current weights (Wu & Johnson, "Rethinking 'Batch'
+    in BatchNorm", 2021: "precise BN"). The original keeps PyTorch's moving averages (momentum 0.1), which lag
+    behind a map that moves: the explainer's single-channel head has a tiny output variance (~1e-5 at the start)
+    that its moving average needs ~100 steps to reach from its initial 1, and whose mean shifts freely (train-mode
+    BatchNorm removes it from the loss), so the validation and test maps (running statistics) can differ from
+    the training maps (batch statistics) by several standard deviations.
     """
 
     def __init__(self, num_classes: int = 2, classifier: str = "resnet18", class_names: Sequence[str] | None = None,
@@ -51,7 +62,8 @@ class InModelModule(StagedModule):
                  lr_clf: float = 0.01, lr_expl: float = 0.01, optimizer: str = "sgd",
                  class_weights: Sequence[float] | None = None, plateau: bool | None = None, init_bias: float = 3.0,
                  explainer_widths: Sequence[int] = (32, 64, 128),
-                 vgg_widths: Sequence[int] = (32, 64, 128, 256)) -> None:
+                 vgg_widths: Sequence[int] = (32, 64, 128, 256), phase2_classifier_bn: str = "train",
+                 precise_bn: bool = False) -> None:
         super().__init__()
         if phase not in (1, 2, 3):
             raise ValueError(f"phase must be 1, 2 or 3, got {phase}")
@@ -59,6 +71,8 @@ class InModelModule(StagedModule):
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if phase2_classifier_bn not in CLASSIFIER_BN:
+            raise ValueError(f"phase2_classifier_bn must be one of {CLASSIFIER_BN}, got {phase2_classifier_bn!r}")
         self.save_hyperparameters()
         self.classifier = build_inmodel_classifier(num_classes, classifier, class_names=class_names,
                                                    init_bias=init_bias, explainer_widths=tuple(explainer_widths),
@@ -70,9 +84,40 @@ class InModelModule(StagedModule):
         self._correct: dict[str, list[int]] = {}
 
     def on_train_epoch_start(self) -> None:
-        """Phase 1 keeps the frozen explainer in eval mode (Lightning put the whole module in train mode)."""
+        """Phase 1 keeps the frozen explainer in eval mode, phase 2 the frozen classifier when
+        ``phase2_classifier_bn`` is "frozen" (Lightning put the whole module in train mode)."""
         if self.hparams.phase == 1:
             self.net.explainer.eval()
+        if self.hparams.phase == 2 and self.hparams.phase2_classifier_bn == "frozen":
+            self.net.classifier.eval()
+
+    def _trained_batchnorms(self) -> list[nn.Module]:
+        """The BatchNorm layers that run in train mode in this phase's training steps."""
+        hp = self.hparams
+        modules = ([self.net.explainer] if hp.phase != 1 else []) + \
+            ([self.net.classifier] if hp.phase != 2 or hp.phase2_classifier_bn == "train" else [])
+        return [layer for module in modules for layer in module.modules()
+                if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
+
+    def on_validation_epoch_start(self) -> None:
+        """``precise_bn``: the trained BatchNorm layers' statistics recomputed over the training set (not for the
+        sanity check), as a cumulative average of the batch statistics, then averaged over the processes."""
+        if not self.hparams.precise_bn or self.trainer.sanity_checking:
+            return
+        layers = self._trained_batchnorms()
+        momenta = [layer.momentum for layer in layers]
+        for layer in layers:
+            layer.reset_running_stats()
+            layer.momentum = None  # cumulative average
+            layer.train()
+        with torch.no_grad():
+            for batch in self.trainer.train_dataloader:
+                self.net(self.classifier.normalize(batch.to(self.device).images))
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+            layer.eval()
+            for buffer in (layer.running_mean, layer.running_var):
+                buffer.copy_(self.trainer.strategy.reduce(buffer, reduce_op="mean"))
 
     def _step(self, batch: Batch, stage: str) -> Tensor:
         hp = self.hparams
@@ -123,13 +168,17 @@ def fit_inmodel(datamodule: L.LightningDataModule, out_dir: str | Path, *, num_c
                 lr_clf: Sequence[float] = (0.01, 0.0, 0.01), lr_expl: Sequence[float] = (0.0, 0.01, 0.01),
                 patience: Sequence[int] = (100, 100, 10), balanced_weights: bool = False, seed: int = 0,
                 progress: bool = True, accelerator: str = "auto", resume: bool = False, data: dict | None = None,
-                scale: Scale = Scale(), **module_kwargs: object) -> tuple[Classifier, dict]:
+                scale: Scale = Scale(), initial_state: dict[str, Tensor] | None = None,
+                **module_kwargs: object) -> tuple[Classifier, dict]:
     """Run the three phases (a phase of 0 epochs is skipped) into ``out_dir/phase{1,2,3}/``; return the final
     network wrapped as a Classifier (eval mode) and its description.
 
     Per-phase lists: ``epochs``, ``alpha``, ``lr_clf``, ``lr_expl``, ``patience`` (the README's ImagenetHVZ run
     by default). ``balanced_weights``: CE weighted by scikit-learn's "balanced" class weights of the training
-    labels. ``module_kwargs``: the other :class:`InModelModule` hyper-parameters (beta, gamma, optimizer,
+    labels. ``initial_state``: the network's weights before the first phase that trains (e.g. the best phase 1 of a
+    run that differs only in the loss, with ``epochs`` (0, e2, e3): with α = 1, phase 1 does not depend on the
+    explanation loss).
+    ``module_kwargs``: the other :class:`InModelModule` hyper-parameters (beta, gamma, optimizer,
     init_bias, widths). ``resume``: each phase continues from its last checkpoint; ``scale``: devices, nodes,
     strategy, precision (:class:`~saliencylab.scale.Scale`; rank 0 writes the files). Writes
     ``out_dir/classifier.safetensors`` + ``classifier.json`` (arch "inmodel": a classifier folder for every
@@ -144,7 +193,7 @@ def fit_inmodel(datamodule: L.LightningDataModule, out_dir: str | Path, *, num_c
     if balanced_weights:
         labels = torch.cat([batch.labels.argmax(1) for batch in datamodule.train_dataloader()])
         weights = balanced_class_weights(labels, num_classes).tolist()
-    state, history, module = None, [], None
+    state, history, module = initial_state, [], None
     for phase, (max_epochs, a, lr_c, lr_e, wait) in enumerate(zip(*phases), start=1):
         if max_epochs == 0:
             continue
