@@ -172,7 +172,10 @@ def test_reproduce_004_end_to_end_on_tiny_polygons(tmp_path):
     assert runs["hybrid: POMPOM"]["rows"]["inmodel"]["images"] == 2  # the AOPC images
     assert 0 <= results["networks"]["hybrid"]["test"]["accuracy"] <= 1
     phases = {variant: [p["phase"] for p in network["phases"]] for variant, network in results["networks"].items()}
-    assert phases == {"hybrid": [1, 2, 3], "unsupervised": [2, 3]}  # phase 1 (α = 1) trained once, shared
+    assert phases == {"hybrid": [1, 2, 3], "unsupervised": [1, 2, 3]}
+    first = {json.loads((tmp_path / "004" / v / "classifier.json").read_text())["reproduce"]["phase1_from"]
+             for v in ("hybrid", "unsupervised")}
+    assert first == {"phase1"}  # phase 1 (α = 1) trained once, shared; phases 2-3 of the two in two processes
     assert "<svg" in (tmp_path / "004" / "report.html").read_text()
 
 
