@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from saliencylab import methods, presets
-from saliencylab.bench.reproduce import POLYGONS_004
+from saliencylab.bench.reproduce_004 import POLYGONS_004
 from saliencylab.data.formats import load_dataset
 from saliencylab.data.inmodel import InModelDataset, stratified_split, write_split
 from saliencylab.data.module import SaliencyDataModule

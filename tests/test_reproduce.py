@@ -7,10 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from saliencylab.bench.reproduce import (OTHER_METHODS_002, PAPERS, POST_HOC_004, THREADS_002, claim, claims_000,
-                                        claims_001, claims_002, claims_004, claims_table, html_table, markdown_table,
-                                        mean_over_seeds, other_energies_002, paper_settings_000, reproduce,
-                                        table_002, train_consistent_002)
+from saliencylab.bench.claims import claim
+from saliencylab.bench.reproduce import PAPERS, claims_table, html_table, reproduce
+from saliencylab.bench.reproduce_000 import claims_000, paper_settings_000
+from saliencylab.bench.reproduce_001 import claims_001
+from saliencylab.bench.reproduce_002 import OTHER_METHODS_002, THREADS_002, claims_002, markdown_table, mean_over_seeds, other_energies_002, table_002, train_consistent_002
+from saliencylab.bench.reproduce_004 import POST_HOC_004, claims_004
 from saliencylab.cli import build_parser, main
 from saliencylab.data.polygons import PolygonConfig
 from saliencylab.data.synthetic import SyntheticConfig

@@ -1,5 +1,5 @@
 """Reproduction 003 (deliberative explanations): its claims come from the numbers (hand-built summaries)."""
-from saliencylab.bench.reproduce import ROWS_003, SUBSET_ROWS_003, claims_003
+from saliencylab.bench.reproduce_003 import ROWS_003, SUBSET_ROWS_003, claims_003
 
 
 def _summary(values: dict[str, float]) -> dict:
@@ -26,7 +26,7 @@ def test_claims_003_from_hand_built_means():
 def test_reproduce_003_end_to_end_on_a_tiny_set(tmp_path):
     import torch
 
-    from saliencylab.bench.reproduce import ROWS_003, SUBSET_ROWS_003, reproduce_003
+    from saliencylab.bench.reproduce_003 import ROWS_003, SUBSET_ROWS_003, reproduce_003
     from saliencylab.data.synthetic_ambiguity import AmbiguityConfig
 
     threads = torch.get_num_threads()

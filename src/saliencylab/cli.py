@@ -388,7 +388,7 @@ def _train_inmodel(args: argparse.Namespace) -> int:
 
 def _aopc_grid(name: str) -> tuple[tuple[str, int], ...]:
     """The (perturbation, patch) pairs of reproduce 004's --aopc-grid."""
-    from saliencylab.bench.reproduce import CLAIM_GRID_004, FULL_GRID_004
+    from saliencylab.bench.reproduce_004 import CLAIM_GRID_004, FULL_GRID_004
 
     return FULL_GRID_004 if name == "full" else (CLAIM_GRID_004,)
 

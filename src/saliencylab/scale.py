@@ -17,11 +17,13 @@ every rank to take the same branch.
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
+import torch
 from tqdm import tqdm
 
 T = TypeVar("T")
@@ -157,3 +159,15 @@ def in_processes(task: Callable[..., str], jobs: Sequence[tuple], workers: int, 
             lines[futures[future]] = future.result()
             tqdm.write(f"  {lines[futures[future]]}")
     return lines
+
+@contextmanager
+def intra_op_threads(count: int | None) -> Iterator[None]:
+    """Run with ``count`` torch intra-op threads (None: unchanged); restore the previous number afterwards."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
