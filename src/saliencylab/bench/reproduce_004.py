@@ -62,7 +62,8 @@ def prepare_inmodel(folder: Path, data: Path, datamodule: SaliencyDataModule, lo
     fitted on the same data with the same settings. ``phase1``: a fit's folder whose best phase-1 network this one
     starts from (its own phase 1 then has 0 epochs)."""
     settings = {**presets.load("inmodel", "polygons")["inmodel"], "loss": loss, "epochs": list(epochs)}
-    stamp = {"data": str(data), "settings": settings, "phase1_from": None if phase1 is None else phase1.name}
+    stamp = {"data": str(data), "settings": settings,  # a retrained phase 1 retrains what starts from it
+             "phase1_from": None if phase1 is None else weights_stamp(phase1)}
     description_file = folder / "classifier.json"
     if description_file.is_file() and json.loads(description_file.read_text()).get("reproduce") == stamp:
         print(f"  reusing {folder.name} (pass --fresh to retrain)")
