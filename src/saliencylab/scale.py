@@ -160,6 +160,7 @@ def in_processes(task: Callable[..., str], jobs: Sequence[tuple], workers: int, 
             tqdm.write(f"  {lines[futures[future]]}")
     return lines
 
+
 @contextmanager
 def intra_op_threads(count: int | None) -> Iterator[None]:
     """Run with ``count`` torch intra-op threads (None: unchanged); restore the previous number afterwards."""
@@ -170,4 +171,3 @@ def intra_op_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-

@@ -80,8 +80,9 @@ def fit_module(module: L.LightningModule, datamodule: L.LightningDataModule, out
     # Lightning 2.6's save_last writes last.ckpt only in epochs that also save a new best, so with a monitor
     # last.ckpt would be the best epoch, and --resume would go back to it: a second callback keeps one unmonitored
     # checkpoint, overwritten after every epoch (saved after the best one's, so it holds that one's state too).
-    latest = [] if monitor is None else [ModelCheckpoint(dirpath=out_dir / "checkpoints", filename=Path(LAST_CHECKPOINT).stem,
-                                                         monitor=None, save_top_k=1, enable_version_counter=False)]
+    latest = [] if monitor is None else [ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor=None, save_top_k=1,
+                                                         filename=Path(LAST_CHECKPOINT).stem,
+                                                         enable_version_counter=False)]
     stopping = [] if patience is None else [EarlyStopping(monitor, min_delta=min_delta, patience=patience)]
     trainer = L.Trainer(max_epochs=max_epochs, accelerator=accelerator, logger=False,
                         deterministic=deterministic, callbacks=[*stopping, checkpoint, *latest, *callbacks],
