@@ -146,19 +146,16 @@ def _compute_then_merge(rank: int, world: int, device: str, barrier: Callable[[]
 
 
 def in_processes(task: Callable[..., str], jobs: Sequence[tuple], workers: int, desc: str,
-                 progress: bool = True) -> list[str]:
+                 progress: bool = True) -> None:
     """``task(*job)`` for every job, ``workers`` at a time, each in a spawned process (a fresh interpreter: no
     OpenMP state forked; a script calling this needs the ``if __name__ == "__main__":`` guard that multiprocessing
-    asks for). ``task`` returns one line, printed as its job ends; returns the lines in job order. For independent
+    asks for). ``task`` returns one line, printed as its job ends; a job's error is raised here. For independent
     single-threaded jobs (trainings of the reproductions) on a CPU with more cores than one job uses."""
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(task, *job): index for index, job in enumerate(jobs)}
-        lines = [""] * len(jobs)
+        futures = [pool.submit(task, *job) for job in jobs]
         for future in tqdm(as_completed(futures), total=len(jobs), desc=f"{desc} ({workers} processes)",
                            disable=not progress):
-            lines[futures[future]] = future.result()
-            tqdm.write(f"  {lines[futures[future]]}")
-    return lines
+            tqdm.write(f"  {future.result()}")
 
 
 @contextmanager

@@ -89,15 +89,16 @@ def polygon_data_004(out_dir: Path, polygons: PolygonConfig, progress: bool) -> 
     return data, SaliencyDataModule(*splits, batch_size=presets.load("inmodel", "polygons")["data"]["batch_size"])
 
 
-def network_004(out_dir: Path, polygons: PolygonConfig, variant: str, device: torch.device, epochs: Sequence[int],
-                images: int, grid: Sequence[tuple[str, int]], batch_size: int, progress: bool) -> tuple[dict, dict]:
+def network_004(out_dir: Path, data: Path, datamodule: SaliencyDataModule, image_size: int, variant: str,
+                device: torch.device, epochs: Sequence[int], images: int, grid: Sequence[tuple[str, int]],
+                batch_size: int, progress: bool) -> tuple[dict, dict]:
     """Phases 2-3 of the ``variant`` in-model network from the shared phase 1 (``out_dir/phase1``), then its own map
     and the :data:`POST_HOC_004` methods scored on the first ``images`` test images: POMPOM and AOPC (MoRF, 100
     steps) per (perturbation, patch) of ``grid``. Returns the network's description and the engine's results by
-    name; trained networks and scored batches already on disk are reused."""
-    data, datamodule = polygon_data_004(out_dir, polygons, progress)
+    name; trained networks and scored batches already on disk are reused. ``data``, ``datamodule``: the polygons
+    of :func:`polygon_data_004` at ``image_size``."""
     classifier, description = prepare_inmodel(out_dir / variant, data, datamodule, variant, device, progress,
-                                              [0, *epochs[1:]], polygons.image_size, phase1=out_dir / PHASE1_004)
+                                              [0, *epochs[1:]], image_size, phase1=out_dir / PHASE1_004)
     common = dict(description={"classifier": weights_stamp(out_dir / variant), "dataset": str(data)},
                   batch_size=batch_size, device=device, progress=progress, replace_stale=True)
     rows = {name: Row(name, {}, images) for name in ("inmodel", *POST_HOC_004)}
@@ -117,8 +118,9 @@ def network_004_line(out_dir: Path, polygons: PolygonConfig, variant: str, devic
     quiet_lightning()
     torch.set_num_threads(THREADS_004)
     with contextlib.redirect_stdout(io.StringIO()):
-        description, _ = network_004(out_dir, polygons, variant, torch.device(device), epochs, images, grid,
-                                     batch_size, progress=False)
+        data, datamodule = polygon_data_004(out_dir, polygons, progress=False)
+        description, _ = network_004(out_dir, data, datamodule, polygons.image_size, variant, torch.device(device),
+                                     epochs, images, grid, batch_size, progress=False)
     return f"{variant}: trained and scored, test accuracy {description['test']['accuracy']:.3f}"
 
 
@@ -164,15 +166,15 @@ def reproduce_004(out_dir: Path, *, config: SyntheticConfig, device: torch.devic
         if device.type == "cpu" and workers > 1:
             in_processes(network_004_line, jobs, workers, "in-model networks", progress)
         for variant in VARIANTS_004:
-            description, results = network_004(out_dir, polygons, variant, device, epochs, images, grid, batch_size,
-                                               progress)
+            description, results = network_004(out_dir, data, datamodule, polygons.image_size, variant, device,
+                                               epochs, images, grid, batch_size, progress)
             networks[variant] = {"test": description["test"],
                                  "phases": phase1["training"]["phases"] + description["training"]["phases"]}
             print(f"  {variant}: test accuracy {description['test']['accuracy']:.3f}")
             bench.update({f"{variant}: {name}": result for name, result in results.items()})
             pompom[variant] = metric_values(results["POMPOM"], "pompom", ["inmodel"])["inmodel"]
             aopc[variant] = metric_values(results[f"AOPC {CLAIM_GRID_004[0]}, {CLAIM_GRID_004[1]} px"], "aopc_morf",
-                                    ["inmodel", *POST_HOC_004])
+                                          ["inmodel", *POST_HOC_004])
     return {"claims": claims_004(pompom, aopc), "dataset": asdict(polygons), "networks": networks,
             "settings": {"images": images, "grid": [list(g) for g in grid], "post_hoc": list(POST_HOC_004),
                          "phase_epochs": epochs, "threads": THREADS_004},
