@@ -10,10 +10,10 @@ from saliencylab.bench.speed import interleaved, ratio_spread
 from saliencylab.cli import main
 
 
-def test_interleaved_calls_every_entry_once_per_round_in_order():
+def test_interleaved_calls_every_entry_once_per_round_reversing_every_other_round():
     order = []
     times = interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, torch.device("cpu"), 3)
-    assert order == ["a", "b"] * 3
+    assert order == ["a", "b", "b", "a", "a", "b"]
     assert list(times) == ["a", "b"] and all(len(t) == 3 and min(t) >= 0 for t in times.values())
 
 

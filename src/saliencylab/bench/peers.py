@@ -5,8 +5,8 @@ Quantus are not: Quantus has no methods of its own and dispatches to Captum). Ev
 same method at the same settings on the same random-weight classifier, images and classes, in one
 process: one warm-up call each (whose maps give the agreement, the lowest per-image Pearson
 correlation of ours with the peer's, so both do the same work), then ``repeats`` rounds calling
-every method and peer once (``bench.speed.interleaved``); a row gives the median of the per-round
-ratios ours / peer and their lowest and highest.
+every method and peer once, odd rounds in reverse (``bench.speed.interleaved``); a row gives the
+median of the per-round ratios ours / peer and their lowest and highest.
 
 Both sides get the network in the same memory format, with its parameters requiring gradients as
 a loaded model has them: ours and TorchRay freeze them during a call, Captum takes gradients

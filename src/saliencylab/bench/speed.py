@@ -124,12 +124,18 @@ def timed(run: Callable[[], object], device: torch.device) -> float:
 
 
 def interleaved(calls: Mapping[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, list[float]]:
-    """Wall times of ``repeats`` rounds, each calling every entry of ``calls`` once in order, so a
-    machine's changing load hits them alike; round i's times are the i-th entries of each list."""
+    """Wall times of ``repeats`` rounds, each calling every entry of ``calls`` once, so a machine's
+    changing load hits them alike; round i's times are the i-th entries of each list.
+
+    Even rounds call the entries in order, odd rounds in reverse (an ABBA design), so no entry
+    always runs first or always follows the same neighbour: in bench peers, the method always ran
+    right before its peer, and the call after another ResNet-50 pass found the caches and the
+    allocator in a different state."""
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            times[name].append(timed(call, device))
+    for round_index in range(repeats):
+        names = list(calls) if round_index % 2 == 0 else list(reversed(calls))
+        for name in names:
+            times[name].append(timed(calls[name], device))
     return times
 
 
