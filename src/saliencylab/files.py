@@ -50,3 +50,19 @@ def read_json(path: str | Path, what: str, keys: Sequence[str] = ()) -> Any:
         raise ValueError(f"{what} {path} lacks {', '.join(map(repr, missing))}; expected a JSON object with keys "
                          f"{', '.join(map(repr, keys))}")
     return value
+
+
+def stamped(path: str | Path, key: str, stamp: object) -> bool:
+    """Whether the JSON object in ``path`` exists and holds ``key`` equal to ``stamp``: the settings a trained
+    folder was made with, recorded by :func:`update_json`, so that a rerun with the same settings reuses it."""
+    if not Path(path).is_file():
+        return False
+    description = read_json(path, "description")
+    return isinstance(description, dict) and description.get(key) == stamp
+
+
+def update_json(path: str | Path, **fields: object) -> dict:
+    """Add ``fields`` to the JSON object in ``path``, written atomically; the updated object."""
+    description = {**read_json(path, "description"), **fields}
+    write_atomic(path, json.dumps(description, indent=2))
+    return description

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import shutil
 import time
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from saliencylab.targets import from_multi_hot
 from saliencylab.training.classifier import fit_classifier
 from saliencylab.training.explainer import fit_explainer
 from saliencylab.types import Batch, collate
-from saliencylab.files import write_atomic
+from saliencylab.files import stamped, update_json
 
 MIN_MICRO_F1 = 0.9
 """Below this held-out micro-F1 the classifier is too weak for its explanations to mean much."""
@@ -98,14 +97,12 @@ def prepare_classifier(out_dir: Path, config: SyntheticConfig, datamodule: Salie
     """Train the demo classifier, or reuse the one trained on the same data."""
     classifier_dir = out_dir / "classifier"
     description_file = classifier_dir / "classifier.json"
-    if description_file.is_file() and json.loads(description_file.read_text()).get("data") == dataclasses.asdict(config):
+    if stamped(description_file, "data", dataclasses.asdict(config)):
         print("  reusing the trained classifier (pass --fresh to retrain)")
         return load_trained_classifier(classifier_dir)
     fit_classifier(datamodule, classifier_dir, num_classes=len(CLASSES), class_names=list(CLASSES),
                    max_epochs=epochs, width=16, lr=3e-3, progress=progress)
-    description = json.loads(description_file.read_text())
-    description["data"] = dataclasses.asdict(config)
-    write_atomic(description_file, json.dumps(description, indent=2))
+    update_json(description_file, data=dataclasses.asdict(config))
     return load_trained_classifier(classifier_dir)
 
 
@@ -118,16 +115,14 @@ def prepare_explainers(out_dir: Path, config: SyntheticConfig, datamodule: Salie
         folder = out_dir / variant
         description_file = folder / "explainer.json"
         stamp = {"data": dataclasses.asdict(config), "preset": preset, "epochs": epochs}
-        if description_file.is_file() and json.loads(description_file.read_text()).get("demo") == stamp:
+        if stamped(description_file, "demo", stamp):
             print(f"  reusing the trained {variant} (pass --fresh to retrain)")
         else:
             settings = {**preset, "variant": variant}
             if epochs is not None:
                 settings["max_epochs"] = epochs
             fit_explainer(datamodule, folder, classifier_dir=out_dir / "classifier", progress=progress, **settings)
-            description = json.loads(description_file.read_text())
-            description["demo"] = stamp
-            write_atomic(description_file, json.dumps(description, indent=2))
+            description = update_json(description_file, demo=stamp)
             print(f"  {variant}: {description['epochs']} epochs, best validation loss {description['best_val_loss']:.4f}")
         folders[variant] = str(folder)
     return folders

@@ -17,7 +17,6 @@ numbers in the ``"masking"`` entry of ``results.json``.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -42,7 +41,7 @@ from saliencylab.models.masker import load_trained_masker
 from saliencylab.targets import from_multi_hot
 from saliencylab.training.masker import fit_masker
 from saliencylab.types import Batch, collate
-from saliencylab.files import write_atomic
+from saliencylab.files import read_json, stamped, update_json
 
 MASKERS = {
     "fix": ("synthetic_fix", "train.json", 0),
@@ -79,20 +78,15 @@ def prepare_masker(name: str, folder: Path, metadata: Path, classifier_dir: Path
     settings["seed"] += seed_offset
     stamp = {"data": data, "labels": labels, "preset": preset_name, "settings": settings}
     description_file = folder / "masker.json"
-    if description_file.is_file():
-        description = json.loads(description_file.read_text())
-        if description.get("demo") == stamp:
-            print(f"  reusing the trained masker {name} (pass --fresh to retrain)")
-            return description
+    if stamped(description_file, "demo", stamp):
+        print(f"  reusing the trained masker {name} (pass --fresh to retrain)")
+        return read_json(description_file, "masker description")
     size = data["image_size"]
     train = InMemory(ImageNetDataset(metadata / labels, size=size))
     started = time.perf_counter()
     fit_masker(SaliencyDataModule(train, batch_size=preset["data"]["batch_size"]), folder,
                classifier_dir=classifier_dir, progress=progress, **settings)
-    description = json.loads(description_file.read_text())
-    description["demo"] = stamp
-    description["train_seconds"] = time.perf_counter() - started
-    write_atomic(description_file, json.dumps(description, indent=2))
+    description = update_json(description_file, demo=stamp, train_seconds=time.perf_counter() - started)
     print(f"  {name}: {description['epochs']} epochs on {len(train)} images ({labels}) "
           f"in {description['train_seconds']:.0f} s")
     return description

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -23,7 +22,7 @@ from saliencylab.data.imagenet import ImageNetDataset
 from saliencylab.data.module import InMemory, SaliencyDataModule
 from saliencylab.data.synthetic import SyntheticConfig
 from saliencylab.data.transforms import RandomHorizontalFlip
-from saliencylab.files import write_atomic
+from saliencylab.files import stamped, update_json
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.load import load_trained_classifier
 from saliencylab.scale import in_processes, intra_op_threads
@@ -79,16 +78,14 @@ def prepare_consistent(folder: Path, preset_name: str, datamodule: SaliencyDataM
     settings = {**preset["consistent"], **variant, **({"max_epochs": epochs} if epochs is not None else {})}
     stamp = {**stamp, "preset": preset_name, "settings": settings}
     description_file = folder / "classifier.json"
-    if description_file.is_file() and json.loads(description_file.read_text()).get("reproduce") == stamp:
+    if stamped(description_file, "reproduce", stamp):
         print(f"  reusing {folder.name} (pass --fresh to retrain)")
         return load_trained_classifier(folder)
     started = time.perf_counter()
     class_names = list(preset["data"]["class_names"])
     fit_consistent(datamodule, folder, num_classes=len(class_names), class_names=class_names, progress=progress,
                    **settings)
-    description = json.loads(description_file.read_text())
-    description.update(reproduce=stamp, train_seconds=time.perf_counter() - started)
-    write_atomic(description_file, json.dumps(description, indent=2))
+    description = update_json(description_file, reproduce=stamp, train_seconds=time.perf_counter() - started)
     print(f"  {folder.name}: {description['epochs']} epochs in {description['train_seconds']:.0f} s, "
           + "  ".join(f"{k} {v:.3f}" for k, v in description["scores"].items() if not k.endswith("loss")))
     return load_trained_classifier(folder)

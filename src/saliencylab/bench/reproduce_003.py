@@ -19,6 +19,7 @@ from saliencylab.data.cub import CUBDataset
 from saliencylab.data.module import InMemory, SaliencyDataModule
 from saliencylab.data.synthetic import SyntheticConfig
 from saliencylab.data.synthetic_ambiguity import AmbiguityConfig, write_synthetic_birds, write_synthetic_scenes
+from saliencylab.files import stamped
 from saliencylab.insecurity.attribution import ATTRIBUTIONS
 from saliencylab.insecurity.evaluate import OBJECT_FRACTIONS, RECALL_GRID, object_curve, part_curve, precision_at_recall
 from saliencylab.insecurity.explain import SCORES, dataset_scores, difficulty_source, explain_hardest
@@ -71,11 +72,11 @@ def _prepare_models_003(folder: Path, datamodule: SaliencyDataModule, class_name
     """Pretrain the classifier (the demo's recipe), then train it jointly with its hardness predictor; reuse both
     when ``folder`` holds a run with the same ``stamp``."""
     description = folder / "hardness" / "hardness.json"
-    if description.is_file() and json.loads(description.read_text()).get("reproduce") == stamp:
+    if stamped(description, "reproduce", stamp):
         print(f"  reusing {folder} (pass --fresh to retrain)")
         return load_hardness(folder / "hardness")
     pretrained = folder / "classifier" / "classifier.json"
-    if not (pretrained.is_file() and json.loads(pretrained.read_text()).get("data") == stamp):
+    if not stamped(pretrained, "data", stamp):
         fit_classifier(datamodule, folder / "classifier", num_classes=len(class_names), class_names=list(class_names),
                        max_epochs=epochs, width=8, lr=3e-3, seed=seed, progress=progress, data=stamp)
     fitted = fit_hardness(datamodule, folder / "hardness", classifier_dir=folder / "classifier",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -19,7 +18,7 @@ from saliencylab.data.module import InMemory, SaliencyDataModule
 from saliencylab.data.polygons import CLASS_NAMES as POLYGON_CLASSES
 from saliencylab.data.polygons import PolygonConfig, write_polygons
 from saliencylab.data.synthetic import SyntheticConfig
-from saliencylab.files import write_atomic
+from saliencylab.files import stamped, update_json
 from saliencylab.models.classifier import Classifier
 from saliencylab.models.load import load_trained_classifier
 from saliencylab.scale import in_processes, intra_op_threads
@@ -65,7 +64,7 @@ def prepare_inmodel(folder: Path, data: Path, datamodule: SaliencyDataModule, lo
     stamp = {"data": str(data), "settings": settings,  # a retrained phase 1 retrains what starts from it
              "phase1_from": None if phase1 is None else weights_stamp(phase1)}
     description_file = folder / "classifier.json"
-    if description_file.is_file() and json.loads(description_file.read_text()).get("reproduce") == stamp:
+    if stamped(description_file, "reproduce", stamp):
         print(f"  reusing {folder.name} (pass --fresh to retrain)")
         return load_trained_classifier(folder)
     initial_state = None
@@ -75,8 +74,7 @@ def prepare_inmodel(folder: Path, data: Path, datamodule: SaliencyDataModule, lo
     fit_inmodel(datamodule, folder, num_classes=len(POLYGON_CLASSES), class_names=list(POLYGON_CLASSES),
                 progress=progress, accelerator="gpu" if device.type == "cuda" else "cpu",
                 data={"image_size": image_size}, initial_state=initial_state, **settings)
-    description = json.loads(description_file.read_text())
-    write_atomic(description_file, json.dumps({**description, "reproduce": stamp}, indent=2))
+    update_json(description_file, reproduce=stamp)
     return load_trained_classifier(folder)
 
 
