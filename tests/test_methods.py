@@ -257,3 +257,12 @@ def test_scoped_eval_restores_mixed_modes_and_flags_even_on_errors():
             raise RuntimeError("inside")
     assert [m.training for m in model.modules()] == modes == [True, True, False, True, True]
     assert [p.requires_grad for p in model.parameters()] == flags == [True, True, True, True, False, False]
+
+
+def test_scoped_eval_freezes_a_shared_parameter_and_gives_it_back():
+    first, second = nn.Linear(2, 2), nn.Linear(2, 2)
+    second.weight = first.weight  # tied weights: one parameter in two modules
+    model = nn.Sequential(first, nn.Sequential(second))
+    with methods.base.scoped_eval(model):
+        assert not first.weight.requires_grad and not second.bias.requires_grad
+    assert all(p.requires_grad for p in model.parameters()) and second.weight is first.weight

@@ -115,10 +115,13 @@ def scoped_eval(model: nn.Module) -> Iterator[None]:
     """Put ``model`` in eval mode with frozen parameters; restore both flags afterwards, always.
 
     Only the modules in training mode and the parameters requiring gradients are switched and
-    switched back (every method call enters this: on a ResNet-50 it costs 0.2 ms instead of 0.7 ms
-    for saving and restoring every flag, 1 % of a gradient's time)."""
-    training = [module for module in model.modules() if module.training]
-    trainable = [param for param in model.parameters() if param.requires_grad]
+    switched back, found in one walk over the modules (every method call enters this: on a ResNet-50 it
+    costs 0.08 ms; saving and restoring every flag through ``modules()`` and ``parameters()`` took 0.7 ms,
+    2 % of a Grad-CAM)."""
+    modules = list(model.modules())
+    training = [module for module in modules if module.training]
+    trainable = list({id(param): param for module in modules for param in module._parameters.values()
+                      if param is not None and param.requires_grad}.values())  # a shared parameter once
     if training:
         model.eval()  # (through train(False), which a module may override)
     for param in trainable:
@@ -247,9 +250,12 @@ class Classifier(nn.Module):
                 return self._auto_layer
             name = next(iter(self.layers))
         path = self.layers.get(name, name)
-        if path not in dict(self.model.named_modules()):
+        try:  # a walk down the path, not a listing of every module (layer_path runs several times a method call)
+            self.model.get_submodule(path)
+        except AttributeError:
             known = ", ".join(self.layers) or "none"
-            raise ValueError(f"unknown layer {name!r}: not a named layer (known: {known}) nor a module path of the model")
+            raise ValueError(f"unknown layer {name!r}: not a named layer (known: {known}) nor a module path of the model"
+                             ) from None
         return path
 
     def layer(self, name: str = "auto") -> nn.Module:
