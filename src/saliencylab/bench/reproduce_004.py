@@ -115,11 +115,12 @@ def network_004_line(out_dir: Path, polygons: PolygonConfig, variant: str, devic
     """:func:`network_004` in a worker process (one thread, quiet): one line saying what it trained."""
     quiet_lightning()
     torch.set_num_threads(THREADS_004)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
         data, datamodule = polygon_data_004(out_dir, polygons, progress=False)
         description, _ = network_004(out_dir, data, datamodule, polygons.image_size, variant, torch.device(device),
                                      epochs, images, grid, batch_size, progress=False)
-    return f"{variant}: trained and scored, test accuracy {description['test']['accuracy']:.3f}"
+    trained = "reused" if "reusing" in printed.getvalue() else "trained"
+    return f"{variant}: {trained} and scored, test accuracy {description['test']['accuracy']:.3f}"
 
 
 def claims_004(pompom: dict[str, float], aopc: dict[str, dict[str, float]]) -> list[dict]:
