@@ -216,7 +216,11 @@ class Classifier(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits (B,C) of images (B,3,H,W) in [0,1]."""
-        return self.model(self.normalize(images).contiguous(memory_format=self.memory_format))
+        return self.forward_normalized(self.normalize(images))
+
+    def forward_normalized(self, normalized: Tensor) -> Tensor:
+        """Logits (B,C) of images (B,3,H,W) already normalised by :meth:`normalize`."""
+        return self.model(normalized.contiguous(memory_format=self.memory_format))
 
     def use_channels_last(self) -> "Classifier":
         """Keep the network's 4-D weights and its inputs channels-last (NHWC); returns self.
