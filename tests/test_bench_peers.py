@@ -1,12 +1,14 @@
 """``bench peers`` (our methods beside Captum / pytorch-grad-cam / TorchRay) and the interleaving it shares with ``bench speed``."""
 import json
 import math
+import os
+import time
 
 import pytest
 import torch
 
 from saliencylab.bench.peers import pearson
-from saliencylab.bench.speed import interleaved, ratio_spread
+from saliencylab.bench.speed import interleaved, peak_memory, ratio_spread
 from saliencylab.cli import main
 
 
@@ -53,3 +55,17 @@ def test_bench_peers_refuses_methods_without_a_peer_and_bad_counts(capsys):
     assert "no peer implementation for nope, cam" in capsys.readouterr().err
     assert main(["bench", "peers", "--repeats", "0"]) == 2
     assert "--repeats must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="resident size from /proc")
+def test_peak_memory_on_cpu_sees_an_allocation_into_memory_freed_before():
+    def hold(elements: int) -> None:  # a tensor alive for 50 ms, long enough for the 1 ms sampler
+        tensor = torch.ones(elements)
+        time.sleep(0.05)
+        del tensor
+
+    hold(6 * 2 ** 20)  # 24 MiB, mapped on its own; freed, it raises glibc's mmap threshold to 24 MiB
+    hold(2 ** 22)  # 16 MiB, now from the heap; freed, glibc keeps it resident for reuse
+    with peak_memory(torch.device("cpu")) as peak:
+        hold(2 ** 22)  # without handing the freed memory back first, this read about 0
+    assert peak[0] > 12
