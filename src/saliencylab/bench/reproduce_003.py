@@ -3,7 +3,6 @@ visualizing network insecurities", NeurIPS 2019), on synthetic CUB- and ADE20K-f
 parts and objects."""
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -19,7 +18,7 @@ from saliencylab.data.cub import CUBDataset
 from saliencylab.data.module import InMemory, SaliencyDataModule
 from saliencylab.data.synthetic import SyntheticConfig
 from saliencylab.data.synthetic_ambiguity import AmbiguityConfig, write_synthetic_birds, write_synthetic_scenes
-from saliencylab.files import stamped
+from saliencylab.files import stamped, update_json
 from saliencylab.insecurity.attribution import ATTRIBUTIONS
 from saliencylab.insecurity.evaluate import OBJECT_FRACTIONS, RECALL_GRID, object_curve, part_curve, precision_at_recall
 from saliencylab.insecurity.explain import SCORES, dataset_scores, difficulty_source, explain_hardest
@@ -79,10 +78,9 @@ def _prepare_models_003(folder: Path, datamodule: SaliencyDataModule, class_name
     if not stamped(pretrained, "data", stamp):
         fit_classifier(datamodule, folder / "classifier", num_classes=len(class_names), class_names=list(class_names),
                        max_epochs=epochs, width=8, lr=3e-3, seed=seed, progress=progress, data=stamp)
-    fitted = fit_hardness(datamodule, folder / "hardness", classifier_dir=folder / "classifier",
-                          max_epochs=hardness_epochs, seed=seed, press=press, hardness_lr=HARDNESS_LR_003,
-                          progress=progress)
-    report.write_atomic(description, json.dumps({**fitted, "reproduce": stamp}, indent=2))
+    fit_hardness(datamodule, folder / "hardness", classifier_dir=folder / "classifier", max_epochs=hardness_epochs,
+                 seed=seed, press=press, hardness_lr=HARDNESS_LR_003, progress=progress)
+    update_json(description, reproduce=stamp)
     return load_hardness(folder / "hardness")
 
 
